@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from jupyter_server.extension.application import ExtensionApp
 
-from . import attribution
+import threading
+
+from . import attribution, engine, orphans
 from .config import GpuEnv
 from .handlers import api_handlers
 from .nvml import Snapshot
@@ -51,9 +53,21 @@ class GpuEnvApp(ExtensionApp):
         )
         self.sampler.start()
         self.settings["gpuenv_sampler"] = self.sampler
+        if self.gpuenv.remove_orphans:
+            threading.Thread(target=self._remove_orphans, name="gpuenv-orphans", daemon=True).start()
+
+    def _remove_orphans(self) -> None:
+        """Containers an earlier, dead server of this user on this host left behind."""
+        try:
+            removed = orphans.remove_orphans(engine.client(self.gpuenv.docker_url, self.gpuenv.docker_timeout))
+        except engine.EngineError as exc:
+            self.serverapp.log.info("gpuenv: container kernels unavailable: %s", exc)
+            return
+        for container_name in removed:
+            self.serverapp.log.warning("gpuenv: removed %s, left by an earlier server that is gone", container_name)
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(api_handlers(self.sampler))
+        self.handlers.extend(api_handlers(self.sampler, self.gpuenv))
 
     async def stop_extension(self) -> None:
         self.sampler.stop()

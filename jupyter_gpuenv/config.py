@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from traitlets import Bool, Float, Int, Unicode, validate
+import os
+import tempfile
+
+from jupyter_core.paths import jupyter_data_dir
+from traitlets import Bool, Dict, Float, Int, Unicode, validate
 from traitlets.config import Configurable
 
 
@@ -46,7 +50,67 @@ class GpuEnv(Configurable):
         "that is loaded after the server started is picked up.",
     )
 
-    @validate("sample_interval", "driver_retry_interval")
+    # -- container kernels ----------------------------------------------------------------------------
+    environments = Dict(
+        config=True,
+        help="Container environments by name, e.g. {'pytorch': {'display_name': 'PyTorch 2.6 / CUDA 12.4', "
+        "'image': 'pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime', 'gpus': 'exclusive:1', 'shm_size': '8g'}}. "
+        "Keys: image, display_name, python, gpus (all | none | N | device=0,1 | exclusive:N), gpu_mode (auto | toolkit "
+        "| devices | none), shm_size, memory, cpus, network (none | host), transport (ipc | tcp), "
+        "cuda_version, mounts, env_allow, env, kernel_runtime (auto | image | mount). A kernelspec selects one "
+        "with metadata.kernel_provisioner.config = {'environment': NAME}; `jupyter gpuenv add` writes those.",
+    )
+
+    allow_kernelspec_environments = Bool(
+        True,
+        config=True,
+        help="Accept environments defined inside kernelspecs (what `jupyter gpuenv add` writes). Set False "
+        "so that only the environments in this configuration can start: a kernelspec then may only name one.",
+    )
+
+    docker_url = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Docker engine to start kernels on, e.g. 'unix:///run/user/1000/docker.sock' for a rootless "
+        "engine. Unset: DOCKER_HOST, then the default socket.",
+    )
+
+    docker_timeout = Float(
+        5.0,
+        config=True,
+        help="Seconds to wait for the Docker engine to answer before a kernel start fails with a clear error.",
+    )
+
+    pull_missing_images = Bool(
+        True,
+        config=True,
+        help="Pull an environment's image when it is not on the engine (progress in the server log and in "
+        "GET environments). False: refuse to start, saying which image to pull or build.",
+    )
+
+    socket_root = Unicode(
+        os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir(),
+        config=True,
+        help="Where each container kernel's socket folder is made (bind-mounted into its container). "
+        "Keep the path short: a unix socket path may hold at most 107 bytes.",
+    )
+
+    kernel_runtime_dir = Unicode(
+        os.path.join(jupyter_data_dir(), "gpuenv", "kernel-runtimes"),
+        config=True,
+        help="Prepared kernel runtimes (ipykernel for one Python version), mounted read-only into images "
+        "that have no ipykernel of their own. `jupyter gpuenv prepare-runtime` fills it.",
+    )
+
+    remove_orphans = Bool(
+        True,
+        config=True,
+        help="When the server starts, remove kernel containers that an earlier run of a server of this user "
+        "on this host left behind (its process is gone).",
+    )
+
+    @validate("sample_interval", "driver_retry_interval", "docker_timeout")
     def _positive_interval(self, proposal):
         if proposal["value"] <= 0:
             raise ValueError(f"{proposal['trait'].name} must be a positive number of seconds")
@@ -57,3 +121,4 @@ class GpuEnv(Configurable):
         if proposal["value"] < 1:
             raise ValueError("history_length must be at least 1")
         return proposal["value"]
+

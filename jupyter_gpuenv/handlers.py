@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -9,6 +10,8 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
+from . import catalog
+from .config import GpuEnv
 from .sampler import Sampler
 
 AUTH_RESOURCE = "gpuenv"
@@ -51,6 +54,30 @@ class HistoryHandler(GpuEnvHandler):
         self.write_json({"interval": self.sampler.interval, "samples": self.sampler.history(since)})
 
 
+class EnvironmentsHandler(GpuEnvHandler):
+    def initialize(self, sampler: Sampler, settings: GpuEnv) -> None:
+        self.sampler, self.gpuenv = sampler, settings
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        specs = self.kernel_spec_manager.get_all_specs
+        snapshot = self.sampler.latest
+        report = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: catalog.environment_report(self.gpuenv, specs(), snapshot))
+        self.write_json(report)
+
+
+class KernelsHandler(GpuEnvHandler):
+    def initialize(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        self.write_json(catalog.kernel_report(self.kernel_manager, self.sampler.latest))
+
+
 class NotFoundHandler(GpuEnvHandler):
     """Anything else under the API answers a JSON 404, after authentication so it reveals nothing."""
 
@@ -62,13 +89,13 @@ class NotFoundHandler(GpuEnvHandler):
     post = put = patch = delete = get
 
 
-def api_handlers(sampler: Sampler, extra: list | None = None) -> list:
+def api_handlers(sampler: Sampler, settings: GpuEnv) -> list:
     """The route table, relative to the server's base URL."""
     prefix = "gpuenv/api"
-    routes = [
+    return [
         (rf"{prefix}/gpus", GpusHandler, {"sampler": sampler}),
         (rf"{prefix}/gpus/history", HistoryHandler, {"sampler": sampler}),
+        (rf"{prefix}/environments", EnvironmentsHandler, {"sampler": sampler, "settings": settings}),
+        (rf"{prefix}/kernels", KernelsHandler, {"sampler": sampler}),
+        (rf"{prefix}(/.*)?", NotFoundHandler),
     ]
-    routes += extra or []
-    routes.append((rf"{prefix}(/.*)?", NotFoundHandler))
-    return routes

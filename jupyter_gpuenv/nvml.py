@@ -70,6 +70,7 @@ class GpuSample:
     uuid: str | None = None
     name: str | None = None
     pci_bus_id: str | None = None
+    minor_number: int | None = None  # the N of /dev/nvidiaN
     memory: Memory = field(default_factory=Memory)
     utilization: Utilization = field(default_factory=Utilization)
     temperature_c: int | None = None
@@ -202,6 +203,7 @@ class NvmlReader:
         gpu.name = _text(name) if name is not None else None
         pci = call(n.nvmlDeviceGetPciInfo, handle)
         gpu.pci_bus_id = _text(pci.busId) if pci is not None else None
+        gpu.minor_number = call(n.nvmlDeviceGetMinorNumber, handle)
         gpu.memory = _memory(call(n.nvmlDeviceGetMemoryInfo, handle))
         util = call(n.nvmlDeviceGetUtilizationRates, handle)
         if util is not None:
