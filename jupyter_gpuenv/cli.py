@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.kernelspec import KernelSpecManager
 
 from . import runtime
 from .config import GpuEnv
@@ -101,7 +101,7 @@ def cmd_remove(args) -> int:
     name = args.name if args.name.startswith(KERNELSPEC_PREFIX) else KERNELSPEC_PREFIX + args.name
     try:
         KernelSpecManager().remove_kernel_spec(name)
-    except NoSuchKernel:
+    except KeyError:  # NoSuchKernel is a KeyError; remove_kernel_spec raises the plain one
         print(f"No kernel {name}: `jupyter gpuenv list` shows what there is", file=sys.stderr)
         return 1
     print(f"Removed kernel {name}")

@@ -315,3 +315,80 @@ async def test_environments_api(two_gpus, jp_fetch, jp_data_dir, docker_client):
     assert rows["future"]["state"] == "incompatible" and "needs CUDA 99.0" in rows["future"]["reason"]
     assert rows["missing"]["state"] == "image-missing" and rows["missing"]["image_present"] is False
     assert rows["bad"]["state"] == "invalid" and "unknown key(s) 'shm'" in rows["bad"]["reason"]
+
+
+async def test_gpu_memory_of_a_container_kernel_is_attributed_to_it(two_gpus, jp_fetch, jp_serverapp, kernelspec,
+                                                                   docker_client):
+    """NVML names host PIDs; /proc/<pid>/cgroup names the container; its label names the kernel."""
+    kernel_id = await start(jp_fetch, kernelspec)
+    container_id = provisioner(jp_serverapp, kernel_id).container_id
+    host_pid = docker_client.api.inspect_container(container_id)["State"]["Pid"]  # a process in the container
+    two_gpus.recording["devices"][1]["nvmlDeviceGetComputeRunningProcesses"] = [
+        {"pid": host_pid, "usedGpuMemory": 3 * 1024**3}]
+    sampler = jp_serverapp.web_app.settings["gpuenv_sampler"]
+    wait_for(lambda: any(p.kernel_id for g in sampler.latest.gpus for p in g.processes))
+    gpus = json.loads((await jp_fetch("gpuenv", "api", "gpus")).body)["gpus"]
+    proc = gpus[1]["processes"][0]
+    assert (proc["kernel_id"], proc["container_id"]) == (kernel_id, container_id)
+    kernels = json.loads((await jp_fetch("gpuenv", "api", "kernels")).body)["kernels"]
+    row = next(k for k in kernels if k["kernel_id"] == kernel_id)
+    assert row["gpu_memory"] == 3 * 1024**3 and row["container_id"] == container_id and row["environment"] == "test"
+
+
+@pytest.fixture(scope="session")
+def python_only_image(docker_client):
+    """The test image with its Python packages removed: like a stock image, Python but no ipykernel."""
+    tag = "gpuenv-test-python-only:latest"
+    try:
+        docker_client.images.get(tag)
+        return tag
+    except docker.errors.ImageNotFound:
+        pass
+    container = docker_client.containers.run(IMAGE, ["sh", "-c", "rm -rf /usr/local/lib/python3*/dist-packages/*"],
+                                             detach=True, network_mode="none")
+    container.wait()
+    container.commit(repository=tag.split(":")[0], tag="latest")
+    container.remove()
+    return tag
+
+
+async def test_image_without_ipykernel_runs_with_a_prepared_runtime(jp_fetch, jp_serverapp, jp_data_dir, tmp_path,
+                                                                   python_only_image, docker_client):
+    name = install_spec(jp_data_dir, "stock", {"image": python_only_image})
+    runtimes = tmp_path / "runtimes"
+    jp_serverapp.config.GpuEnv.kernel_runtime_dir = str(runtimes)
+    code, message = await start_error(jp_fetch, name)
+    assert code == 503 and "has no ipykernel" in message and "jupyter gpuenv prepare-runtime 3.11" in message
+    assert our_containers(docker_client) == []
+
+    from jupyter_gpuenv.cli import main
+
+    assert main(["prepare-runtime", "3.11", "--dir", str(runtimes)]) == 0  # pip, from the package index
+    kernel_id = await start(jp_fetch, name)
+    out, error = await execute(jp_serverapp, kernel_id, "import ipykernel, sys; print(ipykernel.__file__)")
+    assert error is None and out.strip().startswith("/opt/gpuenv-kernel/")
+
+
+def test_jupyter_gpuenv_add_list_remove(jp_environ, jp_data_dir, capsys):
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from jupyter_gpuenv.cli import main
+
+    assert main(["add", "pytorch-2.6-cuda12.4", "--prefix", str(jp_data_dir.parent / "prefix")]) == 0
+    assert main(["add", "mine", "--image", IMAGE, "--gpus", "exclusive:1", "--shm-size", "4g", "--user"]) == 0
+    spec = KernelSpecManager().get_kernel_spec("gpuenv-mine")
+    config = spec.metadata["kernel_provisioner"]["config"]
+    assert config["gpus"] == "exclusive:1" and config["shm_size"] == "4g" and config["image"] == IMAGE
+    assert main(["list"]) == 0
+    assert "gpuenv-mine" in capsys.readouterr().out
+    assert main(["add", "broken", "--image", IMAGE, "--gpus", "most"]) == 2
+    assert "'most' is not a GPU policy" in capsys.readouterr().err
+    assert main(["remove", "mine"]) == 0 and main(["remove", "mine"]) == 1
+
+
+async def test_the_flagship_kernel_is_offered_by_its_name(jp_fetch, docker_client):
+    from jupyter_gpuenv.cli import main
+
+    assert main(["add", "pytorch-2.6-cuda12.4", "--user"]) == 0
+    specs = json.loads((await jp_fetch("api", "kernelspecs")).body)["kernelspecs"]
+    assert specs["gpuenv-pytorch-2.6-cuda12.4"]["spec"]["display_name"] == "PyTorch 2.6 / CUDA 12.4"
