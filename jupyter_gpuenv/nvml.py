@@ -30,8 +30,9 @@ _INIT_REASONS = {
 @dataclass
 class Memory:
     total: int | None = None
-    used: int | None = None
+    used: int | None = None  # what processes hold, as nvidia-smi counts it (without the driver's reserve)
     free: int | None = None
+    reserved: int | None = None  # the driver's own reserve; None where NVML has no v2 memory info
 
 
 @dataclass
@@ -204,7 +205,7 @@ class NvmlReader:
         pci = call(n.nvmlDeviceGetPciInfo, handle)
         gpu.pci_bus_id = _text(pci.busId) if pci is not None else None
         gpu.minor_number = call(n.nvmlDeviceGetMinorNumber, handle)
-        gpu.memory = _memory(call(n.nvmlDeviceGetMemoryInfo, handle))
+        gpu.memory = self._memory_info(handle)
         util = call(n.nvmlDeviceGetUtilizationRates, handle)
         if util is not None:
             gpu.utilization = Utilization(gpu=util.gpu, memory=util.memory)
@@ -228,6 +229,18 @@ class NvmlReader:
             gpu.mig_devices, mig_processes = self._mig_devices(handle)
             gpu.processes += mig_processes
         return gpu
+
+    def _memory_info(self, handle: Any) -> Memory:
+        """v2 first: v1's ``used`` includes the driver's reserve (~480 MiB on an idle H100)."""
+        n = self.nvml
+        if hasattr(n, "nvmlMemory_v2"):
+            try:
+                info = self._call(lambda h: n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2), handle)
+            except (n.NVMLError, TypeError):  # ArgumentVersionMismatch on old drivers, TypeError on old bindings
+                info = None
+            if info is not None:
+                return Memory(total=info.total, used=info.used, free=info.free, reserved=info.reserved)
+        return _memory(self._call(n.nvmlDeviceGetMemoryInfo, handle))
 
     def _processes(self, handle: Any, gpu_instance: str | None = None) -> list[GpuProcess]:
         n, found = self.nvml, {}

@@ -7,6 +7,7 @@ pynvml's, so ``jupyter_gpuenv.nvml`` runs exactly the code it runs on a GPU mach
     {"init": null | "LibraryNotFound",
      "system": {"nvmlSystemGetDriverVersion": "580.159.04", "nvmlSystemGetCudaDriverVersion": 13000},
      "devices": [{"nvmlDeviceGetName": "...", "nvmlDeviceGetMemoryInfo": {"total": 1, "used": 0, "free": 1},
+                  "nvmlDeviceGetMemoryInfo_v2": {"total": 1, "reserved": 0, "used": 0, "free": 1},  # version=v2
                   "nvmlDeviceGetClockInfo": {"0": 1980, "2": 2619},      # keyed by the call's argument
                   "nvmlDeviceGetFanSpeed": {"error": "NotSupported"},   # the call raises
                   "error": "GpuIsLost",                                  # every call on it raises
@@ -50,7 +51,7 @@ class FakePynvml(types.ModuleType):
     def __init__(self, recording: dict[str, Any]) -> None:
         super().__init__("pynvml")
         for name in dir(pynvml):  # real constants and error classes
-            if name.startswith(("NVML_", "NVMLError")):
+            if name.startswith(("NVML_", "NVMLError", "nvmlMemory_v")):
                 setattr(self, name, getattr(pynvml, name))
         self.recording = copy.deepcopy(recording)
         self.initialized = False
@@ -101,6 +102,16 @@ class FakePynvml(types.ModuleType):
         if slot is None:
             _raise("NotFound")
         return _Handle(slot)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: _Handle, version: int | None = None):
+        """``version=nvmlMemory_v2`` answers from ``nvmlDeviceGetMemoryInfo_v2`` (with ``reserved``); a recording
+        without it answers as a driver too old for v2 does."""
+        if version is None:
+            return self._device(handle, "nvmlDeviceGetMemoryInfo")
+        if "nvmlDeviceGetMemoryInfo_v2" not in handle.record:
+            self._device(handle, None)
+            _raise("ArgumentVersionMismatch")
+        return types.SimpleNamespace(**self._device(handle, "nvmlDeviceGetMemoryInfo_v2"))
 
     # -- per-device reads ------------------------------------------------------------------------------
     def _device(self, handle: _Handle, name: str | None, *args: Any) -> Any:

@@ -1,7 +1,9 @@
 """The REST API through a real Jupyter server with the extension loaded, NVML fed recorded values."""
 
 import json
+import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -122,3 +124,23 @@ async def test_every_handler_refuses_unauthenticated_requests(fake_nvml, jp_serv
             allowed = (403,) if method == "GET" else (403, 405)
             assert response.code in allowed, (method, path, response.code)
             assert b"gpus" not in response.body and b"memory" not in response.body, (method, path)
+
+
+async def test_gpu_memory_of_a_local_kernel_is_named_by_its_kernel(fake_nvml, gpuenv_sampler, jp_fetch, jp_serverapp):
+    """NVML names a host PID; the server walks up its parents to a kernel's process."""
+    response = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "python3"}))
+    kernel_id = json.loads(response.body)["id"]
+    kernel_pid = jp_serverapp.kernel_manager.get_kernel(kernel_id).provisioner.pid
+    child = subprocess.Popen(["sleep", "30"])  # a process of the server, not of the kernel
+    try:
+        fake_nvml.recording["devices"][0]["nvmlDeviceGetComputeRunningProcesses"] = [
+            {"pid": kernel_pid, "usedGpuMemory": 1024**3}, {"pid": child.pid, "usedGpuMemory": 2048}]
+        wait_for(lambda: gpuenv_sampler.latest.gpus[0].processes[0].kernel_id == kernel_id)
+        procs = (await get_json(jp_fetch, "gpus"))["gpus"][0]["processes"]
+        assert procs[0]["kernel_id"] == kernel_id and procs[0]["container_id"] is None
+        assert procs[1]["kernel_id"] is None  # a process of the server itself belongs to no kernel
+        kernels = (await get_json(jp_fetch, "kernels"))["kernels"]
+        assert kernels[0]["kernel_id"] == kernel_id and kernels[0]["gpu_memory"] == 1024**3
+        assert kernels[0]["environment"] is None and kernels[0]["gpus"] == [0]
+    finally:
+        child.kill()

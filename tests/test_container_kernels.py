@@ -20,6 +20,7 @@ from conftest import wait_for
 from jupyter_gpuenv.cli import kernelspec_json
 from jupyter_gpuenv.containers import L_KERNEL, L_SERVER_HOST, L_SERVER_PID, L_SOCKETS, L_UID
 from jupyter_gpuenv.environments import parse_environment
+from jupyter_gpuenv.visibility import parse as parse_visibility
 
 IMAGE = os.environ.get("GPUENV_TEST_IMAGE", "gpuenv-test-kernel:latest")
 pytestmark = pytest.mark.timeout(180)
@@ -392,3 +393,16 @@ async def test_the_flagship_kernel_is_offered_by_its_name(jp_fetch, docker_clien
     assert main(["add", "pytorch-2.6-cuda12.4", "--user"]) == 0
     specs = json.loads((await jp_fetch("api", "kernelspecs")).body)["kernelspecs"]
     assert specs["gpuenv-pytorch-2.6-cuda12.4"]["spec"]["display_name"] == "PyTorch 2.6 / CUDA 12.4"
+
+
+async def test_container_kernels_get_only_the_servers_visible_gpus(two_gpus, jp_fetch, jp_serverapp, jp_data_dir,
+                                                                  docker_client):
+    """Under JupyterHub each server sees its own GPUs; its container kernels must get only those."""
+    sampler = jp_serverapp.web_app.settings["gpuenv_sampler"]
+    sampler.visibility = parse_visibility("1", "CUDA_VISIBLE_DEVICES")
+    wait_for(lambda: [g.index for g in sampler.latest.gpus] == [1])
+    name = install_spec(jp_data_dir, "one", {"gpus": "exclusive:1", "gpu_mode": "none"})
+    kernel_id = await start(jp_fetch, name)
+    assert [g.index for g in provisioner(jp_serverapp, kernel_id).gpus] == [1]
+    code, message = await start_error(jp_fetch, name)
+    assert code == 409 and "GPU 1 held by kernel(s)" in message and "GPU 0" not in message

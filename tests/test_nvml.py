@@ -84,3 +84,21 @@ def test_driver_vanishing_raises_library_gone():
 def test_visibility(spec, shown):
     reader, _ = reader_for("h100x2")
     assert [g.index for g in reader.read(parse(spec).allows).gpus] == shown
+
+
+def test_memory_used_is_what_nvidia_smi_shows_on_a_real_h100():
+    """v1 memory info counts the driver's reserve as used (480 MiB on an idle H100); nvidia-smi does not."""
+    recording = fake_pynvml.load("h100-real")
+    reader = NvmlReader(fake_pynvml.FakePynvml(recording))
+    assert reader.init() is None
+    gpu = reader.read().gpus[0]
+    smi = recording["extra"]["nvidia_smi"][0]
+    MiB = 1024**2
+    assert abs(gpu.memory.used / MiB - int(smi["memory.used"])) <= 1
+    assert abs(gpu.memory.reserved / MiB - int(smi["memory.reserved"])) <= 1
+    assert round(gpu.memory.total / MiB) == int(smi["memory.total"])
+
+
+def test_drivers_without_v2_memory_info_fall_back_to_v1():
+    gpu = reader_for("h100x2")[0].read().gpus[0]  # a recording with no v2 answer
+    assert gpu.memory.used == 6 * GiB + 524288000 and gpu.memory.reserved is None
