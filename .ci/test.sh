@@ -12,9 +12,14 @@ bash .ci/start-dockerd.sh
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-python -m pip install -q -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
+# (this machine's pip config names a local index folder that may be missing: filter that one warning, keep
+# pip's exit status)
+pip_quiet() { python -m pip "$@" 2> >(grep -v '^WARNING: Location' >&2); }
+pip_quiet install -q --upgrade pip
+pip_quiet install -q -e ".[test]"
 command -v configurable-http-proxy >/dev/null || npm install -g --silent configurable-http-proxy
 bash tests/images/build-kernel-image.sh
+
+(cd labextension && jlpm test)
 
 python -m pytest "$@"

@@ -20,6 +20,8 @@ def defined_environments(settings: GpuEnv, specs: dict[str, Any]) -> list[dict[s
         config = dict(provisioner.get("config") or {})
         name = config.pop("environment", None) or spec_name
         raw = settings.environments.get(name, config)
+        if "display_name" not in raw and entry["spec"].get("display_name"):
+            raw = {**raw, "display_name": entry["spec"]["display_name"]}  # what Lab's kernel menu shows
         source = "c.GpuEnv.environments" if name in settings.environments else f"kernelspec {spec_name}"
         found[name] = {"name": name, "kernelspec": spec_name, "raw": raw, "source": source}
     for name, raw in settings.environments.items():

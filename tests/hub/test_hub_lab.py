@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
+from browser.lab_harness import open_gpu_panel
+
 LAB_TIMEOUT_MS = 60_000  # Lab's first load on a slow, busy 2-core machine
 PANEL = "#jupyter-gpuenv-panel"
 
@@ -48,9 +50,6 @@ def test_lab_under_the_users_prefix_loads_the_extension_and_its_panel(hub, page)
         [(r.url, r.status) for r in remote_entries]
 
     # the GPU panel, talking to /user/alice/gpuenv/api/: only GPU 1 (CUDA_VISIBLE_DEVICES=1 from the spawner)
-    panel = page.locator(PANEL)
-    if not panel.is_visible():
-        page.locator('.jp-SideBar [data-id="jupyter-gpuenv-panel"]').click()
-    expect(panel).to_be_visible()
+    panel = open_gpu_panel(page)
     expect(panel.locator("article")).to_have_count(1)
     expect(panel.locator('article[aria-label^="GPU 1:"]')).to_be_visible()

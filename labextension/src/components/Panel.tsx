@@ -1,0 +1,48 @@
+import { ReactWidget } from '@jupyterlab/ui-components';
+import React from 'react';
+
+import type { IGpuModel } from '../tokens';
+import { EnvironmentList, UseEnvironment } from './EnvironmentList';
+import { GpuSection } from './GpuSection';
+import { useModel } from './useModel';
+
+/** The side panel: GPUs first, then environments. */
+export class GpuPanel extends ReactWidget {
+  constructor(
+    private _model: IGpuModel,
+    private _onUse: UseEnvironment
+  ) {
+    super();
+    this.id = 'jupyter-gpuenv-panel';
+    this.addClass('jp-GpuEnv-panel');
+    this.title.caption = 'GPUs';
+  }
+
+  protected render(): JSX.Element {
+    return <PanelBody model={this._model} onUse={this._onUse} />;
+  }
+}
+
+function PanelBody(props: { model: IGpuModel; onUse: UseEnvironment }): JSX.Element {
+  const { model } = props;
+  useModel(model);
+  const reply = model.status.kind === 'ready' ? model.status.reply : null;
+  const driver = reply?.driver_version ? `Driver ${reply.driver_version} · CUDA ${reply.cuda_driver_version ?? '–'}` : null;
+  return (
+    <div className="jp-GpuEnv-body">
+      <section aria-labelledby="jp-GpuEnv-gpusTitle">
+        <header className="jp-GpuEnv-sectionHeader">
+          <h2 id="jp-GpuEnv-gpusTitle">GPUs</h2>
+          {driver ? <span className="jp-GpuEnv-driver">{driver}</span> : null}
+        </header>
+        <GpuSection model={model} />
+      </section>
+      <section aria-labelledby="jp-GpuEnv-envsTitle">
+        <header className="jp-GpuEnv-sectionHeader">
+          <h2 id="jp-GpuEnv-envsTitle">Environments</h2>
+        </header>
+        <EnvironmentList model={model} onUse={props.onUse} />
+      </section>
+    </div>
+  );
+}

@@ -1,0 +1,49 @@
+import React from 'react';
+
+import { basename, bytes } from '../format';
+import type { IGpuModel, IGpuProcess } from '../tokens';
+
+/** The processes on one GPU, named by the notebook whose kernel runs them. */
+export function ProcessList(props: { processes: IGpuProcess[]; model: IGpuModel }): JSX.Element {
+  const { processes, model } = props;
+  if (processes.length === 0) {
+    return <div className="jp-GpuEnv-noProcesses">No processes</div>;
+  }
+  const current = model.current?.kernelId ?? null;
+  const sorted = [...processes].sort((a, b) => (b.used_memory ?? 0) - (a.used_memory ?? 0));
+  return (
+    <table className="jp-GpuEnv-processes">
+      <thead>
+        <tr>
+          <th scope="col">Process</th>
+          <th scope="col" className="jp-GpuEnv-num">
+            Memory
+          </th>
+        </tr>
+      </thead>
+      <tbody>
+        {sorted.map(p => {
+          const path = model.notebookOf(p.kernel_id);
+          const mine = current !== null && p.kernel_id === current;
+          return (
+            <tr key={`${p.pid}-${p.gpu_instance ?? ''}`} className={mine ? 'jp-mod-current' : undefined} aria-current={mine ? 'true' : undefined}>
+              <td title={describe(p, path)}>
+                <span className="jp-GpuEnv-procName">{path ? basename(path) : p.kernel_id ? 'kernel without notebook' : 'other process'}</span>
+                <span className="jp-GpuEnv-pid">
+                  pid {p.pid}
+                  {p.container_id ? ` · container ${p.container_id.slice(0, 12)}` : ''}
+                </span>
+              </td>
+              <td className="jp-GpuEnv-num">{bytes(p.used_memory)}</td>
+            </tr>
+          );
+        })}
+      </tbody>
+    </table>
+  );
+}
+
+function describe(p: IGpuProcess, path: string | null): string {
+  const owner = path ?? (p.kernel_id ? `kernel ${p.kernel_id}` : 'not a kernel of this server');
+  return `${owner} — pid ${p.pid}${p.type ? `, ${p.type}` : ''}${p.gpu_instance ? `, MIG ${p.gpu_instance}` : ''}`;
+}

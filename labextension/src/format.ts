@@ -1,0 +1,120 @@
+/** How numbers read in the panel. Pure: no DOM, no Lab imports. */
+
+const GIB = 1024 ** 3;
+const MIB = 1024 ** 2;
+
+const isNum = (v: number | null | undefined): v is number => typeof v === 'number' && Number.isFinite(v);
+
+/** 6966738944 -> "6.5"; one decimal, like nvidia-smi's GiB columns. */
+export function gib(bytes: number | null | undefined): string {
+  return isNum(bytes) ? (bytes / GIB).toFixed(1) : '–';
+}
+
+/** "6.5 / 79.6 GiB" */
+export function memoryUsage(used: number | null | undefined, total: number | null | undefined): string {
+  return `${gib(used)} / ${gib(total)} GiB`;
+}
+
+/** A process's memory: "4.0 GiB", or "500 MiB" under one GiB so small allocations do not read as 0.0. */
+export function bytes(value: number | null | undefined): string {
+  if (!isNum(value)) {
+    return '–';
+  }
+  return value >= GIB ? `${(value / GIB).toFixed(1)} GiB` : `${Math.round(value / MIB)} MiB`;
+}
+
+export function percent(value: number | null | undefined): string {
+  return isNum(value) ? `${Math.round(value)} %` : '–';
+}
+
+export function celsius(value: number | null | undefined): string {
+  return isNum(value) ? `${Math.round(value)} °C` : '–';
+}
+
+/** "312 / 700 W", "312 W" without a limit. */
+export function power(watts: number | null | undefined, limit: number | null | undefined): string {
+  if (!isNum(watts)) {
+    return '–';
+  }
+  return isNum(limit) ? `${Math.round(watts)} / ${Math.round(limit)} W` : `${Math.round(watts)} W`;
+}
+
+/** used / total clamped to 0..1; 0 when unknown. */
+export function fraction(used: number | null | undefined, total: number | null | undefined): number {
+  if (!isNum(used) || !isNum(total) || total <= 0) {
+    return 0;
+  }
+  return Math.min(1, Math.max(0, used / total));
+}
+
+/** The file name of a notebook path: "work/analysis.ipynb" -> "analysis.ipynb". */
+export function basename(path: string): string {
+  const parts = path.split('/');
+  return parts[parts.length - 1] || path;
+}
+
+/** Capitalised, ends with a full stop: server reasons are lower-case clauses. */
+export function sentence(text: string): string {
+  const trimmed = text.trim();
+  if (!trimmed) {
+    return trimmed;
+  }
+  const first = trimmed[0].toUpperCase() + trimmed.slice(1);
+  return /[.!?]$/.test(first) ? first : `${first}.`;
+}
+
+/** Why the panel has no GPUs to show, in words a notebook user acts on. */
+export function noGpuMessage(reason: string | null): { title: string; detail: string } {
+  const text = reason ?? '';
+  // describe() on the server gives "NVML: <NVML's words> — <what it means>"; the meaning is what users need
+  const meaning = text.includes(' — ') ? text.slice(text.indexOf(' — ') + 3) : text;
+  if (/LibraryNotFound|libnvidia-ml|no NVIDIA driver/i.test(text)) {
+    return {
+      title: 'No GPU on this machine',
+      detail: sentence(meaning || 'no NVIDIA driver was found') + ' Notebooks here run on the CPU.'
+    };
+  }
+  return { title: 'GPUs cannot be read', detail: sentence(meaning || 'NVML gave no reason') };
+}
+
+/** GPU policy of an environment in words: "all" -> "all GPUs", "exclusive:1" -> "1 GPU of its own". */
+export function gpuPolicy(policy: string | null): string {
+  if (!policy || policy === 'none') {
+    return 'no GPU';
+  }
+  if (policy === 'all') {
+    return 'all GPUs';
+  }
+  const exclusive = /^exclusive:(\d+)$/.exec(policy);
+  if (exclusive) {
+    const n = Number(exclusive[1]);
+    return n === 1 ? '1 GPU of its own' : `${n} GPUs of its own`;
+  }
+  if (/^\d+$/.test(policy)) {
+    return Number(policy) === 1 ? 'any 1 GPU' : `any ${policy} GPUs`;
+  }
+  return `GPU ${policy.split(',').join(', ')}`;
+}
+
+/** An environment's state as a short label. */
+export function environmentState(state: string | null): string {
+  switch (state) {
+    case 'ready':
+      return 'ready';
+    case 'image-missing':
+      return 'image missing';
+    case 'pulling':
+      return 'pulling';
+    case 'incompatible':
+      return 'incompatible';
+    case 'invalid':
+      return 'misconfigured';
+    default:
+      return 'unavailable';
+  }
+}
+
+/** "in 4 s" */
+export function retryIn(seconds: number | null): string {
+  return seconds === null ? '' : seconds <= 1 ? 'retrying now' : `retrying in ${Math.round(seconds)} s`;
+}

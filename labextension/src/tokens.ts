@@ -1,0 +1,178 @@
+/**
+ * Types and the plugin token. Importing this module has no side effects beyond creating one Token,
+ * so components and tests can use the types cheaply.
+ */
+import { Token } from '@lumino/coreutils';
+import type { ISignal } from '@lumino/signaling';
+
+// -- server replies (GET {base}gpuenv/api/...); every field may be null --------------------------------
+
+export interface IMemory {
+  total: number | null;
+  used: number | null;
+  free: number | null;
+}
+
+export interface IGpuProcess {
+  pid: number;
+  used_memory: number | null;
+  type: string | null;
+  kernel_id: string | null;
+  container_id: string | null;
+  gpu_instance: string | null;
+}
+
+export interface IMigDevice {
+  index: number;
+  uuid: string | null;
+  name: string | null;
+  memory: IMemory | null;
+}
+
+export interface IGpu {
+  index: number;
+  uuid: string | null;
+  name: string | null;
+  pci_bus_id: string | null;
+  memory: IMemory | null;
+  utilization: { gpu: number | null; memory: number | null } | null;
+  temperature_c: number | null;
+  power_w: number | null;
+  power_limit_w: number | null;
+  fan_speed_pct: number | null;
+  clocks_mhz: { sm: number | null; memory: number | null } | null;
+  mig_mode: boolean | null;
+  mig_devices: IMigDevice[] | null;
+  processes: IGpuProcess[] | null;
+  error: string | null;
+}
+
+export interface IGpusReply {
+  available: boolean;
+  reason: string | null;
+  driver_version: string | null;
+  cuda_driver_version: string | null;
+  sampled_at: number | null;
+  gpus: IGpu[] | null;
+}
+
+export interface IHistoryGpu {
+  index: number;
+  uuid: string | null;
+  memory_used: number | null;
+  memory_total: number | null;
+  utilization_gpu: number | null;
+  utilization_memory: number | null;
+  temperature_c: number | null;
+  power_w: number | null;
+}
+
+export interface IHistorySample {
+  t: number;
+  gpus: IHistoryGpu[];
+}
+
+export interface IHistoryReply {
+  interval: number;
+  samples: IHistorySample[];
+}
+
+export type EnvironmentState = 'ready' | 'image-missing' | 'pulling' | 'incompatible' | 'unavailable' | 'invalid';
+
+export interface IEnvironment {
+  name: string;
+  display_name: string | null;
+  image: string | null;
+  image_present: boolean | null;
+  cuda_version: string | null;
+  compatible: boolean | null;
+  reason: string | null;
+  gpus: string | null;
+  kernelspec: string | null; // null: configured, but no kernelspec starts it
+  state: EnvironmentState | null;
+  pull_progress: string | null;
+}
+
+export interface IEnvironmentsReply {
+  docker: { available: boolean; reason: string | null } | null;
+  environments: IEnvironment[] | null;
+}
+
+// -- what the model needs from the outside (api.ts and Lab's session manager in the app) --------------
+
+/** The REST client; `api.ts` implements it, tests pass a fake. */
+export interface IGpuApi {
+  gpus(): Promise<IGpusReply>;
+  history(since?: number): Promise<IHistoryReply>;
+  environments(): Promise<IEnvironmentsReply>;
+}
+
+/** A failed request: `status` is the HTTP status, 0 when the server could not be reached. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string
+  ) {
+    super(message);
+  }
+}
+
+/** The running sessions, as far as the panel needs them: which notebook a kernel belongs to. */
+export interface ISessionSource {
+  running(): Iterable<{ path: string; kernel?: { id: string } | null }>;
+  refreshRunning(): Promise<void>;
+  readonly runningChanged: ISignal<unknown, unknown>;
+}
+
+// -- the model's state ------------------------------------------------------------------------------
+
+/** What the GPU section shows; exactly one at a time, so nothing is ever blank. */
+export type GpuStatus =
+  | { kind: 'loading' }
+  | { kind: 'ready'; reply: IGpusReply }
+  | { kind: 'no-gpu'; reason: string }
+  | { kind: 'no-extension' }
+  | { kind: 'error'; message: string; reply: IGpusReply | null };
+
+export type EnvironmentsStatus =
+  | { kind: 'loading' }
+  | { kind: 'ready'; reply: IEnvironmentsReply }
+  | { kind: 'not-available' }
+  | { kind: 'error'; message: string };
+
+export interface ISeries {
+  memory: number[]; // fraction 0..1 of total, oldest first
+  utilization: number[]; // percent
+  seconds: number; // time from the first point to the last
+}
+
+export interface ICurrentNotebook {
+  path: string;
+  kernelId: string | null;
+  kernelName: string | null;
+}
+
+export interface ISettings {
+  refreshInterval: number; // seconds
+  historyLength: number; // samples kept for the sparkline
+}
+
+export interface IGpuModel {
+  readonly changed: ISignal<IGpuModel, void>;
+  readonly status: GpuStatus;
+  readonly environments: EnvironmentsStatus;
+  /** Sparkline series by GPU index. */
+  series(index: number): ISeries;
+  /** The notebook path a kernel belongs to, or null. */
+  notebookOf(kernelId: string | null): string | null;
+  /** The notebook in focus, set by the app. */
+  current: ICurrentNotebook | null;
+  /** GPU memory (bytes) held by a kernel's processes over every GPU; 0 when none. */
+  kernelMemory(kernelId: string | null): number;
+  /** Seconds until the next attempt after an error, or null. */
+  readonly retryIn: number | null;
+  refresh(): Promise<void>;
+  configure(settings: Partial<ISettings>): void;
+}
+
+export const IGpuModel = new Token<IGpuModel>('jupyter-gpuenv:IGpuModel', 'GPU usage and container environments, refreshed by one poll.');

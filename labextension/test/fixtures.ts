@@ -1,0 +1,64 @@
+/** Replies shaped like the server's, with the numbers of tests/recordings/h100x2.json. */
+import type { IGpu, IGpusReply, IHistoryReply } from '../src/tokens';
+
+export function gpu(index: number, overrides: Partial<IGpu> = {}): IGpu {
+  return {
+    index,
+    uuid: `GPU-${index}`,
+    name: 'NVIDIA H100 80GB HBM3',
+    pci_bus_id: `00000000:1${index}:00.0`,
+    memory: { total: 85520809984, used: 6966738944, free: 78554071040 },
+    utilization: { gpu: 87, memory: 43 },
+    temperature_c: 54,
+    power_w: 312.456,
+    power_limit_w: 700,
+    fan_speed_pct: null,
+    clocks_mhz: { sm: 1980, memory: 2619 },
+    mig_mode: false,
+    mig_devices: [],
+    processes: [],
+    error: null,
+    ...overrides
+  };
+}
+
+export function gpusReply(t: number, overrides: Partial<IGpusReply> = {}): IGpusReply {
+  return {
+    available: true,
+    reason: null,
+    driver_version: '580.159.04',
+    cuda_driver_version: '13.0',
+    sampled_at: t,
+    gpus: [
+      gpu(0, {
+        processes: [
+          { pid: 4242, used_memory: 4294967296, type: 'compute', kernel_id: 'k-1', container_id: null, gpu_instance: null },
+          { pid: 4343, used_memory: 2147483648, type: 'compute', kernel_id: null, container_id: null, gpu_instance: null }
+        ]
+      }),
+      gpu(1, { memory: { total: 85520809984, used: 524288000, free: 84996521984 }, utilization: { gpu: 0, memory: 0 } })
+    ],
+    ...overrides
+  };
+}
+
+export function historyReply(times: number[]): IHistoryReply {
+  return {
+    interval: 1,
+    samples: times.map(t => ({
+      t,
+      gpus: [
+        {
+          index: 0,
+          uuid: 'GPU-0',
+          memory_used: 8552080998,
+          memory_total: 85520809984,
+          utilization_gpu: 50,
+          utilization_memory: 10,
+          temperature_c: 50,
+          power_w: 200
+        }
+      ]
+    }))
+  };
+}

@@ -1,0 +1,39 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { History, polyline, sampleOf } from '../src/history';
+import { gpusReply, historyReply } from './fixtures';
+
+test('history keeps the last N points per GPU and ignores repeated samples', () => {
+  const h = new History(3);
+  h.add(historyReply([1, 2, 3, 4]).samples);
+  h.add(historyReply([4, 3]).samples); // already seen
+  const s = h.series(0);
+  assert.equal(s.memory.length, 3);
+  assert.equal(s.seconds, 2);
+  assert.ok(Math.abs(s.memory[0] - 0.1) < 1e-6);
+  assert.deepEqual(s.utilization, [50, 50, 50]);
+  assert.equal(h.lastTime, 4);
+  assert.deepEqual(h.series(7), { memory: [], utilization: [], seconds: 0 });
+});
+
+test('shortening the history trims what is kept', () => {
+  const h = new History(10);
+  h.add(historyReply([1, 2, 3, 4, 5]).samples);
+  h.length = 2;
+  assert.equal(h.series(0).memory.length, 2);
+});
+
+test('a snapshot is a history sample; an unavailable one is not', () => {
+  const sample = sampleOf(gpusReply(10));
+  assert.equal(sample?.t, 10);
+  assert.equal(sample?.gpus.length, 2);
+  assert.equal(sample?.gpus[0].utilization_gpu, 87);
+  assert.equal(sampleOf(gpusReply(10, { available: false })), null);
+});
+
+test('polyline maps values into the box, y down', () => {
+  assert.equal(polyline([0, 50, 100], 200, 32, 100), '0,32 100,16 200,0');
+  assert.equal(polyline([], 200, 32, 100), '');
+  assert.equal(polyline([150], 200, 32, 100), '200,0');
+});

@@ -1,0 +1,232 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { Signal } from '@lumino/signaling';
+
+import { GpuModel } from '../src/model';
+import { ApiError, IEnvironmentsReply, IGpuApi, IGpusReply, ISessionSource } from '../src/tokens';
+import { gpusReply, historyReply } from './fixtures';
+
+class FakeApi implements IGpuApi {
+  calls: string[] = [];
+  gpuReply: IGpusReply | Error = gpusReply(100);
+  envReply: IEnvironmentsReply | Error = new ApiError(404, 'no such gpuenv API endpoint');
+
+  async gpus(): Promise<IGpusReply> {
+    this.calls.push('gpus');
+    if (this.gpuReply instanceof Error) {
+      throw this.gpuReply;
+    }
+    return this.gpuReply;
+  }
+  async history(since?: number) {
+    this.calls.push(`history:${since ?? ''}`);
+    return historyReply([97, 98, 99]);
+  }
+  async environments(): Promise<IEnvironmentsReply> {
+    this.calls.push('environments');
+    if (this.envReply instanceof Error) {
+      throw this.envReply;
+    }
+    return this.envReply;
+  }
+  count(name: string): number {
+    return this.calls.filter(c => c.startsWith(name)).length;
+  }
+}
+
+class FakeSessions implements ISessionSource {
+  sessions: { path: string; kernel: { id: string } }[] = [];
+  refreshes = 0;
+  runningChanged = new Signal<this, void>(this);
+  running() {
+    return this.sessions;
+  }
+  async refreshRunning() {
+    this.refreshes++;
+    this.sessions = [{ path: 'work/train.ipynb', kernel: { id: 'k-1' } }];
+    this.runningChanged.emit();
+  }
+}
+
+function setup(options: { sessions?: FakeSessions } = {}) {
+  const api = new FakeApi();
+  let clock = 0;
+  const model = new GpuModel({ api, sessions: options.sessions, autoStart: false, now: () => clock });
+  return {
+    api,
+    model,
+    advance: (ms: number) => {
+      clock += ms;
+    }
+  };
+}
+
+test('a tick reads GPUs; history once at start; then one request per tick', async () => {
+  const { api, model, advance } = setup();
+  assert.equal(model.status.kind, 'loading');
+  await model.tick();
+  assert.equal(model.status.kind, 'ready');
+  assert.deepEqual(api.calls, ['gpus', 'history:', 'environments']);
+  assert.equal(model.series(0).memory.length, 4); // 3 from history + the snapshot
+  for (let i = 1; i <= 5; i++) {
+    advance(2000);
+    api.gpuReply = gpusReply(100 + i);
+    await model.tick();
+  }
+  assert.equal(api.count('gpus'), 6);
+  assert.equal(api.count('history'), 1);
+  assert.equal(api.count('environments'), 1);
+  assert.equal(model.series(0).memory.length, 9);
+  model.dispose();
+});
+
+test('a late tick (tab was hidden) fills the gap from the history since the last sample', async () => {
+  const { api, model, advance } = setup();
+  await model.tick();
+  advance(60_000);
+  api.gpuReply = gpusReply(160);
+  await model.tick();
+  assert.deepEqual(api.calls.filter(c => c.startsWith('history')), ['history:', 'history:100']);
+  model.dispose();
+});
+
+test('environments refresh every 30 s, and every tick while an image is pulled', async () => {
+  const { api, model, advance } = setup();
+  await model.tick();
+  assert.equal(model.environments.kind, 'not-available');
+  advance(2000);
+  await model.tick();
+  assert.equal(api.count('environments'), 1);
+  advance(30_000);
+  api.envReply = {
+    docker: { available: true, reason: null },
+    environments: [
+      {
+        name: 'pt',
+        display_name: 'PyTorch',
+        image: 'pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime',
+        image_present: false,
+        cuda_version: '12.4',
+        compatible: true,
+        reason: null,
+        gpus: 'all',
+        kernelspec: 'gpuenv-pt',
+        state: 'pulling',
+        pull_progress: '40 %',
+        }
+    ]
+  };
+  await model.tick(); // 32 s: due
+  advance(2000);
+  await model.tick(); // pulling: every tick
+  assert.equal(api.count('environments'), 3);
+  assert.equal(model.environments.kind, 'ready');
+  api.envReply = new ApiError(500, 'boom');
+  advance(2000);
+  await model.tick();
+  assert.deepEqual(model.environments, { kind: 'error', message: 'The server answered 500: boom' });
+  model.dispose();
+});
+
+test('no driver: the NVML reason; not sampled yet: still loading', async () => {
+  const { api, model } = setup();
+  api.gpuReply = gpusReply(0, { available: false, reason: 'GPUs have not been sampled yet', gpus: [], sampled_at: 0 });
+  await model.tick();
+  assert.equal(model.status.kind, 'loading');
+  api.gpuReply = gpusReply(5, { available: false, reason: 'NVML: x — no NVIDIA driver on this machine', gpus: [] });
+  await model.tick();
+  assert.deepEqual(model.status, { kind: 'no-gpu', reason: 'NVML: x — no NVIDIA driver on this machine' });
+  assert.equal(api.count('history'), 0);
+  model.dispose();
+});
+
+test('a server that never answers leaves no section loading', async () => {
+  const { api, model } = setup();
+  api.gpuReply = new ApiError(404, 'Not Found');
+  await assert.rejects(model.tick());
+  assert.equal(model.status.kind, 'no-extension');
+  assert.equal(model.environments.kind, 'not-available');
+  model.dispose();
+});
+
+test('server extension missing (404) and request errors are states, keeping the last data', async () => {
+  const { api, model } = setup();
+  await model.tick();
+  api.gpuReply = new ApiError(0, 'Failed to fetch');
+  await assert.rejects(model.tick()); // rejects, so the Poll backs off
+  assert.equal(model.status.kind, 'error');
+  assert.equal(model.status.kind === 'error' && model.status.reply?.sampled_at, 100);
+  assert.equal(model.status.kind === 'error' && model.status.message, 'The server cannot be reached.');
+  api.gpuReply = new ApiError(404, 'Not Found');
+  await assert.rejects(model.tick());
+  assert.equal(model.status.kind, 'no-extension');
+  model.dispose();
+});
+
+test('the poll backs off after errors and says when it retries', async () => {
+  const api = new FakeApi();
+  api.gpuReply = new ApiError(500, 'down');
+  const model = new GpuModel({ api, settings: { refreshInterval: 0.02 } });
+  await new Promise(resolve => setTimeout(resolve, 400));
+  const calls = api.count('gpus');
+  model.dispose();
+  assert.ok(calls >= 2, `retried (${calls} calls)`);
+  assert.ok(calls < 400 / 20, `backed off (${calls} calls in 400 ms at a 20 ms interval)`);
+  assert.ok(model.retryIn !== null && model.retryIn > 0.02, `retryIn ${model.retryIn}`);
+});
+
+test('one poll serves every view: the number of listeners does not change the requests', async () => {
+  const api = new FakeApi();
+  const model = new GpuModel({ api, settings: { refreshInterval: 0.05 } });
+  let renders = 0;
+  for (let i = 0; i < 5; i++) {
+    model.changed.connect(() => renders++);
+  }
+  await new Promise(resolve => setTimeout(resolve, 330));
+  model.dispose();
+  const calls = api.count('gpus');
+  assert.ok(calls >= 3 && calls <= 8, `${calls} GPU requests in 330 ms at 50 ms`);
+  assert.ok(renders >= 5 * calls, 'every view was told');
+});
+
+test('processes are named by notebook; unknown kernels ask Lab for sessions once', async () => {
+  const sessions = new FakeSessions();
+  const { model, advance } = setup({ sessions });
+  await model.tick();
+  await new Promise(resolve => setImmediate(resolve));
+  assert.equal(sessions.refreshes, 1);
+  assert.equal(model.notebookOf('k-1'), 'work/train.ipynb');
+  assert.equal(model.notebookOf('k-2'), null);
+  advance(2000);
+  await model.tick();
+  assert.equal(sessions.refreshes, 1);
+  model.dispose();
+});
+
+test('the current notebook kernel memory sums its processes on every GPU', async () => {
+  const { api, model } = setup();
+  const reply = gpusReply(100);
+  reply.gpus![1].processes = [
+    { pid: 9, used_memory: 1073741824, type: 'compute', kernel_id: 'k-1', container_id: null, gpu_instance: null }
+  ];
+  api.gpuReply = reply;
+  await model.tick();
+  let changes = 0;
+  model.changed.connect(() => changes++);
+  model.current = { path: 'a.ipynb', kernelId: 'k-1', kernelName: 'python3' };
+  model.current = { path: 'a.ipynb', kernelId: 'k-1', kernelName: 'python3' };
+  assert.equal(changes, 1);
+  assert.equal(model.kernelMemory('k-1'), 5 * 1024 ** 3);
+  assert.equal(model.kernelMemory('other'), 0);
+  assert.equal(model.kernelMemory(null), 0);
+  model.dispose();
+});
+
+test('settings change the interval and the history length', async () => {
+  const { model } = setup();
+  await model.tick();
+  model.configure({ historyLength: 2, refreshInterval: 5 });
+  assert.equal(model.series(0).memory.length, 2);
+  model.dispose();
+});

@@ -1,0 +1,273 @@
+"""The GPU side panel in a real JupyterLab, driven in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from .lab_harness import PANEL, RECORDINGS, environment_item, gpu_card, kernel_pid, open_gpu_panel, open_lab
+
+
+
+def endpoint(name: str) -> re.Pattern:
+    """A gpuenv API URL, whatever query Lab adds (ServerConnection appends a cache buster to GETs)."""
+    return re.compile(rf"/gpuenv/api/{name}(\?|$)")
+
+
+@pytest.fixture(scope="module")
+def notebook_on_gpu(gpu_lab):
+    """analysis.ipynb with a real ipykernel whose pid the recording puts on GPU 0 with 4 GiB."""
+    session = gpu_lab.start_notebook("analysis.ipynb")
+    kernel_id = session["kernel"]["id"]
+    pid = kernel_pid(kernel_id)
+
+    def point_at_kernel(data):
+        data["devices"][0]["nvmlDeviceGetComputeRunningProcesses"][0]["pid"] = pid
+
+    gpu_lab.edit_recording(point_at_kernel)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the server attributes the pid to the kernel on its next sample
+        procs = gpu_lab.api("GET", "gpuenv/api/gpus")["gpus"][0]["processes"]
+        if any(p["pid"] == pid and p["kernel_id"] == kernel_id for p in procs):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the server did not attribute pid {pid} to kernel {kernel_id}: {procs}")
+    return {"path": "analysis.ipynb", "kernel_id": kernel_id, "pid": pid}
+
+
+def test_panel_shows_gpu_cards_with_the_recorded_numbers(page: Page, gpu_lab):
+    open_lab(page, gpu_lab)
+    panel = open_gpu_panel(page)
+    expect(panel.locator("article")).to_have_count(2)
+    first = gpu_card(page, 0)
+    expect(first).to_have_attribute("aria-label", "GPU 0: NVIDIA H100 80GB HBM3")
+    expect(first.locator("header")).to_have_text(re.compile(r"GPU 0\s*H100 80GB HBM3"))
+    memory = first.get_by_role("meter", name="Memory")
+    expect(memory).to_have_attribute("aria-valuetext", "6.5 / 79.6 GiB")
+    expect(first).to_contain_text("6.5 / 79.6 GiB")
+    expect(first.get_by_role("meter", name="Utilization")).to_have_attribute("aria-valuetext", "87 %")
+    expect(first).to_contain_text("54 °C")
+    expect(first).to_contain_text("312 / 700 W")
+    second = gpu_card(page, 1)
+    expect(second).to_contain_text("0.5 / 79.6 GiB")
+    expect(second).to_contain_text("No processes")
+    expect(panel).to_contain_text("Driver 580.159.04 · CUDA 13.0")
+    # the sparkline fills from the server's history, then from each refresh
+    expect(first.locator("svg[role=img]")).to_have_attribute("aria-label", re.compile(r"utilization up to 87 %"))
+    expect(panel.locator(".jp-GpuEnv-badge")).to_have_count(0)  # MIG is off on this recording
+
+
+def test_processes_are_named_by_their_notebook(page: Page, gpu_lab, notebook_on_gpu):
+    open_lab(page, gpu_lab, f"lab/tree/{notebook_on_gpu['path']}")
+    open_gpu_panel(page)
+    row = gpu_card(page, 0).locator("tbody tr", has_text="analysis.ipynb")
+    expect(row).to_contain_text(f"pid {notebook_on_gpu['pid']}")
+    expect(row).to_contain_text("4.0 GiB")
+    expect(row).to_have_attribute("aria-current", "true")  # the notebook in focus is highlighted
+    expect(gpu_card(page, 0).locator("tbody tr", has_text="pid 4343")).to_contain_text("other process")
+    # the status bar item shows this notebook's GPU memory
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("GPU 4.0 GiB")
+
+
+def test_status_bar_item_is_hidden_for_a_notebook_without_gpu_memory(page: Page, gpu_lab):
+    gpu_lab.start_notebook("cpu-only.ipynb")
+    open_lab(page, gpu_lab, "lab/tree/cpu-only.ipynb")
+    open_gpu_panel(page)
+    expect(gpu_card(page, 0)).to_be_visible()
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle")  # the kernel is up
+    expect(page.locator("#jp-main-statusbar .jp-GpuEnv-status")).to_be_hidden()
+
+
+def test_one_request_per_refresh_however_many_views(page: Page, gpu_lab):
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url) if "/gpuenv/api/gpus" in r.url else None)
+    open_lab(page, gpu_lab)
+    open_gpu_panel(page)
+    expect(gpu_card(page, 0)).to_be_visible()
+    requests.clear()
+    page.wait_for_timeout(6_000)  # default interval 2 s: about 3 refreshes
+    snapshots = [u for u in requests if "/history" not in u]
+    assert 2 <= len(snapshots) <= 4, snapshots
+    assert not [u for u in requests if "/history" in u], "steady state reads no history"
+
+
+def test_mig_badge(page: Page, gpu_lab):
+    recorded = {}
+
+    def to_mig(data):
+        recorded.update(data)
+        data.clear()
+        data.update(json.loads((RECORDINGS / "mig.json").read_text()))
+
+    gpu_lab.edit_recording(to_mig)
+    try:
+        open_lab(page, gpu_lab)
+        open_gpu_panel(page)
+        card = gpu_card(page, 0)
+        expect(card).to_contain_text("A100 80GB PCIe")
+        expect(card.locator(".jp-GpuEnv-badge")).to_have_text("MIG · 2")
+        expect(page.locator(f"{PANEL} article")).to_have_count(1)
+    finally:
+        gpu_lab.edit_recording(lambda data: (data.clear(), data.update(recorded)))
+
+
+def test_polling_stops_while_the_tab_is_hidden(page: Page, gpu_lab):
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url) if "/gpuenv/api/gpus" in r.url else None)
+    open_lab(page, gpu_lab)
+    open_gpu_panel(page)
+    expect(gpu_card(page, 0)).to_be_visible()
+    set_hidden = """hidden => {
+        Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => hidden ? 'hidden' : 'visible'});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }"""
+    page.evaluate(set_hidden, True)
+    page.wait_for_timeout(2_500)  # a request already under way may finish
+    requests.clear()
+    page.wait_for_timeout(5_000)
+    assert requests == [], f"{len(requests)} GPU requests while hidden"
+    page.evaluate(set_hidden, False)
+    page.wait_for_timeout(5_000)
+    assert len(requests) >= 1, "polling resumes when the tab is shown again"
+
+
+def test_side_setting_moves_the_panel(page: Page, gpu_lab):
+    gpu_lab.api("PUT", "lab/api/settings/jupyter-gpuenv:plugin", {"raw": json.dumps({"side": "left"})})
+    try:
+        open_lab(page, gpu_lab)
+        expect(page.locator('.jp-SideBar.jp-mod-left [data-id="jupyter-gpuenv-panel"]')).to_be_visible()
+        expect(page.locator('.jp-SideBar.jp-mod-right [data-id="jupyter-gpuenv-panel"]')).to_have_count(0)
+        open_gpu_panel(page)
+        expect(gpu_card(page, 0)).to_be_visible()
+    finally:
+        gpu_lab.api("PUT", "lab/api/settings/jupyter-gpuenv:plugin", {"raw": "{}"})
+
+
+def test_no_gpu_state_on_a_machine_without_driver(page: Page, plain_lab):
+    reply = plain_lab.api("GET", "gpuenv/api/gpus")
+    if reply["available"]:
+        pytest.skip("this machine has a working NVIDIA driver: the no-GPU state cannot be seen here")
+    open_lab(page, plain_lab)
+    panel = open_gpu_panel(page)
+    state = panel.locator('[data-state="no-gpu"]')
+    expect(state).to_contain_text("No GPU on this machine")
+    expect(state).to_contain_text("Notebooks here run on the CPU.")
+    expect(panel.locator("article")).to_have_count(0)
+
+
+def test_server_extension_missing(page: Page, gpu_lab):
+    page.route("**/gpuenv/api/**", lambda route: route.fulfill(status=404, body="Not Found"))
+    open_lab(page, gpu_lab)
+    panel = open_gpu_panel(page)
+    expect(panel.locator('[data-state="no-extension"]')).to_contain_text(
+        "jupyter server extension enable jupyter_gpuenv")
+
+
+def test_request_errors_back_off_and_recover(page: Page, gpu_lab):
+    failing = {"on": True, "hits": []}
+
+    def handle(route):
+        if failing["on"]:
+            failing["hits"].append(time.monotonic())
+            route.fulfill(status=500, content_type="application/json", body=json.dumps({"message": "boom"}))
+        else:
+            route.continue_()
+
+    page.route(endpoint("gpus"), handle)
+    open_lab(page, gpu_lab)
+    panel = open_gpu_panel(page)
+    error = panel.locator('[data-state="error"]')
+    expect(error).to_contain_text("Lost contact with the GPU service")
+    expect(error).to_contain_text("The server answered 500: boom")
+    expect(error).to_contain_text(re.compile(r"retrying in \d+ s"))
+    page.wait_for_timeout(8_000)
+    hits = failing["hits"]
+    span = hits[-1] - hits[0]
+    # not faster than the 2 s interval (Lumino's first retry may come sooner: jitter from an immediate
+    # start); how the back-off grows is a unit test (model.test.ts)
+    assert len(hits) <= 2 + span / 2.0, f"{len(hits)} requests in {span:.1f} s"
+    failing["on"] = False
+    expect(gpu_card(page, 0)).to_contain_text("6.5 / 79.6 GiB", timeout=60_000)
+    expect(error).to_have_count(0)
+
+
+def test_environments_not_available_when_the_server_has_none(page: Page, gpu_lab):
+    page.route(endpoint("environments"), lambda route: route.fulfill(
+        status=404, content_type="application/json", body=json.dumps({"message": "no such gpuenv API endpoint"})))
+    open_lab(page, gpu_lab)
+    panel = open_gpu_panel(page)
+    expect(panel.locator('[data-state="env-not-available"]')).to_contain_text("Container kernels are not available")
+    expect(gpu_card(page, 0)).to_be_visible()  # the GPU section does not suffer
+
+
+ENVIRONMENTS = {
+    "docker": {"available": True, "reason": None},
+    "environments": [
+        {"name": "pytorch", "display_name": "PyTorch 2.6 / CUDA 12.4",
+         "image": "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime", "image_present": True, "cuda_version": "12.4",
+         "compatible": True, "reason": None, "gpus": "exclusive:1", "kernelspec": "gpuenv-pytorch",
+         "state": "ready", "pull_progress": None},
+        {"name": "jax", "display_name": "JAX / CUDA 12.8", "image": "ghcr.io/nvidia/jax:jax",
+         "image_present": False, "cuda_version": "12.8", "compatible": True, "reason": None, "gpus": "all",
+         "kernelspec": "gpuenv-jax", "state": "pulling", "pull_progress": "1.2 / 3.4 GB"},
+        {"name": "legacy", "display_name": "TensorFlow 2.20 / CUDA 13.1", "image": "tensorflow/tensorflow:2.20.0-gpu",
+         "image_present": True, "cuda_version": "13.1", "compatible": False,
+         "reason": "the image needs CUDA 13.1; the driver supports up to 13.0", "gpus": "0,1",
+         "kernelspec": "gpuenv-legacy", "state": "incompatible", "pull_progress": None},
+    ],
+}
+
+
+def serve_environments(page: Page) -> None:
+    """Environments in every state the panel designs for, whatever the engine of this machine has."""
+    page.route(endpoint("environments"), lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(ENVIRONMENTS)))
+
+
+def test_environments_show_state_policy_and_why_they_cannot_start(page: Page, gpu_lab, notebook_on_gpu):
+    serve_environments(page)
+    open_lab(page, gpu_lab, f"lab/tree/{notebook_on_gpu['path']}")
+    open_gpu_panel(page)
+    ready = environment_item(page, "pytorch")
+    expect(ready).to_contain_text("PyTorch 2.6 / CUDA 12.4")
+    expect(ready).to_contain_text("pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime")
+    expect(ready).to_contain_text("ready")
+    expect(ready).to_contain_text("1 GPU of its own")
+    expect(ready.get_by_role("button", name="Use for this notebook")).to_be_enabled()
+    pulling = environment_item(page, "jax")
+    expect(pulling).to_contain_text("1.2 / 3.4 GB")
+    expect(pulling.get_by_role("button")).to_be_disabled()
+    expect(pulling).to_contain_text("The image is being downloaded.")
+    incompatible = environment_item(page, "legacy")
+    expect(incompatible).to_contain_text("incompatible")
+    expect(incompatible.get_by_role("button")).to_be_disabled()
+    expect(incompatible).to_contain_text("The image needs CUDA 13.1; the driver supports up to 13.0.")
+
+
+def test_dark_theme_and_screenshots(page: Page, gpu_lab, notebook_on_gpu, screenshot_dir):
+    serve_environments(page)
+    page.set_viewport_size({"width": 1280, "height": 1400})  # the whole panel, environments included
+    colors = {}
+    try:
+        for theme, name in (("JupyterLab Light", "light"), ("JupyterLab Dark", "dark")):
+            gpu_lab.set_theme(theme)
+            open_lab(page, gpu_lab, f"lab/tree/{notebook_on_gpu['path']}")
+            expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "true" if name == "light" else "false")
+            panel = open_gpu_panel(page)
+            card = gpu_card(page, 0)
+            expect(card.locator("svg[role=img]")).to_be_visible()
+            expect(card.locator('tr[aria-current="true"]')).to_contain_text("analysis.ipynb")
+            expect(environment_item(page, "pytorch").get_by_role("button")).to_be_enabled()
+            page.wait_for_timeout(500)  # bar transitions
+            colors[name] = card.evaluate(
+                "e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).color]")
+            panel.locator(".jp-GpuEnv-body").screenshot(path=str(screenshot_dir / f"panel-{name}.png"))
+    finally:
+        gpu_lab.set_theme("JupyterLab Light")
+    assert colors["light"][0] != colors["dark"][0], colors
+    assert colors["light"][1] != colors["dark"][1], colors
