@@ -68,8 +68,7 @@ def cmd_add(args) -> int:
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, "kernel.json"), "w") as f:
             json.dump(kernelspec_json(env), f, indent=1)
-        path = KernelSpecManager().install_kernel_spec(folder, env.kernelspec_name, replace=True,
-                                                       **_install_args(args))
+        path = KernelSpecManager().install_kernel_spec(folder, env.kernelspec_name, **_install_args(args))
     print(f"Added {env.display_name!r} ({env.image}, GPUs {env.gpus}) as kernel {env.kernelspec_name} in {path}")
     return 0
 

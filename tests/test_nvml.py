@@ -88,15 +88,17 @@ def test_visibility(spec, shown):
 
 def test_memory_used_is_what_nvidia_smi_shows_on_a_real_h100():
     """v1 memory info counts the driver's reserve as used (480 MiB on an idle H100); nvidia-smi does not."""
-    recording = fake_pynvml.load("h100-real")
+    recording = fake_pynvml.load("h100-real")  # two H100, one running a 4 GiB kernel, with nvidia-smi beside
     reader = NvmlReader(fake_pynvml.FakePynvml(recording))
     assert reader.init() is None
-    gpu = reader.read().gpus[0]
-    smi = recording["extra"]["nvidia_smi"][0]
+    gpus = reader.read().gpus
     MiB = 1024**2
-    assert abs(gpu.memory.used / MiB - int(smi["memory.used"])) <= 1
-    assert abs(gpu.memory.reserved / MiB - int(smi["memory.reserved"])) <= 1
-    assert round(gpu.memory.total / MiB) == int(smi["memory.total"])
+    assert len(gpus) == len(recording["extra"]["nvidia_smi"]) == 2
+    for gpu, smi in zip(gpus, recording["extra"]["nvidia_smi"]):
+        assert gpu.uuid == smi["uuid"]
+        assert abs(gpu.memory.used / MiB - int(smi["memory.used"])) <= 1
+        assert abs(gpu.memory.reserved / MiB - int(smi["memory.reserved"])) <= 1
+        assert round(gpu.memory.total / MiB) == int(smi["memory.total"])
 
 
 def test_drivers_without_v2_memory_info_fall_back_to_v1():
