@@ -406,3 +406,19 @@ async def test_container_kernels_get_only_the_servers_visible_gpus(two_gpus, jp_
     assert [g.index for g in provisioner(jp_serverapp, kernel_id).gpus] == [1]
     code, message = await start_error(jp_fetch, name)
     assert code == 409 and "GPU 1 held by kernel(s)" in message and "GPU 0" not in message
+
+
+async def test_tcp_transport_listens_on_loopback_only(jp_fetch, jp_serverapp, jp_data_dir, docker_client):
+    """The alternative for engines without a shared filesystem: tcp on 127.0.0.1, host network, no published port."""
+    name = install_spec(jp_data_dir, "tcp", {"network": "host", "transport": "tcp"})
+    kernel_id = await start(jp_fetch, name)
+    km = jp_serverapp.kernel_manager.get_kernel(kernel_id)
+    assert (km.transport, km.ip) == ("tcp", "127.0.0.1")
+    attrs = docker_client.api.inspect_container(provisioner(jp_serverapp, kernel_id).container_id)
+    assert attrs["HostConfig"]["NetworkMode"] == "host" and not attrs["HostConfig"]["PortBindings"]
+    out, error = await execute(jp_serverapp, kernel_id, "print('over tcp')")
+    assert (out.strip(), error) == ("over tcp", None)
+    listening = open("/proc/net/tcp").read().splitlines()[1:]
+    ports = {int(line.split()[1].split(":")[1], 16): line.split()[1].split(":")[0]
+             for line in listening if line.split()[3] == "0A"}  # 0A: LISTEN
+    assert ports[km.shell_port] == "0100007F"  # 127.0.0.1, not 0.0.0.0
