@@ -14,6 +14,8 @@ from .lab_harness import CHROMIUM, CHROMIUM_ARGS, LabServer
 def browser_type_launch_args(browser_type_launch_args):
     # Playwright's own browser download needs the internet; Debian's chromium is what CI installs.
     if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing in CI: .ci/install-system.sh installs it")
         pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (or .ci/install-system.sh) to run "
                     "the browser tests")
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS, "headless": True}

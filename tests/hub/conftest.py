@@ -170,34 +170,5 @@ def hub(tmp_path_factory):
     assert not leftovers, f"processes left behind by the hub (killed now): {leftovers}\n{hub.log_tail()}"
 
 
-# -- the browser (pytest-playwright) ------------------------------------------------------------------------
-CHROMIUM = os.environ.get("GPUENV_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # root in a container
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    # Playwright's own browser download needs the internet; Debian's chromium is what CI installs.
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/install-system.sh does)")
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS, "headless": True}
-
-
-# tests/conftest.py loads pytest_jupyter, whose autouse fixtures take this thread's event loop and close it
-# after each test; here that loop is Playwright's (sync API) and every server runs in a subprocess.
-@pytest.fixture
-def jp_asyncio_loop():
-    yield None
-
-
-@pytest.fixture
-def jp_server_cleanup():
-    yield
+# -- the browser (pytest-playwright): the same Chromium set-up as the panel's browser tests ---------------------
+from browser.conftest import browser_type_launch_args, jp_asyncio_loop, jp_server_cleanup  # noqa: E402,F401
