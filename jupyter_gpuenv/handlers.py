@@ -20,15 +20,15 @@ AUTH_RESOURCE = "gpuenv"
 class GpuEnvHandler(APIHandler):
     auth_resource = AUTH_RESOURCE
 
+    def initialize(self, sampler: Sampler | None = None, settings: GpuEnv | None = None) -> None:
+        self.sampler, self.gpuenv = sampler, settings
+
     def write_json(self, payload) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(payload if isinstance(payload, str) else json.dumps(payload))
 
 
 class GpusHandler(GpuEnvHandler):
-    def initialize(self, sampler: Sampler) -> None:
-        self.sampler = sampler
-
     @web.authenticated
     @authorized
     def get(self) -> None:
@@ -36,9 +36,6 @@ class GpusHandler(GpuEnvHandler):
 
 
 class HistoryHandler(GpuEnvHandler):
-    def initialize(self, sampler: Sampler) -> None:
-        self.sampler = sampler
-
     @web.authenticated
     @authorized
     def get(self) -> None:
@@ -55,9 +52,6 @@ class HistoryHandler(GpuEnvHandler):
 
 
 class EnvironmentsHandler(GpuEnvHandler):
-    def initialize(self, sampler: Sampler, settings: GpuEnv) -> None:
-        self.sampler, self.gpuenv = sampler, settings
-
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -69,9 +63,6 @@ class EnvironmentsHandler(GpuEnvHandler):
 
 
 class KernelsHandler(GpuEnvHandler):
-    def initialize(self, sampler: Sampler) -> None:
-        self.sampler = sampler
-
     @web.authenticated
     @authorized
     def get(self) -> None:
