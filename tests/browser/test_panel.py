@@ -83,12 +83,18 @@ def test_status_bar_item_is_hidden_for_a_notebook_without_gpu_memory(page: Page,
     expect(page.locator("#jp-main-statusbar .jp-GpuEnv-status")).to_be_hidden()
 
 
-def test_one_request_per_refresh_however_many_views(page: Page, gpu_lab):
+def open_panel_counting_requests(page: Page, lab) -> list[str]:
+    """Open Lab and the panel; the returned list fills with every GPU API request the page makes."""
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url) if "/gpuenv/api/gpus" in r.url else None)
-    open_lab(page, gpu_lab)
+    open_lab(page, lab)
     open_gpu_panel(page)
     expect(gpu_card(page, 0)).to_be_visible()
+    return requests
+
+
+def test_one_request_per_refresh_however_many_views(page: Page, gpu_lab):
+    requests = open_panel_counting_requests(page, gpu_lab)
     requests.clear()
     page.wait_for_timeout(6_000)  # default interval 2 s: about 3 refreshes
     snapshots = [u for u in requests if "/history" not in u]
@@ -117,11 +123,7 @@ def test_mig_badge(page: Page, gpu_lab):
 
 
 def test_polling_stops_while_the_tab_is_hidden(page: Page, gpu_lab):
-    requests: list[str] = []
-    page.on("request", lambda r: requests.append(r.url) if "/gpuenv/api/gpus" in r.url else None)
-    open_lab(page, gpu_lab)
-    open_gpu_panel(page)
-    expect(gpu_card(page, 0)).to_be_visible()
+    requests = open_panel_counting_requests(page, gpu_lab)
     set_hidden = """hidden => {
         Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => hidden ? 'hidden' : 'visible'});
         document.dispatchEvent(new Event('visibilitychange'));
