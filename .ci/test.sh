@@ -20,6 +20,9 @@ pip_quiet install -q -e ".[test]"
 command -v configurable-http-proxy >/dev/null || npm install -g --silent configurable-http-proxy
 bash tests/images/build-kernel-image.sh
 
-(cd labextension && jlpm test)
+# lint and format, both halves: ruff for Python, eslint + prettier for the panel
+ruff check .
+ruff format --check .
+(cd labextension && jlpm lint:check && jlpm test)
 
 python -m pytest "$@"

@@ -24,6 +24,7 @@ distort the numbers. Prints a table and the ratios; writes everything to --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import multiprocessing as mp
@@ -32,7 +33,6 @@ import random
 import secrets
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,8 +77,9 @@ def ws_client(port: int, token: str, paths: list[str], stop: float, queue) -> No
     socks, messages, errors = [], 0, 0
     for path in paths:
         try:
-            ws = websocket.create_connection(f"ws://127.0.0.1:{port}{path}",
-                                             header=[f"Authorization: token {token}"], timeout=5)
+            ws = websocket.create_connection(
+                f"ws://127.0.0.1:{port}{path}", header=[f"Authorization: token {token}"], timeout=5
+            )
             ws.send(json.dumps({"updateFrequency": 1000, "isPaused": False}))  # what its panel sends
             socks.append(ws)
         except Exception as exc:
@@ -97,10 +98,8 @@ def ws_client(port: int, token: str, paths: list[str], stop: float, queue) -> No
                 errors += 1
                 time.sleep(0.05)
     for ws in socks:
-        try:
+        with contextlib.suppress(Exception):
             ws.close()
-        except Exception:
-            pass
     queue.put({"messages": messages, "errors": errors})
 
 
@@ -112,26 +111,48 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, workdir: Path, label: str, extensions: dict, fake_nvml: Path | None,
-                 extra_args: list[str]) -> None:
+    def __init__(
+        self, workdir: Path, label: str, extensions: dict, fake_nvml: Path | None, extra_args: list[str]
+    ) -> None:
         self.port, self.token = free_port(), secrets.token_hex(16)
         self.dir = workdir / label
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lag_file, self.timings = self.dir / "lag.txt", self.dir / "timings.txt"
         self.log_path = self.dir / "server.log"
-        cmd = [PY, str(ROOT / "bench" / "lagserver.py"), "--lag-file", str(self.lag_file),
-               "--timings", str(self.timings)]
+        cmd = [
+            PY,
+            str(ROOT / "bench" / "lagserver.py"),
+            "--lag-file",
+            str(self.lag_file),
+            "--timings",
+            str(self.timings),
+        ]
         if fake_nvml:
             cmd += ["--fake-nvml", str(fake_nvml)]
-        env = dict(os.environ, JUPYTER_CONFIG_DIR=str(self.dir / "config"), JUPYTER_DATA_DIR=str(self.dir / "data"),
-                   JUPYTER_RUNTIME_DIR=str(self.dir / "runtime"), JUPYTER_PLATFORM_DIRS="1")
+        env = dict(
+            os.environ,
+            JUPYTER_CONFIG_DIR=str(self.dir / "config"),
+            JUPYTER_DATA_DIR=str(self.dir / "data"),
+            JUPYTER_RUNTIME_DIR=str(self.dir / "runtime"),
+            JUPYTER_PLATFORM_DIRS="1",
+        )
         (self.dir / "config").mkdir(exist_ok=True)  # the extensions, by a config file (the CLI takes no dict)
         (self.dir / "config" / "jupyter_server_config.json").write_text(
-            json.dumps({"ServerApp": {"jpserver_extensions": extensions}}))
-        cmd += ["--", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
-                "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-                f"--ServerApp.root_dir={self.dir}",
-                "--GpuEnv.sample_interval=1.0", "--GpuEnv.remove_orphans=False", *extra_args]
+            json.dumps({"ServerApp": {"jpserver_extensions": extensions}})
+        )
+        cmd += [
+            "--",
+            "--no-browser",
+            "--allow-root",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.dir}",
+            "--GpuEnv.sample_interval=1.0",
+            "--GpuEnv.remove_orphans=False",
+            *extra_args,
+        ]
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=str(self.dir))
 
@@ -212,8 +233,11 @@ def window(server: Server, name: str, duration: float, clients: list[tuple]) -> 
     procs = []
     for kind, *params in clients:
         target = http_poller if kind == "http" else ws_client
-        args = (server.port, server.token, *params, stop, queue) if kind == "ws" else \
-            (server.port, server.token, params[0], params[1], start, stop, queue)
+        args = (
+            (server.port, server.token, *params, stop, queue)
+            if kind == "ws"
+            else (server.port, server.token, params[0], params[1], start, stop, queue)
+        )
         procs.append(mp.Process(target=target, args=args, daemon=True))
     for p in procs:
         p.start()
@@ -230,14 +254,22 @@ def window(server: Server, name: str, duration: float, clients: list[tuple]) -> 
     lag = read_pairs(server.lag_file, t0, t1)
     latencies = [x for r in results for x in r.get("latencies_ms", [])]
     row = {
-        "window": name, "seconds": round(t1 - t0, 2), "clients": len(clients),
-        "lag_p50_ms": pct(lag, 50), "lag_p99_ms": pct(lag, 99), "lag_max_ms": max(lag) if lag else None,
-        "lag_ms_per_s": sum(lag) / (t1 - t0) if lag else None, "lag_samples": len(lag),
+        "window": name,
+        "seconds": round(t1 - t0, 2),
+        "clients": len(clients),
+        "lag_p50_ms": pct(lag, 50),
+        "lag_p99_ms": pct(lag, 99),
+        "lag_max_ms": max(lag) if lag else None,
+        "lag_ms_per_s": sum(lag) / (t1 - t0) if lag else None,
+        "lag_samples": len(lag),
         "lag_over_1ms": sum(1 for x in lag if x > 1.0),
         # time the loop was held beyond 1 ms, per second: timer jitter below 1 ms does not count
         "blocked_ms_per_s": sum(max(0.0, x - 1.0) for x in lag) / (t1 - t0) if lag else None,
-        "cpu_ms_per_s": (cpu1[0] - cpu0[0]) / 1e6 / (t1 - t0), "loop_cpu_ms_per_s": (cpu1[1] - cpu0[1]) / 1e6 / (t1 - t0),
-        "requests": len(latencies), "latency_p50_ms": pct(latencies, 50), "latency_p95_ms": pct(latencies, 95),
+        "cpu_ms_per_s": (cpu1[0] - cpu0[0]) / 1e6 / (t1 - t0),
+        "loop_cpu_ms_per_s": (cpu1[1] - cpu0[1]) / 1e6 / (t1 - t0),
+        "requests": len(latencies),
+        "latency_p50_ms": pct(latencies, 50),
+        "latency_p95_ms": pct(latencies, 95),
         "latency_max_ms": max(latencies) if latencies else None,
         "errors": sum(r.get("errors", 0) for r in results) + sum(1 for r in results if "error" in r),
         "ws_messages": sum(r.get("messages", 0) for r in results),
@@ -246,8 +278,13 @@ def window(server: Server, name: str, duration: float, clients: list[tuple]) -> 
     for key in ("gpuenv.sample_once", "nvdashboard."):
         samples = read_pairs(server.timings, t0, t1, key)
         if samples:
-            row["sample_cost"] = {"what": key.rstrip("."), "n": len(samples), "p50_ms": pct(samples, 50),
-                                  "max_ms": max(samples), "sum_ms_per_s": sum(samples) / (t1 - t0)}
+            row["sample_cost"] = {
+                "what": key.rstrip("."),
+                "n": len(samples),
+                "p50_ms": pct(samples, 50),
+                "max_ms": max(samples),
+                "sum_ms_per_s": sum(samples) / (t1 - t0),
+            }
     return row
 
 
@@ -260,18 +297,53 @@ def fmt(v, digits=2) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("server", "window", "lag p50", "lag p99", "lag max", "lag >1ms", "blocked ms/s", "CPU ms/s", "loop CPU ms/s",
-            "req", "p50 ms", "p95 ms", "sample cost p50/max ms (where)", "err")
+    head = (
+        "server",
+        "window",
+        "lag p50",
+        "lag p99",
+        "lag max",
+        "lag >1ms",
+        "blocked ms/s",
+        "CPU ms/s",
+        "loop CPU ms/s",
+        "req",
+        "p50 ms",
+        "p95 ms",
+        "sample cost p50/max ms (where)",
+        "err",
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cost = r.get("sample_cost")
-        cost_s = f"{fmt(cost['p50_ms'], 3)}/{fmt(cost['max_ms'], 3)} ({cost['what']}, {'loop' if 'nvdash' in cost['what'] else 'thread'})" if cost else "-"
-        lines.append("| " + " | ".join([r["server"], r["window"], fmt(r["lag_p50_ms"], 3), fmt(r["lag_p99_ms"], 3),
-                                       fmt(r["lag_max_ms"]), fmt(r["lag_over_1ms"]), fmt(r["blocked_ms_per_s"], 3),
-                                       fmt(r["cpu_ms_per_s"]),
-                                       fmt(r["loop_cpu_ms_per_s"]), fmt(r["requests"]),
-                                       fmt(r["latency_p50_ms"], 3), fmt(r["latency_p95_ms"], 3), cost_s,
-                                       fmt(r["errors"])]) + " |")
+        cost_s = (
+            f"{fmt(cost['p50_ms'], 3)}/{fmt(cost['max_ms'], 3)} "
+            f"({cost['what']}, {'loop' if 'nvdash' in cost['what'] else 'thread'})"
+            if cost
+            else "-"
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["server"],
+                    r["window"],
+                    fmt(r["lag_p50_ms"], 3),
+                    fmt(r["lag_p99_ms"], 3),
+                    fmt(r["lag_max_ms"]),
+                    fmt(r["lag_over_1ms"]),
+                    fmt(r["blocked_ms_per_s"], 3),
+                    fmt(r["cpu_ms_per_s"]),
+                    fmt(r["loop_cpu_ms_per_s"]),
+                    fmt(r["requests"]),
+                    fmt(r["latency_p50_ms"], 3),
+                    fmt(r["latency_p95_ms"], 3),
+                    cost_s,
+                    fmt(r["errors"]),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -285,8 +357,15 @@ def ratios(rows: list[dict]) -> list[dict]:
             if not ours or not theirs:
                 continue
             item = {"clients": n, "nvdashboard": profile}
-            for key in ("blocked_ms_per_s", "lag_over_1ms", "lag_ms_per_s", "lag_max_ms", "lag_p99_ms",
-                        "cpu_ms_per_s", "loop_cpu_ms_per_s"):
+            for key in (
+                "blocked_ms_per_s",
+                "lag_over_1ms",
+                "lag_ms_per_s",
+                "lag_max_ms",
+                "lag_p99_ms",
+                "cpu_ms_per_s",
+                "loop_cpu_ms_per_s",
+            ):
                 a, b = ours.get(key), theirs.get(key)
                 item[key] = (b / a) if a and b is not None and a > 0 else None
                 item[key + "_values"] = [a, b]
@@ -314,33 +393,46 @@ def main() -> int:
         time.sleep(2.5)  # the sampler's first samples
         status, body = ours.get("/gpuenv/api/gpus")
         snap = json.loads(body)
-        print(f"gpuenv: GET gpus {status}: available={snap.get('available')} gpus={len(snap.get('gpus', []))} "
-              f"reason={snap.get('reason')}", flush=True)
+        print(
+            f"gpuenv: GET gpus {status}: available={snap.get('available')} gpus={len(snap.get('gpus', []))} "
+            f"reason={snap.get('reason')}",
+            flush=True,
+        )
         path = "/gpuenv/api/gpus"
-        plan = [("idle", []), ("panel x1", [("http", path, 1.0)]), ("panel x5", [("http", path, 1.0)] * 5),
-                ("poll x1", [("http", path, 20.0)]), ("poll x10", [("http", path, 20.0)] * 10),
-                # jupyter_server's own cost per request, for comparison: its status endpoint
-                ("api/status x1", [("http", "/api/status", 20.0)]),
-                ("api/status x10", [("http", "/api/status", 20.0)] * 10)]
+        plan = [
+            ("idle", []),
+            ("panel x1", [("http", path, 1.0)]),
+            ("panel x5", [("http", path, 1.0)] * 5),
+            ("poll x1", [("http", path, 20.0)]),
+            ("poll x10", [("http", path, 20.0)] * 10),
+            # jupyter_server's own cost per request, for comparison: its status endpoint
+            ("api/status x1", [("http", "/api/status", 20.0)]),
+            ("api/status x10", [("http", "/api/status", 20.0)] * 10),
+        ]
         for name, clients in plan:
             row = window(ours, name, d, clients)
             row["server"] = "gpuenv"
             rows.append(row)
-            print(f"  {name}: lag max {fmt(row['lag_max_ms'])} ms, lag {fmt(row['lag_ms_per_s'])} ms/s, "
-                  f"p50 {fmt(row['latency_p50_ms'], 3)} ms, p95 {fmt(row['latency_p95_ms'], 3)} ms", flush=True)
+            print(
+                f"  {name}: lag max {fmt(row['lag_max_ms'])} ms, lag {fmt(row['lag_ms_per_s'])} ms/s, "
+                f"p50 {fmt(row['latency_p50_ms'], 3)} ms, p95 {fmt(row['latency_p95_ms'], 3)} ms",
+                flush=True,
+            )
     finally:
         ours.stop()
 
     if not args.no_nvdashboard:
         try:
             import jupyterlab_nvdashboard  # noqa: F401
+
             have = True
         except ImportError as exc:
             print(f"nvdashboard: not installed ({exc}); skipped", flush=True)
             have = False
         if have:
-            theirs = Server(workdir, "nvdashboard", {"jupyter_gpuenv": False, "jupyterlab_nvdashboard": True},
-                            args.fake_nvml, [])
+            theirs = Server(
+                workdir, "nvdashboard", {"jupyter_gpuenv": False, "jupyterlab_nvdashboard": True}, args.fake_nvml, []
+            )
             try:
                 theirs.wait_ready()
                 status, body = theirs.get("/nvdashboard/accelerators/check")
@@ -348,14 +440,22 @@ def main() -> int:
                 time.sleep(1)
                 res = ["/nvdashboard/gpu_resource"]
                 um = ["/nvdashboard/gpu_utilization", "/nvdashboard/gpu_usage"]
-                plan = [("idle", []), ("resources x1", [("ws", res)]), ("resources x5", [("ws", res)] * 5),
-                        ("util+mem x1", [("ws", um)]), ("util+mem x5", [("ws", um)] * 5)]
+                plan = [
+                    ("idle", []),
+                    ("resources x1", [("ws", res)]),
+                    ("resources x5", [("ws", res)] * 5),
+                    ("util+mem x1", [("ws", um)]),
+                    ("util+mem x5", [("ws", um)] * 5),
+                ]
                 for name, clients in plan:
                     row = window(theirs, name, d, clients)
                     row["server"] = "nvdashboard"
                     rows.append(row)
-                    print(f"  {name}: lag max {fmt(row['lag_max_ms'])} ms, lag {fmt(row['lag_ms_per_s'])} ms/s, "
-                          f"{row['ws_messages']} messages, errors {row['errors']} {row['client_errors']}", flush=True)
+                    print(
+                        f"  {name}: lag max {fmt(row['lag_max_ms'])} ms, lag {fmt(row['lag_ms_per_s'])} ms/s, "
+                        f"{row['ws_messages']} messages, errors {row['errors']} {row['client_errors']}",
+                        flush=True,
+                    )
             finally:
                 theirs.stop()
 
@@ -363,16 +463,26 @@ def main() -> int:
     rat = ratios(rows)
     print("\n" + text + "\n")
     for r in rat:
-        def x(key):
+
+        def x(key, r=r):
             a, b = r[key + "_values"]
             return f"x{r[key]:.1f}" if r[key] is not None else f"({fmt(b, 3)} vs {fmt(a, 3)})"
 
-        print(f"nvdashboard {r['nvdashboard']} / gpuenv panel, {r['clients']} client(s): "
-              f"blocked ms/s {x('blocked_ms_per_s')}, lag >1ms events {x('lag_over_1ms')}, "
-              f"lag max {x('lag_max_ms')}, lag p99 {x('lag_p99_ms')}, server CPU {x('cpu_ms_per_s')}, "
-              f"loop-thread CPU {x('loop_cpu_ms_per_s')}")
-    result = {"rows": rows, "ratios": rat, "table": text, "duration": d, "fake_nvml": str(args.fake_nvml or ""),
-              "python": sys.version.split()[0], "cpus": os.cpu_count()}
+        print(
+            f"nvdashboard {r['nvdashboard']} / gpuenv panel, {r['clients']} client(s): "
+            f"blocked ms/s {x('blocked_ms_per_s')}, lag >1ms events {x('lag_over_1ms')}, "
+            f"lag max {x('lag_max_ms')}, lag p99 {x('lag_p99_ms')}, server CPU {x('cpu_ms_per_s')}, "
+            f"loop-thread CPU {x('loop_cpu_ms_per_s')}"
+        )
+    result = {
+        "rows": rows,
+        "ratios": rat,
+        "table": text,
+        "duration": d,
+        "fake_nvml": str(args.fake_nvml or ""),
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+    }
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     if args.keep:
         print(f"server folders kept in {workdir}")

@@ -42,15 +42,26 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--image", default="gpuenv-test-kernel:latest")
-    parser.add_argument("--network", default="none", choices=["none", "host"],
-                        help="the environment's network: 'none' pays for a network namespace (~0.12 s here)")
-    parser.add_argument("--local-python", default=sys.executable,
-                        help="interpreter of the local kernel (use the image's Python version)")
+    parser.add_argument(
+        "--network",
+        default="none",
+        choices=["none", "host"],
+        help="the environment's network: 'none' pays for a network namespace (~0.12 s here)",
+    )
+    parser.add_argument(
+        "--local-python",
+        default=sys.executable,
+        help="interpreter of the local kernel (use the image's Python version)",
+    )
     args = parser.parse_args()
     env = parse_environment("bench", {"image": args.image, "gpus": "none", "network": args.network}, "bench")
     container_spec = KernelSpec(resource_dir=tempfile.gettempdir(), **kernelspec_json(env))
-    local_spec = KernelSpec(resource_dir=tempfile.gettempdir(), display_name="local", language="python",
-                            argv=[args.local_python, "-m", "ipykernel_launcher", "-f", "{connection_file}"])
+    local_spec = KernelSpec(
+        resource_dir=tempfile.gettempdir(),
+        display_name="local",
+        language="python",
+        argv=[args.local_python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    )
     cwd = os.getcwd()
     await ready_time(container_spec, cwd)  # warm the image's files into the page cache, as a used host has
     await ready_time(local_spec, cwd)
@@ -60,7 +71,9 @@ async def main() -> None:
         container.append(await ready_time(container_spec, cwd))
     lm, cm = statistics.median(local), statistics.median(container)
     print(f"local kernel     median {lm:.3f} s  (min {min(local):.3f}, max {max(local):.3f}, n={len(local)})")
-    print(f"container kernel median {cm:.3f} s  (min {min(container):.3f}, max {max(container):.3f}, n={len(container)})")
+    print(
+        f"container kernel median {cm:.3f} s  (min {min(container):.3f}, max {max(container):.3f}, n={len(container)})"
+    )
     print(f"ratio container/local (network {args.network}): {cm / lm:.2f}x")
 
 

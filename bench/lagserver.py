@@ -87,6 +87,7 @@ def instrument(timings: Log) -> None:
     for name in dir(gpu):
         cls = getattr(gpu, name)
         if isinstance(cls, type) and name.endswith("WebSocketHandler") and "send_data" in cls.__dict__:
+
             def wrap(fn, label=name):
                 def send_data(self):
                     t0 = time.perf_counter()
@@ -94,6 +95,7 @@ def instrument(timings: Log) -> None:
                         return fn(self)
                     finally:
                         timings.add(f"{time.time():.6f} nvdashboard.{label} {1000 * (time.perf_counter() - t0):.4f}")
+
                 return send_data
 
             cls.send_data = wrap(cls.__dict__["send_data"])
@@ -118,9 +120,9 @@ def main() -> None:
     if args.fake_nvml is not None:
         fake = fake_pynvml_module(args.fake_nvml)
         sys.modules["pynvml"] = fake  # nvdashboard imports pynvml at import time
-        from jupyter_gpuenv import sampler
+        from jupyter_gpuenv import nvml
 
-        sampler.load_pynvml = lambda: fake
+        nvml.load_pynvml = lambda: fake
     lag, timings = Log(args.lag_file), Log(args.timings)
     if args.timings is not None:
         instrument(timings)

@@ -21,9 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
-from playwright.sync_api import sync_playwright  # noqa: E402
-
 from lab_harness import CHROMIUM, CHROMIUM_ARGS, LabServer, open_gpu_panel, open_lab  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
 
 METRICS = ("TaskDuration", "ScriptDuration", "LayoutDuration", "RecalcStyleDuration")
 
@@ -31,8 +30,11 @@ METRICS = ("TaskDuration", "ScriptDuration", "LayoutDuration", "RecalcStyleDurat
 def bundle_size() -> dict[str, int]:
     static = ROOT / "jupyter_gpuenv" / "labextension" / "static"
     files = [p for p in static.glob("*.js")]
-    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files),
-            "source_maps": len(list(static.glob("*.map")))}
+    return {
+        "files": len(files),
+        "bytes": sum(p.stat().st_size for p in files),
+        "source_maps": len(list(static.glob("*.map"))),
+    }
 
 
 def measure(page, cdp, seconds: float) -> dict[str, float]:
@@ -68,8 +70,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = LabServer(Path(tmp), recording="h100x2")
         try:
-            server.api("PUT", "lab/api/settings/jupyter-gpuenv:plugin",
-                       {"raw": json.dumps({"refreshInterval": args.interval})})
+            server.api(
+                "PUT", "lab/api/settings/jupyter-gpuenv:plugin", {"raw": json.dumps({"refreshInterval": args.interval})}
+            )
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
@@ -93,16 +96,19 @@ def main() -> None:
         finally:
             server.stop()
 
-    print(f"refresh interval {args.interval} s, {args.rounds} x {args.seconds} s per case (median), "
-          "Chromium headless")
+    print(f"refresh interval {args.interval} s, {args.rounds} x {args.seconds} s per case (median), Chromium headless")
     for case, r in results.items():
         print(f"  {case:13s} " + ", ".join(f"{k}={v}" for k, v in r.items()))
     o, c = results["panel open"], results["panel closed"]
-    print("  panel's own share per refresh (open - closed): " + ", ".join(
-        f"{k.split('_')[0]}={o[k] - c[k]:.2f} ms" for k in o if k != "refreshes"))
+    print(
+        "  panel's own share per refresh (open - closed): "
+        + ", ".join(f"{k.split('_')[0]}={o[k] - c[k]:.2f} ms" for k in o if k != "refreshes")
+    )
     if c["TaskDuration_ms_per_refresh"]:
-        print(f"  ratio open/closed (task time per refresh): "
-              f"{o['TaskDuration_ms_per_refresh'] / c['TaskDuration_ms_per_refresh']:.2f}")
+        print(
+            f"  ratio open/closed (task time per refresh): "
+            f"{o['TaskDuration_ms_per_refresh'] / c['TaskDuration_ms_per_refresh']:.2f}"
+        )
     print(f"bundle: {bundle_size()}")
 
 

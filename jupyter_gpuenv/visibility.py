@@ -43,8 +43,9 @@ def parse(spec: str | None, source: str = "config") -> Visibility:
     tokens = tuple(t.strip() for t in text.split(",") if t.strip())
     bad = [t for t in tokens if not (t.isdigit() or t.startswith(("GPU-", "MIG-")) or _hexish(t))]
     if bad:
-        raise ValueError(f"{source}: {bad[0]!r} is not a GPU index or UUID "
-                         "(expected e.g. '0,1', 'GPU-5f3c…', 'all' or 'none')")
+        raise ValueError(
+            f"{source}: {bad[0]!r} is not a GPU index or UUID (expected e.g. '0,1', 'GPU-5f3c…', 'all' or 'none')"
+        )
     return Visibility(tokens, source)
 
 

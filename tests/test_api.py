@@ -1,15 +1,13 @@
 """The REST API through a real Jupyter server with the extension loaded, NVML fed recorded values."""
 
 import json
-import os
 import re
 import subprocess
 import time
 
 import pytest
-from tornado.httpclient import HTTPClientError
-
 from conftest import wait_for
+from tornado.httpclient import HTTPClientError
 
 
 async def get_json(jp_fetch, *path, **params):
@@ -25,8 +23,19 @@ async def test_gpus_lists_the_recorded_gpus(fake_nvml, gpuenv_sampler, jp_fetch)
     assert body["driver_version"] == "580.159.04" and body["cuda_driver_version"] == "13.0"
     assert [g["name"] for g in body["gpus"]] == ["NVIDIA H100 80GB HBM3"] * 2
     gpu = body["gpus"][0]
-    for key in ("index", "uuid", "pci_bus_id", "memory", "utilization", "temperature_c", "power_w",
-                "power_limit_w", "clocks_mhz", "mig_mode", "processes"):
+    for key in (
+        "index",
+        "uuid",
+        "pci_bus_id",
+        "memory",
+        "utilization",
+        "temperature_c",
+        "power_w",
+        "power_limit_w",
+        "clocks_mhz",
+        "mig_mode",
+        "processes",
+    ):
         assert key in gpu
     assert gpu["memory"]["total"] == 85520809984 and gpu["fan_speed_pct"] is None
     assert {p["pid"] for p in gpu["processes"]} == {4242, 4343}
@@ -108,19 +117,22 @@ async def test_unknown_path_and_wrong_method(fake_nvml, jp_fetch):
     assert err.value.response.headers["Content-Type"].startswith("application/json")
 
 
-
 async def test_every_handler_refuses_unauthenticated_requests(fake_nvml, jp_serverapp, http_server_client):
     """Walk the route table: without a token every gpuenv route refuses every method and shows no data."""
-    patterns = {rule.matcher.regex.pattern
-                for host in jp_serverapp.web_app.default_router.rules if hasattr(host.target, "rules")
-                for rule in host.target.rules if "gpuenv" in rule.matcher.regex.pattern}
+    patterns = {
+        rule.matcher.regex.pattern
+        for host in jp_serverapp.web_app.default_router.rules
+        if hasattr(host.target, "rules")
+        for rule in host.target.rules
+        if "gpuenv" in rule.matcher.regex.pattern
+    }
     assert len(patterns) >= 3
     for pattern in sorted(patterns):
         path = re.sub(r"\(.*?\)\??", "/x", pattern.rstrip("$")).replace("\\", "")
         for method in ("GET", "POST", "DELETE"):
-            response = await http_server_client.fetch(path, method=method, raise_error=False,
-                                                      body="{}" if method == "POST" else None,
-                                                      follow_redirects=False)
+            response = await http_server_client.fetch(
+                path, method=method, raise_error=False, body="{}" if method == "POST" else None, follow_redirects=False
+            )
             allowed = (403,) if method == "GET" else (403, 405)
             assert response.code in allowed, (method, path, response.code)
             assert b"gpus" not in response.body and b"memory" not in response.body, (method, path)
@@ -134,7 +146,9 @@ async def test_gpu_memory_of_a_local_kernel_is_named_by_its_kernel(fake_nvml, gp
     child = subprocess.Popen(["sleep", "30"])  # a process of the server, not of the kernel
     try:
         fake_nvml.recording["devices"][0]["nvmlDeviceGetComputeRunningProcesses"] = [
-            {"pid": kernel_pid, "usedGpuMemory": 1024**3}, {"pid": child.pid, "usedGpuMemory": 2048}]
+            {"pid": kernel_pid, "usedGpuMemory": 1024**3},
+            {"pid": child.pid, "usedGpuMemory": 2048},
+        ]
         wait_for(lambda: gpuenv_sampler.latest.gpus[0].processes[0].kernel_id == kernel_id)
         procs = (await get_json(jp_fetch, "gpus"))["gpus"][0]["processes"]
         assert procs[0]["kernel_id"] == kernel_id and procs[0]["container_id"] is None

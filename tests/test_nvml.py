@@ -3,7 +3,7 @@
 import fake_pynvml
 import pytest
 
-from jupyter_gpuenv.nvml import NvmlReader, LibraryGone
+from jupyter_gpuenv.nvml import LibraryGone, NvmlReader
 from jupyter_gpuenv.visibility import parse
 
 GiB = 1024**3
@@ -29,7 +29,10 @@ def test_two_gpus_every_field():
     assert g0.temperature_c == 54 and g0.power_w == pytest.approx(312.456) and g0.power_limit_w == 700
     assert (g0.clocks_mhz.sm, g0.clocks_mhz.memory) == (1980, 2619)
     assert g0.mig_mode is False and g0.error is None
-    assert [(p.pid, p.used_memory, p.type) for p in g0.processes] == [(4242, 4 * GiB, "compute"), (4343, 2 * GiB, "compute")]
+    assert [(p.pid, p.used_memory, p.type) for p in g0.processes] == [
+        (4242, 4 * GiB, "compute"),
+        (4343, 2 * GiB, "compute"),
+    ]
     assert snap.gpus[1].processes == []
 
 
@@ -78,8 +81,15 @@ def test_driver_vanishing_raises_library_gone():
 
 @pytest.mark.parametrize(
     "spec, shown",
-    [("all", [0, 1]), ("1", [1]), ("GPU-9a8b7c6d", [1]), ("GPU-5f3c1a2b-0000-4c1e-9a7d-1b2c3d4e5f60,1", [0, 1]),
-     ("none", []), ("void", []), ("", [])],
+    [
+        ("all", [0, 1]),
+        ("1", [1]),
+        ("GPU-9a8b7c6d", [1]),
+        ("GPU-5f3c1a2b-0000-4c1e-9a7d-1b2c3d4e5f60,1", [0, 1]),
+        ("none", []),
+        ("void", []),
+        ("", []),
+    ],
 )
 def test_visibility(spec, shown):
     reader, _ = reader_for("h100x2")
@@ -94,7 +104,7 @@ def test_memory_used_is_what_nvidia_smi_shows_on_a_real_h100():
     gpus = reader.read().gpus
     MiB = 1024**2
     assert len(gpus) == len(recording["extra"]["nvidia_smi"]) == 2
-    for gpu, smi in zip(gpus, recording["extra"]["nvidia_smi"]):
+    for gpu, smi in zip(gpus, recording["extra"]["nvidia_smi"], strict=False):
         assert gpu.uuid == smi["uuid"]
         assert abs(gpu.memory.used / MiB - int(smi["memory.used"])) <= 1
         assert abs(gpu.memory.reserved / MiB - int(smi["memory.reserved"])) <= 1

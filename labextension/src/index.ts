@@ -33,7 +33,10 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
     notebooks: INotebookTracker | null,
     palette: ICommandPalette | null
   ): IGpuModel => {
-    const model = new GpuModel({ api: createApi(app.serviceManager.serverSettings), sessions: app.serviceManager.sessions });
+    const model = new GpuModel({
+      api: createApi(app.serviceManager.serverSettings),
+      sessions: app.serviceManager.sessions
+    });
     if (notebooks) {
       followCurrentNotebook(notebooks, model);
     }
@@ -89,7 +92,7 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
 /** The notebook's GPU memory in the status bar. */
 const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-gpuenv:status',
-  description: "The GPU memory of the notebook in focus, in the status bar.",
+  description: 'The GPU memory of the notebook in focus, in the status bar.',
   autoStart: true,
   requires: [IGpuModel],
   optional: [IStatusBar],

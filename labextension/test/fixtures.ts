@@ -32,8 +32,22 @@ export function gpusReply(t: number, overrides: Partial<IGpusReply> = {}): IGpus
     gpus: [
       gpu(0, {
         processes: [
-          { pid: 4242, used_memory: 4294967296, type: 'compute', kernel_id: 'k-1', container_id: null, gpu_instance: null },
-          { pid: 4343, used_memory: 2147483648, type: 'compute', kernel_id: null, container_id: null, gpu_instance: null }
+          {
+            pid: 4242,
+            used_memory: 4294967296,
+            type: 'compute',
+            kernel_id: 'k-1',
+            container_id: null,
+            gpu_instance: null
+          },
+          {
+            pid: 4343,
+            used_memory: 2147483648,
+            type: 'compute',
+            kernel_id: null,
+            container_id: null,
+            gpu_instance: null
+          }
         ]
       }),
       gpu(1, { memory: { total: 85520809984, used: 524288000, free: 84996521984 }, utilization: { gpu: 0, memory: 0 } })

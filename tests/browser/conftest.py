@@ -16,8 +16,9 @@ def browser_type_launch_args(browser_type_launch_args):
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing in CI: .ci/install-system.sh installs it")
-        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (or .ci/install-system.sh) to run "
-                    "the browser tests")
+        pytest.skip(
+            f"{CHROMIUM} is missing: `apt-get install chromium` (or .ci/install-system.sh) to run the browser tests"
+        )
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS, "headless": True}
 
 
@@ -55,7 +56,6 @@ def screenshot_dir(tmp_path_factory) -> Path:
     path = Path(target) if target else tmp_path_factory.mktemp("screenshots")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
 
 
 # tests/conftest.py loads pytest_jupyter, whose autouse fixtures take this thread's event loop and close it

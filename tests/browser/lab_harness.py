@@ -48,16 +48,29 @@ class LabServer:
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.recording: Path | None = None
-        cmd = [sys.executable, str(HERE / "launch_lab.py"), "--port", str(self.port), "--token", self.token,
-               "--root-dir", str(self.root)]
+        cmd = [
+            sys.executable,
+            str(HERE / "launch_lab.py"),
+            "--port",
+            str(self.port),
+            "--token",
+            self.token,
+            "--root-dir",
+            str(self.root),
+        ]
         if recording is not None:
             self.recording = workdir / f"{recording}.json"
             shutil.copy(RECORDINGS / f"{recording}.json", self.recording)
             cmd += ["--recording", str(self.recording)]
         self.log = workdir / "server.log"
         self._log = self.log.open("w")
-        self.proc = subprocess.Popen(cmd + (extra_args or []), stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=workdir, env={**os.environ, "JUPYTER_CONFIG_DIR": str(workdir / "config")})
+        self.proc = subprocess.Popen(
+            cmd + (extra_args or []),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env={**os.environ, "JUPYTER_CONFIG_DIR": str(workdir / "config")},
+        )
         self._wait_ready()
 
     @property
@@ -70,8 +83,11 @@ class LabServer:
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         request = urllib.request.Request(
-            self.base + path, method=method, data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"})
+            self.base + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             text = response.read()
         return json.loads(text) if text else None
@@ -103,12 +119,12 @@ class LabServer:
         """Create a notebook and start its kernel through /api/sessions, as Lab does; returns the session."""
         notebook = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
         self.api("PUT", f"api/contents/{path}", {"type": "notebook", "format": "json", "content": notebook})
-        return self.api("POST", "api/sessions",
-                        {"path": path, "name": path, "type": "notebook", "kernel": {"name": kernel}})
+        return self.api(
+            "POST", "api/sessions", {"path": path, "name": path, "type": "notebook", "kernel": {"name": kernel}}
+        )
 
     def set_theme(self, theme: str) -> None:
-        self.api("PUT", "lab/api/settings/@jupyterlab/apputils-extension:themes",
-                 {"raw": json.dumps({"theme": theme})})
+        self.api("PUT", "lab/api/settings/@jupyterlab/apputils-extension:themes", {"raw": json.dumps({"theme": theme})})
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -1,4 +1,4 @@
-""""Use for this notebook": the panel switches a notebook's kernel to a container environment, for real."""
+""" "Use for this notebook": the panel switches a notebook's kernel to a container environment, for real."""
 
 from __future__ import annotations
 
@@ -27,11 +27,22 @@ def container_lab(tmp_path, monkeypatch):
     share = tmp_path / "share"
     spec = share / "kernels" / "gpuenv-test"
     spec.mkdir(parents=True)
-    spec.joinpath("kernel.json").write_text(json.dumps({
-        "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Test container", "language": "python", "interrupt_mode": "signal",
-        "metadata": {"kernel_provisioner": {"provisioner_name": "gpuenv-docker-provisioner",
-                                            "config": {"environment": "test", "image": IMAGE, "gpus": "none"}}}}))
+    spec.joinpath("kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Test container",
+                "language": "python",
+                "interrupt_mode": "signal",
+                "metadata": {
+                    "kernel_provisioner": {
+                        "provisioner_name": "gpuenv-docker-provisioner",
+                        "config": {"environment": "test", "image": IMAGE, "gpus": "none"},
+                    }
+                },
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(share))  # the server finds the kernelspec there
     server = LabServer(tmp_path / "lab")
     yield server

@@ -26,9 +26,14 @@ class Server:
 
     async def request(self, method: str, path: str, body: Any = None, timeout: float = 120) -> tuple[int, Any]:
         """(status, parsed JSON or text); an HTTP error status is returned, not raised."""
-        req = HTTPRequest(f"{self.url}{path}", method=method, headers=self._headers(),
-                          body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
-                          request_timeout=timeout, allow_nonstandard_methods=True)
+        req = HTTPRequest(
+            f"{self.url}{path}",
+            method=method,
+            headers=self._headers(),
+            body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
+            request_timeout=timeout,
+            allow_nonstandard_methods=True,
+        )
         try:
             resp = await self.http.fetch(req)
             code, raw = resp.code, resp.body
@@ -46,10 +51,13 @@ class Server:
             raise RuntimeError(f"GET {path}: {code} {body}")
         return body
 
-    async def channels(self, kernel_id: str) -> "Channels":
+    async def channels(self, kernel_id: str) -> Channels:
         ws_url = self.url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
-        conn = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {self.token}"},
-                                                   connect_timeout=30, request_timeout=60))
+        conn = await websocket_connect(
+            HTTPRequest(
+                ws_url, headers={"Authorization": f"token {self.token}"}, connect_timeout=30, request_timeout=60
+            )
+        )
         return Channels(conn)
 
 
@@ -61,20 +69,47 @@ class Channels:
         self.session = uuid.uuid4().hex
 
     def _msg(self, msg_type: str, content: dict, channel: str = "shell") -> dict:
-        return {"header": {"msg_id": uuid.uuid4().hex, "username": "prove", "session": self.session,
-                           "msg_type": msg_type, "version": "5.3",
-                           "date": datetime.datetime.now(datetime.timezone.utc).isoformat()},
-                "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": []}
+        return {
+            "header": {
+                "msg_id": uuid.uuid4().hex,
+                "username": "prove",
+                "session": self.session,
+                "msg_type": msg_type,
+                "version": "5.3",
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            },
+            "parent_header": {},
+            "metadata": {},
+            "content": content,
+            "channel": channel,
+            "buffers": [],
+        }
 
     async def execute(self, code: str, timeout: float = 120, on_busy=None) -> dict[str, Any]:
         """Run code; returns status, stdout, ename/evalue, seconds, and when the kernel went busy."""
-        msg = self._msg("execute_request", {"code": code, "silent": False, "store_history": False,
-                                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
+        msg = self._msg(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": False,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
+        )
         msg_id = msg["header"]["msg_id"]
         t0 = time.perf_counter()
         await self.conn.write_message(json.dumps(msg))
-        out: dict[str, Any] = {"status": None, "stdout": "", "stderr": "", "ename": None, "evalue": None,
-                               "t_busy": None, "t_reply": None}
+        out: dict[str, Any] = {
+            "status": None,
+            "stdout": "",
+            "stderr": "",
+            "ename": None,
+            "evalue": None,
+            "t_busy": None,
+            "t_reply": None,
+        }
         idle = False
         deadline = time.monotonic() + timeout
         while out["status"] is None or not idle:

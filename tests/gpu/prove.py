@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 
 import jclient  # noqa: E402
 
-GiB = 1024 ** 3
+GiB = 1024**3
 LABEL_KERNEL = "io.jupyter.gpuenv.kernel-id"
 results: list[dict] = []
 
@@ -66,21 +66,35 @@ def kernel_containers(kernel_id: str | None = None) -> list:
 
 
 def nvidia_smi() -> list[dict]:
-    fields = ("index,uuid,name,pci.bus_id,memory.total,memory.used,utilization.gpu,temperature.gpu,power.draw,"
-              "power.limit,clocks.sm,clocks.mem")
+    fields = (
+        "index,uuid,name,pci.bus_id,memory.total,memory.used,utilization.gpu,temperature.gpu,power.draw,"
+        "power.limit,clocks.sm,clocks.mem"
+    )
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     names = fields.split(",")
-    return [dict(zip(names, (v.strip() for v in line.split(",")))) for line in out.splitlines() if line.strip()]
+    return [
+        dict(zip(names, (v.strip() for v in line.split(",")), strict=False))
+        for line in out.splitlines()
+        if line.strip()
+    ]
 
 
 def smi_apps() -> str:
     try:
-        return subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory,gpu_uuid",
-                               "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory,gpu_uuid", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return ""
 
@@ -109,7 +123,8 @@ except ImportError as exc:
     out["torch"] = None; out["error"] = str(exc)
 import ipykernel
 out["ipykernel"] = ipykernel.__file__
-out["env"] = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "LD_LIBRARY_PATH", "PYTHONPATH")}
+names = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "LD_LIBRARY_PATH", "PYTHONPATH")
+out["env"] = {k: os.environ.get(k) for k in names}
 print("RESULT " + json.dumps(out))
 """
 
@@ -121,9 +136,11 @@ def torch_code(alloc: int) -> str:
 def parse_result(reply: dict) -> dict:
     for line in reply.get("stdout", "").splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    return {"error": f"no result: status={reply.get('status')} {reply.get('ename')} {reply.get('evalue')} "
-                     f"stderr={reply.get('stderr', '')[-500:]}"}
+            return json.loads(line[len("RESULT ") :])
+    return {
+        "error": f"no result: status={reply.get('status')} {reply.get('ename')} {reply.get('evalue')} "
+        f"stderr={reply.get('stderr', '')[-500:]}"
+    }
 
 
 class Run:
@@ -135,9 +152,14 @@ class Run:
             shutil.rmtree(self.work)
         for d in ("data", "config", "runtime", "root"):
             (self.work / d).mkdir(parents=True)
-        self.env = dict(os.environ, JUPYTER_DATA_DIR=str(self.work / "data"),
-                        JUPYTER_CONFIG_DIR=str(self.work / "config"), JUPYTER_RUNTIME_DIR=str(self.work / "runtime"),
-                        JUPYTER_PLATFORM_DIRS="1", PYTHONUNBUFFERED="1")
+        self.env = dict(
+            os.environ,
+            JUPYTER_DATA_DIR=str(self.work / "data"),
+            JUPYTER_CONFIG_DIR=str(self.work / "config"),
+            JUPYTER_RUNTIME_DIR=str(self.work / "runtime"),
+            JUPYTER_PLATFORM_DIRS="1",
+            PYTHONUNBUFFERED="1",
+        )
         self.server_proc = None
         self.token = secrets.token_hex(16)
         self.driver_cuda = None
@@ -146,20 +168,43 @@ class Run:
     def facts(self) -> None:
         rows = nvidia_smi()
         self.smi = rows
-        info("0", "nvidia-smi", "; ".join(f"{r['index']}: {r['name']} {r['uuid']} {r['memory.total']} MiB" for r in rows)
-             or "no nvidia-smi", rows=rows)
-        drv = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True).stdout.strip() if rows else ""
+        info(
+            "0",
+            "nvidia-smi",
+            "; ".join(f"{r['index']}: {r['name']} {r['uuid']} {r['memory.total']} MiB" for r in rows)
+            or "no nvidia-smi",
+            rows=rows,
+        )
+        drv = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
+            ).stdout.strip()
+            if rows
+            else ""
+        )
         info("0", "driver", drv or "none", driver=drv)
         self.torch_cuda = None
         for py in ("python3", self.args.python):
-            p = subprocess.run([py, "-c", "import torch, sys; print(torch.version.cuda, torch.__version__, "
-                                          "'%d.%d' % sys.version_info[:2])"],
-                               capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=""))
+            p = subprocess.run(
+                [
+                    py,
+                    "-c",
+                    "import torch, sys; print(torch.version.cuda, torch.__version__, '%d.%d' % sys.version_info[:2])",
+                ],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, PYTHONPATH=""),
+            )
             if p.returncode == 0 and p.stdout.split() and p.stdout.split()[0] != "None":
                 self.torch_cuda, torch_version, pyver = p.stdout.split()[:3]
-                info("0", "host torch", f"{py}: torch {torch_version}, CUDA {self.torch_cuda}, Python {pyver}",
-                     torch=torch_version, torch_cuda=self.torch_cuda, python=py)
+                info(
+                    "0",
+                    "host torch",
+                    f"{py}: torch {torch_version}, CUDA {self.torch_cuda}, Python {pyver}",
+                    torch=torch_version,
+                    torch_cuda=self.torch_cuda,
+                    python=py,
+                )
                 break
         if self.torch_cuda is None:
             self.torch_cuda = self.args.fallback_cuda
@@ -171,16 +216,49 @@ class Run:
     def add_environments(self) -> None:
         a = self.args
         gpus = ["--gpus", "none"] if a.local else []
-        p = self.cli("add", "torch-local", "--user", "--image", a.image, "--python", a.python,
-                     "--display-name", f"PyTorch (local image) / CUDA {self.torch_cuda}",
-                     "--cuda-version", self.torch_cuda, "--env", f"PYTHONPATH={a.kernel_pythonpath}", *gpus)
-        check("c", "jupyter gpuenv add torch-local (--env PYTHONPATH, --cuda-version from host torch)",
-              p.returncode == 0, p.stdout.strip() or p.stderr.strip())
-        p = self.cli("add", "torch-future", "--user", "--image", a.image, "--python", a.python,
-                     "--display-name", "Needs CUDA 99.0", "--cuda-version", "99.0",
-                     "--env", f"PYTHONPATH={a.kernel_pythonpath}")
-        check("g", "jupyter gpuenv add torch-future --cuda-version 99.0", p.returncode == 0,
-              p.stdout.strip() or p.stderr.strip())
+        p = self.cli(
+            "add",
+            "torch-local",
+            "--user",
+            "--image",
+            a.image,
+            "--python",
+            a.python,
+            "--display-name",
+            f"PyTorch (local image) / CUDA {self.torch_cuda}",
+            "--cuda-version",
+            self.torch_cuda,
+            "--env",
+            f"PYTHONPATH={a.kernel_pythonpath}",
+            *gpus,
+        )
+        check(
+            "c",
+            "jupyter gpuenv add torch-local (--env PYTHONPATH, --cuda-version from host torch)",
+            p.returncode == 0,
+            p.stdout.strip() or p.stderr.strip(),
+        )
+        p = self.cli(
+            "add",
+            "torch-future",
+            "--user",
+            "--image",
+            a.image,
+            "--python",
+            a.python,
+            "--display-name",
+            "Needs CUDA 99.0",
+            "--cuda-version",
+            "99.0",
+            "--env",
+            f"PYTHONPATH={a.kernel_pythonpath}",
+        )
+        check(
+            "g",
+            "jupyter gpuenv add torch-future --cuda-version 99.0",
+            p.returncode == 0,
+            p.stdout.strip() or p.stderr.strip(),
+        )
         p = self.cli("list")
         info("c", "jupyter gpuenv list", p.stdout.strip())
 
@@ -189,19 +267,30 @@ class Run:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        cfg = {"ServerApp": {"jpserver_extensions": {"jupyter_gpuenv": True, "jupyterlab_nvdashboard": False}},
-               "GpuEnv": {"sample_interval": 1.0}}
+        cfg = {
+            "ServerApp": {"jpserver_extensions": {"jupyter_gpuenv": True, "jupyterlab_nvdashboard": False}},
+            "GpuEnv": {"sample_interval": 1.0},
+        }
         (self.work / "config" / "jupyter_server_config.json").write_text(json.dumps(cfg))
         cmd = [sys.executable, str(ROOT / "bench" / "lagserver.py"), "--lag-file", str(self.work / "lag.txt")]
         if self.args.local:
             cmd += ["--fake-nvml", str(ROOT / "tests" / "recordings" / "h100x2.json")]
-        cmd += ["--", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
-                "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-                f"--ServerApp.root_dir={self.work / 'root'}", "--debug" if self.args.debug else "--ServerApp.log_level=INFO"]
+        cmd += [
+            "--",
+            "--no-browser",
+            "--allow-root",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.work / 'root'}",
+            "--debug" if self.args.debug else "--ServerApp.log_level=INFO",
+        ]
         self.server_log = (self.out / "server.log").open("w")
         t0 = time.perf_counter()
-        self.server_proc = subprocess.Popen(cmd, stdout=self.server_log, stderr=subprocess.STDOUT, env=self.env,
-                                            cwd=str(self.work / "root"))
+        self.server_proc = subprocess.Popen(
+            cmd, stdout=self.server_log, stderr=subprocess.STDOUT, env=self.env, cwd=str(self.work / "root")
+        )
         self.server = jclient.Server(f"http://127.0.0.1:{self.port}", self.token)
         return t0
 
@@ -212,8 +301,12 @@ class Run:
             try:
                 code, _ = await self.server.request("GET", "/api/status", timeout=2)
                 if code == 200:
-                    return check("a", "server with jupyter_gpuenv started (--allow-root, 127.0.0.1, token)", True,
-                                 f"{time.perf_counter() - t0:.1f} s, port {self.port}")
+                    return check(
+                        "a",
+                        "server with jupyter_gpuenv started (--allow-root, 127.0.0.1, token)",
+                        True,
+                        f"{time.perf_counter() - t0:.1f} s, port {self.port}",
+                    )
             except Exception:
                 pass
             await asyncio.sleep(0.2)
@@ -234,16 +327,23 @@ class Run:
         snap = None
         for _ in range(50):
             snap = await self.server.get("/gpuenv/api/gpus")
-            if snap.get("available") or snap.get("reason") not in (None, "GPUs have not been sampled yet"):
-                if snap.get("available") or not self.args.local:
-                    break
+            sampled = snap.get("available") or snap.get("reason") not in (None, "GPUs have not been sampled yet")
+            if sampled and (snap.get("available") or not self.args.local):
+                break
             await asyncio.sleep(0.2)
         self.snapshot = snap
         self.driver_cuda = snap.get("cuda_driver_version")
         ok = bool(snap.get("available") and snap.get("gpus"))
-        check("a", "GET gpus lists the GPU(s)", ok,
-              f"driver {snap.get('driver_version')}, CUDA {snap.get('cuda_driver_version')}, "
-              f"{len(snap.get('gpus') or [])} GPU(s)" if ok else str(snap.get("reason")), snapshot=snap)
+        check(
+            "a",
+            "GET gpus lists the GPU(s)",
+            ok,
+            f"driver {snap.get('driver_version')}, CUDA {snap.get('cuda_driver_version')}, "
+            f"{len(snap.get('gpus') or [])} GPU(s)"
+            if ok
+            else str(snap.get("reason")),
+            snapshot=snap,
+        )
         smi = nvidia_smi()
         if not smi:
             check("a", "GET gpus matches nvidia-smi", None, "no nvidia-smi here")
@@ -256,29 +356,54 @@ class Run:
                 all_ok = False
                 rows.append({"field": "uuid", "nvidia-smi": s["uuid"], "GET gpus": "missing", "ok": False})
                 continue
-            mib = lambda b: None if b is None else b / 1024 ** 2  # noqa: E731
+            mib = lambda b: None if b is None else b / 1024**2  # noqa: E731
             pairs = [
                 ("index", s["index"], g["index"], str(g["index"]) == s["index"]),
                 ("uuid", s["uuid"], g["uuid"], g["uuid"] == s["uuid"]),
                 ("name", s["name"], g["name"], g["name"] == s["name"]),
-                ("pci.bus_id", s["pci.bus_id"], g["pci_bus_id"], (g["pci_bus_id"] or "").upper() == s["pci.bus_id"].upper()),
-                ("memory.total MiB", s["memory.total"], round(mib(g["memory"]["total"]), 1),
-                 abs(mib(g["memory"]["total"]) - num(s["memory.total"])) <= 1),
-                ("memory.used MiB", s["memory.used"], round(mib(g["memory"]["used"]), 1),
-                 abs(mib(g["memory"]["used"]) - num(s["memory.used"])) <= 8),
+                (
+                    "pci.bus_id",
+                    s["pci.bus_id"],
+                    g["pci_bus_id"],
+                    (g["pci_bus_id"] or "").upper() == s["pci.bus_id"].upper(),
+                ),
+                (
+                    "memory.total MiB",
+                    s["memory.total"],
+                    round(mib(g["memory"]["total"]), 1),
+                    abs(mib(g["memory"]["total"]) - num(s["memory.total"])) <= 1,
+                ),
+                (
+                    "memory.used MiB",
+                    s["memory.used"],
+                    round(mib(g["memory"]["used"]), 1),
+                    abs(mib(g["memory"]["used"]) - num(s["memory.used"])) <= 8,
+                ),
                 ("utilization.gpu %", s["utilization.gpu"], g["utilization"]["gpu"], None),
-                ("temperature.gpu C", s["temperature.gpu"], g["temperature_c"],
-                 g["temperature_c"] is not None and abs(g["temperature_c"] - num(s["temperature.gpu"])) <= 3),
+                (
+                    "temperature.gpu C",
+                    s["temperature.gpu"],
+                    g["temperature_c"],
+                    g["temperature_c"] is not None and abs(g["temperature_c"] - num(s["temperature.gpu"])) <= 3,
+                ),
                 ("power.draw W", s["power.draw"], g["power_w"], None),
-                ("power.limit W", s["power.limit"], g["power_limit_w"],
-                 g["power_limit_w"] is not None and abs(g["power_limit_w"] - num(s["power.limit"])) <= 1),
+                (
+                    "power.limit W",
+                    s["power.limit"],
+                    g["power_limit_w"],
+                    g["power_limit_w"] is not None and abs(g["power_limit_w"] - num(s["power.limit"])) <= 1,
+                ),
                 ("clocks.sm MHz", s["clocks.sm"], g["clocks_mhz"]["sm"], None),
-                ("clocks.mem MHz", s["clocks.mem"], g["clocks_mhz"]["memory"],
-                 g["clocks_mhz"]["memory"] is not None and abs(g["clocks_mhz"]["memory"] - num(s["clocks.mem"])) <= 5),
+                (
+                    "clocks.mem MHz",
+                    s["clocks.mem"],
+                    g["clocks_mhz"]["memory"],
+                    g["clocks_mhz"]["memory"] is not None
+                    and abs(g["clocks_mhz"]["memory"] - num(s["clocks.mem"])) <= 5,
+                ),
             ]
             for field, a, b, same in pairs:
-                rows.append({"field": field, "nvidia-smi": a, "GET gpus": b,
-                             "ok": same})
+                rows.append({"field": field, "nvidia-smi": a, "GET gpus": b, "ok": same})
                 if same is False:
                     all_ok = False
         self.smi_table = rows
@@ -286,30 +411,50 @@ class Run:
         for r in rows:
             mark = {True: "=", False: "DIFF", None: "~ (changes by the second)"}[r["ok"]]
             print(f"    {r['field']:<20}  {str(r['nvidia-smi']):<42}  {str(r['GET gpus']):<42} {mark}", flush=True)
-        check("a", "GET gpus matches nvidia-smi (identity, memory within 8 MiB, temperature, power limit, mem clock)",
-              all_ok, "; ".join(f"{r['field']} {r['nvidia-smi']} vs {r['GET gpus']}" for r in rows if r["ok"] is False),
-              table=rows)
+        check(
+            "a",
+            "GET gpus matches nvidia-smi (identity, memory within 8 MiB, temperature, power limit, mem clock)",
+            all_ok,
+            "; ".join(f"{r['field']} {r['nvidia-smi']} vs {r['GET gpus']}" for r in rows if r["ok"] is False),
+            table=rows,
+        )
 
     async def environments(self) -> None:
         report = await self.server.get("/gpuenv/api/environments")
         envs = {e["name"]: e for e in report.get("environments", [])}
         local = envs.get("torch-local", {})
-        check("c", "GET environments: torch-local ready and compatible", local.get("compatible") is True
-              and local.get("image_present") is True, f"state {local.get('state')}, CUDA {local.get('cuda_version')}, "
-              f"reason {local.get('reason')}", environment=local)
+        check(
+            "c",
+            "GET environments: torch-local ready and compatible",
+            local.get("compatible") is True and local.get("image_present") is True,
+            f"state {local.get('state')}, CUDA {local.get('cuda_version')}, reason {local.get('reason')}",
+            environment=local,
+        )
         fut = envs.get("torch-future", {})
         reason = fut.get("reason") or ""
-        check("g", "GET environments: torch-future incompatible, both CUDA versions named",
-              fut.get("compatible") is False and "99.0" in reason and bool(self.driver_cuda) and self.driver_cuda in reason,
-              reason, environment=fut)
+        check(
+            "g",
+            "GET environments: torch-future incompatible, both CUDA versions named",
+            fut.get("compatible") is False
+            and "99.0" in reason
+            and bool(self.driver_cuda)
+            and self.driver_cuda in reason,
+            reason,
+            environment=fut,
+        )
 
     async def start_kernel(self, name: str, step: str) -> str | None:
         t0 = time.perf_counter()
         code, body = await self.server.request("POST", "/api/kernels", {"name": name}, timeout=180)
         seconds = time.perf_counter() - t0
         ok = code == 201 and isinstance(body, dict) and "id" in body
-        check(step, f"POST /api/kernels {name}", ok, f"{code} in {seconds:.1f} s" + ("" if ok else f": {body}"),
-              seconds=seconds)
+        check(
+            step,
+            f"POST /api/kernels {name}",
+            ok,
+            f"{code} in {seconds:.1f} s" + ("" if ok else f": {body}"),
+            seconds=seconds,
+        )
         return body["id"] if ok else None
 
     async def kernel_row(self, kernel_id: str) -> dict:
@@ -328,8 +473,15 @@ class Run:
             check(step, f"{label}: code ran in the kernel (no GPU here)", "ipykernel" in res, json.dumps(res)[:400])
             return res
         ok = res.get("available") is True and (not alloc or (res.get("allocated") or 0) >= alloc)
-        check(step, f"{label}: torch.cuda.is_available() and {alloc / GiB:.0f} GiB allocated" if alloc else
-              f"{label}: torch.cuda.is_available()", ok, json.dumps(res)[:600], kernel=res)
+        check(
+            step,
+            f"{label}: torch.cuda.is_available() and {alloc / GiB:.0f} GiB allocated"
+            if alloc
+            else f"{label}: torch.cuda.is_available()",
+            ok,
+            json.dumps(res)[:600],
+            kernel=res,
+        )
         return res
 
     async def attribution(self, kernel_id: str, alloc: int) -> None:
@@ -344,27 +496,60 @@ class Run:
                 break
             await asyncio.sleep(0.25)
         procs = [dict(p, gpu=g["index"]) for g in (snap or {}).get("gpus", []) for p in g["processes"]]
-        check("e", "GET gpus: the kernel's process holds the memory, attributed to the kernel id", proc is not None,
-              json.dumps(proc or procs)[:600], process=proc, processes=procs)
+        check(
+            "e",
+            "GET gpus: the kernel's process holds the memory, attributed to the kernel id",
+            proc is not None,
+            json.dumps(proc or procs)[:600],
+            process=proc,
+            processes=procs,
+        )
         info("e", "nvidia-smi --query-compute-apps", smi_apps() or "(none)")
         row = await self.kernel_row(kernel_id)
-        check("e", "GET kernels: the kernel's GPU and GPU memory", bool(row.get("gpus")) and
-              (row.get("gpu_memory") or 0) >= alloc, json.dumps(row), kernel=row)
+        check(
+            "e",
+            "GET kernels: the kernel's GPU and GPU memory",
+            bool(row.get("gpus")) and (row.get("gpu_memory") or 0) >= alloc,
+            json.dumps(row),
+            kernel=row,
+        )
         self.kernel_gpus = row.get("gpus")
         self.gpu_mode = row.get("gpu_mode")
-        check("c", "gpu_mode auto chose 'devices' (no NVIDIA Container Toolkit here)", row.get("gpu_mode") == "devices",
-              f"gpu_mode {row.get('gpu_mode')}")
+        check(
+            "c",
+            "gpu_mode auto chose 'devices' (no NVIDIA Container Toolkit here)",
+            row.get("gpu_mode") == "devices",
+            f"gpu_mode {row.get('gpu_mode')}",
+        )
 
     def record(self) -> None:
         p = run([sys.executable, str(HERE / "record_nvml.py"), str(self.out / "h100-real.json")], env=self.env)
-        check("b", "NVML recorded (every call nvml.py makes) while the kernel holds its memory", p.returncode == 0,
-              p.stdout.strip()[-300:])
+        check(
+            "b",
+            "NVML recorded (every call nvml.py makes) while the kernel holds its memory",
+            p.returncode == 0,
+            p.stdout.strip()[-300:],
+        )
         if p.returncode == 0:
-            p = run([sys.executable, "-m", "pytest", "-q", "--noconftest", "-p", "no:cacheprovider",
-                     str(HERE / "test_recording_replay.py")],
-                    env=dict(self.env, GPUENV_REAL_RECORDING=str(self.out / "h100-real.json")))
-            check("b", "the recording replays through FakePynvml to the live snapshot (tests/gpu/test_recording_replay.py)",
-                  p.returncode == 0, p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-300:])
+            p = run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "--noconftest",
+                    "-p",
+                    "no:cacheprovider",
+                    str(HERE / "test_recording_replay.py"),
+                ],
+                env=dict(self.env, GPUENV_REAL_RECORDING=str(self.out / "h100-real.json")),
+            )
+            check(
+                "b",
+                "the recording replays through FakePynvml to the live snapshot (tests/gpu/test_recording_replay.py)",
+                p.returncode == 0,
+                p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-300:],
+            )
 
     async def interrupt(self, kernel_id: str) -> None:
         ch = await self.server.channels(kernel_id)
@@ -381,10 +566,13 @@ class Run:
         finally:
             ch.close()
         took = (reply["t_reply"] - sent["t"]) if reply.get("t_reply") and "t" in sent else None
-        check("f", "interrupt of time.sleep(30): KeyboardInterrupt within ~1 s", reply.get("ename") == "KeyboardInterrupt"
-              and took is not None and took < 1.5,
-              f"POST interrupt {sent.get('code')}, {reply.get('ename')} {took and f'{took:.3f}'} s after the POST",
-              seconds=took)
+        check(
+            "f",
+            "interrupt of time.sleep(30): KeyboardInterrupt within ~1 s",
+            reply.get("ename") == "KeyboardInterrupt" and took is not None and took < 1.5,
+            f"POST interrupt {sent.get('code')}, {reply.get('ename')} {took and f'{took:.3f}'} s after the POST",
+            seconds=took,
+        )
 
     async def restart(self, kernel_id: str) -> None:
         before = kernel_containers(kernel_id)
@@ -394,16 +582,26 @@ class Run:
         seconds = time.perf_counter() - t0
         after = kernel_containers(kernel_id)
         gpus_after = after[0].labels.get("io.jupyter.gpuenv.gpus") if after else None
-        check("f", "POST restart", code == 200, f"{code} in {seconds:.1f} s; container "
-              f"{before[0].short_id if before else None} -> {after[0].short_id if after else None}", seconds=seconds)
+        check(
+            "f",
+            "POST restart",
+            code == 200,
+            f"{code} in {seconds:.1f} s; container "
+            f"{before[0].short_id if before else None} -> {after[0].short_id if after else None}",
+            seconds=seconds,
+        )
         res = await self.torch_in_kernel(kernel_id, "f", 0, "after restart")
         row = await self.kernel_row(kernel_id)
         same = gpus_before == gpus_after and row.get("gpus") == self.kernel_gpus
         if not self.args.local:
             same = same and bool(gpus_after) and res.get("uuid", "x").removeprefix("GPU-") in gpus_after
-        check("f", "the restarted kernel keeps its GPU (same uuid: container label, GET kernels, torch)", same,
-              f"label {gpus_before} -> {gpus_after}; GET kernels gpus {self.kernel_gpus} -> {row.get('gpus')}; "
-              f"torch uuid {res.get('uuid')}")
+        check(
+            "f",
+            "the restarted kernel keeps its GPU (same uuid: container label, GET kernels, torch)",
+            same,
+            f"label {gpus_before} -> {gpus_after}; GET kernels gpus {self.kernel_gpus} -> {row.get('gpus')}; "
+            f"torch uuid {res.get('uuid')}",
+        )
 
     async def shutdown(self, kernel_id: str, step: str = "f") -> None:
         found = kernel_containers(kernel_id)
@@ -412,29 +610,62 @@ class Run:
         code, _ = await self.server.request("DELETE", f"/api/kernels/{kernel_id}")
         seconds = time.perf_counter() - t0
         left = kernel_containers(kernel_id)
-        check(step, "DELETE: no container left (label io.jupyter.gpuenv.kernel-id), no socket folder",
-              code == 204 and not left and sockets is not None and not os.path.exists(sockets),
-              f"{code} in {seconds:.2f} s; containers left {[c.short_id for c in left]}; socket folder {sockets} "
-              f"exists={os.path.exists(sockets) if sockets else None}", seconds=seconds)
+        check(
+            step,
+            "DELETE: no container left (label io.jupyter.gpuenv.kernel-id), no socket folder",
+            code == 204 and not left and sockets is not None and not os.path.exists(sockets),
+            f"{code} in {seconds:.2f} s; containers left {[c.short_id for c in left]}; socket folder {sockets} "
+            f"exists={os.path.exists(sockets) if sockets else None}",
+            seconds=seconds,
+        )
 
     def prepare_runtime(self) -> None:
         a = self.args
         # the kernel-runtime path: ipykernel prepared on the host, mounted into an image that lacks it
-        pyver = subprocess.run([sys.executable, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                               capture_output=True, text=True).stdout.strip() if not a.local else a.local_pyver
+        pyver = (
+            subprocess.run(
+                [sys.executable, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            if not a.local
+            else a.local_pyver
+        )
         env = dict(self.env)
         if a.wheels:
             env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(Path(a.wheels).resolve()))
         t0 = time.perf_counter()
         p = run([sys.executable, "-m", "jupyter_gpuenv.cli", "prepare-runtime", pyver], env=env, timeout=600)
-        self.runtime_ok = check("c", f"jupyter gpuenv prepare-runtime {pyver}", p.returncode == 0,
-                                f"{time.perf_counter() - t0:.1f} s; " + (p.stdout.strip() or p.stderr.strip()[-800:]))
+        self.runtime_ok = check(
+            "c",
+            f"jupyter gpuenv prepare-runtime {pyver}",
+            p.returncode == 0,
+            f"{time.perf_counter() - t0:.1f} s; " + (p.stdout.strip() or p.stderr.strip()[-800:]),
+        )
         if self.runtime_ok:
-            p = self.cli("add", "torch-mount", "--user", "--image", a.image, "--python", a.python,
-                         "--display-name", "PyTorch, ipykernel mounted", "--cuda-version", self.torch_cuda,
-                         "--kernel-runtime", "mount", "--gpus", "none" if a.local else "all")
-            check("c", "jupyter gpuenv add torch-mount --kernel-runtime mount", p.returncode == 0,
-                  p.stdout.strip() or p.stderr.strip())
+            p = self.cli(
+                "add",
+                "torch-mount",
+                "--user",
+                "--image",
+                a.image,
+                "--python",
+                a.python,
+                "--display-name",
+                "PyTorch, ipykernel mounted",
+                "--cuda-version",
+                self.torch_cuda,
+                "--kernel-runtime",
+                "mount",
+                "--gpus",
+                "none" if a.local else "all",
+            )
+            check(
+                "c",
+                "jupyter gpuenv add torch-mount --kernel-runtime mount",
+                p.returncode == 0,
+                p.stdout.strip() or p.stderr.strip(),
+            )
 
     async def mounted_runtime(self) -> None:
         # after the torch-local kernel, so that it proved it needs no prepared runtime
@@ -446,9 +677,13 @@ class Run:
         if kid is None:
             return
         try:
-            res = await self.torch_in_kernel(kid, "c", 256 * 1024 ** 2, "kernel_runtime mount")
-            check("c", "ipykernel came from the mounted runtime (/opt/gpuenv-kernel)",
-                  str(res.get("ipykernel", "")).startswith("/opt/gpuenv-kernel"), str(res.get("ipykernel")))
+            res = await self.torch_in_kernel(kid, "c", 256 * 1024**2, "kernel_runtime mount")
+            check(
+                "c",
+                "ipykernel came from the mounted runtime (/opt/gpuenv-kernel)",
+                str(res.get("ipykernel", "")).startswith("/opt/gpuenv-kernel"),
+                str(res.get("ipykernel")),
+            )
         finally:
             await self.shutdown(kid, "c")
 
@@ -463,15 +698,28 @@ class Run:
         with (self.out / "server.log").open() as f:
             f.seek(log_size)
             log = f.read()
-        line = next((l for l in log.splitlines() if "99.0" in l), "")
-        check("g", "POST /api/kernels gpuenv-torch-future refused, no container started", code >= 400 and
-              after == before, f"{code} in {seconds:.2f} s; containers before {len(before)} after {len(after)}; "
-              f"response {json.dumps(body)[:300]}", response=body)
-        check("g", "the refusal names both CUDA versions (server log)", "99.0" in line and bool(self.driver_cuda)
-              and self.driver_cuda in line, line.strip()[:400])
+        line = next((entry for entry in log.splitlines() if "99.0" in entry), "")
+        check(
+            "g",
+            "POST /api/kernels gpuenv-torch-future refused, no container started",
+            code >= 400 and after == before,
+            f"{code} in {seconds:.2f} s; containers before {len(before)} after {len(after)}; "
+            f"response {json.dumps(body)[:300]}",
+            response=body,
+        )
+        check(
+            "g",
+            "the refusal names both CUDA versions (server log)",
+            "99.0" in line and bool(self.driver_cuda) and self.driver_cuda in line,
+            line.strip()[:400],
+        )
         msg = json.dumps(body)
-        check("g", "the REST answer itself names both CUDA versions", "99.0" in msg and bool(self.driver_cuda)
-              and self.driver_cuda in msg, msg[:300])
+        check(
+            "g",
+            "the REST answer itself names both CUDA versions",
+            "99.0" in msg and bool(self.driver_cuda) and self.driver_cuda in msg,
+            msg[:300],
+        )
 
     async def guarded(self, step: str, name: str, coro) -> None:
         """A step that raises is a FAIL; the run goes on with the next one."""
@@ -497,10 +745,16 @@ class Run:
             self.kernel_gpus = None
             if kid:
                 alloc = 0 if self.args.local else 4 * GiB
-                await g("d", "torch in the kernel", self.torch_in_kernel(kid, "d", alloc, "torch in the container kernel"))
+                await g(
+                    "d", "torch in the kernel", self.torch_in_kernel(kid, "d", alloc, "torch in the container kernel")
+                )
                 mounts = [m["Destination"] for c in kernel_containers(kid) for m in c.attrs.get("Mounts", [])]
-                check("c", "--env PYTHONPATH: the image's own ipykernel, no kernel runtime mounted",
-                      "/opt/gpuenv-kernel" not in mounts, f"container mounts {mounts}")
+                check(
+                    "c",
+                    "--env PYTHONPATH: the image's own ipykernel, no kernel runtime mounted",
+                    "/opt/gpuenv-kernel" not in mounts,
+                    f"container mounts {mounts}",
+                )
                 if not self.args.local:
                     await g("e", "attribution", self.attribution(kid, alloc))
                     self.record()

@@ -34,8 +34,14 @@ from jupyter_gpuenv.nvml import NvmlReader, error_name  # noqa: E402
 KEYED = {"nvmlDeviceGetClockInfo", "nvmlDeviceGetTemperature", "nvmlDeviceGetPcieThroughput"}
 SYSTEM = {"nvmlSystemGetDriverVersion", "nvmlSystemGetCudaDriverVersion"}
 # calls FakePynvml answers from the recording's shape rather than from a recorded value
-STRUCTURAL = {"nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex",
-              "nvmlDeviceGetMaxMigDeviceCount", "nvmlDeviceGetMigDeviceHandleByIndex"}
+STRUCTURAL = {
+    "nvmlInit",
+    "nvmlShutdown",
+    "nvmlDeviceGetCount",
+    "nvmlDeviceGetHandleByIndex",
+    "nvmlDeviceGetMaxMigDeviceCount",
+    "nvmlDeviceGetMigDeviceHandleByIndex",
+}
 
 
 def plain(name: str, value: Any) -> Any:
@@ -128,15 +134,23 @@ class RecordingNvml:
 
 
 def nvidia_smi() -> list[dict[str, str]]:
-    fields = ("index,uuid,name,pci.bus_id,memory.total,memory.used,memory.reserved,utilization.gpu,"
-              "temperature.gpu,power.draw,power.limit,clocks.sm,clocks.mem")
+    fields = (
+        "index,uuid,name,pci.bus_id,memory.total,memory.used,memory.reserved,utilization.gpu,"
+        "temperature.gpu,power.draw,power.limit,clocks.sm,clocks.mem"
+    )
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return [{"error": str(exc)}]
     names = fields.split(",")
-    return [dict(zip(names, (v.strip() for v in line.split(",")))) for line in out.stdout.splitlines() if line]
+    return [
+        dict(zip(names, (v.strip() for v in line.split(",")), strict=False)) for line in out.stdout.splitlines() if line
+    ]
 
 
 def memory_v2(pynvml: Any, count: int) -> list[Any]:
@@ -144,8 +158,7 @@ def memory_v2(pynvml: Any, count: int) -> list[Any]:
     rows = []
     for i in range(count):
         try:
-            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i),
-                                                  version=pynvml.nvmlMemory_v2)
+            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i), version=pynvml.nvmlMemory_v2)
             rows.append({"total": info.total, "reserved": info.reserved, "used": info.used, "free": info.free})
         except Exception as exc:  # older drivers or bindings without v2
             rows.append({"error": f"{type(exc).__name__}: {exc}"})
@@ -165,15 +178,21 @@ def record(description: str | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     snapshot = reader.read()
     elapsed = time.perf_counter() - started
-    extra = {"host": socket.gethostname(), "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-             "read_seconds": round(elapsed, 4), "calls": len(proxy.calls),
-             "pynvml_version": getattr(pynvml, "__version__", None) or _dist_version("nvidia-ml-py"),
-             "memory_v2": memory_v2(pynvml, len(rec["devices"])), "nvidia_smi": nvidia_smi()}
+    extra = {
+        "host": socket.gethostname(),
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "read_seconds": round(elapsed, 4),
+        "calls": len(proxy.calls),
+        "pynvml_version": getattr(pynvml, "__version__", None) or _dist_version("nvidia-ml-py"),
+        "memory_v2": memory_v2(pynvml, len(rec["devices"])),
+        "nvidia_smi": nvidia_smi(),
+    }
     reader.shutdown()
     first = snapshot.gpus[0] if snapshot.gpus else None
     rec["description"] = description or (
         f"{len(snapshot.gpus)}x {first.name if first else '?'}, driver {snapshot.driver_version} "
-        f"(CUDA {snapshot.cuda_driver_version}); recorded live on a real GPU by tests/gpu/record_nvml.py")
+        f"(CUDA {snapshot.cuda_driver_version}); recorded live on a real GPU by tests/gpu/record_nvml.py"
+    )
     rec["recorded_with"] = {"pcie": True}
     rec["snapshot"] = snapshot.to_json()
     rec["extra"] = extra
@@ -198,8 +217,10 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rec, indent=1) + "\n")
     snap = rec.get("snapshot") or {}
-    print(f"recorded {len(rec['devices'])} device(s), {rec.get('extra', {}).get('calls', 0)} NVML calls, "
-          f"{sum(len(g['processes']) for g in snap.get('gpus', []))} process(es) -> {args.out}")
+    print(
+        f"recorded {len(rec['devices'])} device(s), {rec.get('extra', {}).get('calls', 0)} NVML calls, "
+        f"{sum(len(g['processes']) for g in snap.get('gpus', []))} process(es) -> {args.out}"
+    )
     return 0 if rec.get("init") is None else 1
 
 

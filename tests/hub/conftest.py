@@ -8,6 +8,7 @@ carries a marker in its environment) is still alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -109,10 +110,8 @@ def _stop(proc: subprocess.Popen, marker: str) -> list[int]:
             break
         time.sleep(0.25)
     for pid in leftovers:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return leftovers
 
 
@@ -134,8 +133,11 @@ def hub(tmp_path_factory):
         service_token=secrets.token_hex(32),
         log_path=work / "jupyterhub.log",
     )
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JUPYTER", "CUDA_VISIBLE", "NVIDIA_VISIBLE", "CONFIGPROXY"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JUPYTER", "CUDA_VISIBLE", "NVIDIA_VISIBLE", "CONFIGPROXY"))
+    }
     env.update(
         GPUENV_HUB_DIR=str(work),
         GPUENV_HUB_PROXY_PORT=hub.url.rsplit(":", 1)[1],
@@ -149,7 +151,11 @@ def hub(tmp_path_factory):
     with open(hub.log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(HERE / "jupyterhub_config.py")],
-            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=work,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     try:
         _wait(lambda: hub.api("GET", "/").status_code == 200, START_TIMEOUT, "the hub's API", hub, proc)

@@ -26,8 +26,13 @@ INSTALL_TIMEOUT = 300  # first run with cold pip and yarn caches; warm: about a 
 
 def clone(dest: Path) -> Path:
     """What a fresh clone would hold once the lead commits: tracked plus untracked-not-ignored files."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            check=True, stdout=subprocess.PIPE, timeout=60).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.PIPE,
+        timeout=60,
+    ).stdout
     for name in filter(None, listed.decode().split("\0")):
         source = ROOT / name
         if source.is_file():  # a tracked file deleted in the working tree is not copied
@@ -37,8 +42,16 @@ def clone(dest: Path) -> Path:
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
     output = ANSI.sub("", proc.stdout)
     assert proc.returncode == 0, f"{' '.join(cmd)} exited with {proc.returncode}:\n{output[-4000:]}"
     return output
@@ -61,8 +74,12 @@ def binder_env(tmp_path_factory):
         PIP_DISABLE_PIP_VERSION_CHECK="1",
     )
     # --no-compile: byte-compiling ~100 packages is a third of the install on 2 cores, and proves nothing
-    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile",
-         "-r", "binder/requirements.txt"], repo, env, INSTALL_TIMEOUT)
+    run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile", "-r", "binder/requirements.txt"],
+        repo,
+        env,
+        INSTALL_TIMEOUT,
+    )
     return repo, venv, env
 
 

@@ -104,13 +104,11 @@ current-context: none
         ({}, None, None),
         ({"profile": "pytorch-2-6-cuda-12-4"}, "registry.example.org/gpuenv/pytorch:2.6.0-cuda12.4", "1"),
         # the spawn form's profile-option-<profile>--gpus field, as options_from_form hands it on
-        ({"profile": "pytorch-2-6-cuda-12-4", "gpus": "2"},
-         "registry.example.org/gpuenv/pytorch:2.6.0-cuda12.4", "2"),
+        ({"profile": "pytorch-2-6-cuda-12-4", "gpus": "2"}, "registry.example.org/gpuenv/pytorch:2.6.0-cuda12.4", "2"),
     ],
     ids=["default-cpu", "pytorch-1-gpu", "pytorch-2-gpus"],
 )
-def test_kubespawner_accepts_the_profiles_and_builds_gpu_pods(values, user_options, image, gpus, tmp_path,
-                                                             monkeypatch):
+def test_kubespawner_accepts_the_profiles_and_builds_gpu_pods(values, user_options, image, gpus, tmp_path, monkeypatch):
     pytest.importorskip("kubespawner", reason="pip install jupyterhub-kubespawner to check the z2jh example")
     from kubernetes_asyncio.config import kube_config
 
@@ -164,8 +162,9 @@ def test_admin_config_names_every_setting_and_only_real_ones():
 
 def test_admin_config_examples_load():
     """Each ```python example that sets c.GpuEnv.* loads, and GpuEnv accepts the values."""
-    from jupyter_gpuenv.config import GpuEnv
     from traitlets.config import Config
+
+    from jupyter_gpuenv.config import GpuEnv
 
     blocks = [b for b in python_blocks(ADMIN_CONFIG.read_text()) if "c.GpuEnv." in b]
     assert len(blocks) >= 3

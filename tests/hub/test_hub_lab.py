@@ -4,9 +4,8 @@ Lab loads under her prefix with the jupyter-gpuenv labextension, and its GPU pan
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import expect
-
 from browser.lab_harness import open_gpu_panel
+from playwright.sync_api import expect
 
 LAB_TIMEOUT_MS = 60_000  # Lab's first load on a slow, busy 2-core machine
 PANEL = "#jupyter-gpuenv-panel"
@@ -46,8 +45,9 @@ def test_lab_under_the_users_prefix_loads_the_extension_and_its_panel(hub, page)
     assert "jupyter-gpuenv" in federated, f"labextension jupyter-gpuenv not served; federated: {federated}"
     # the browser fetched its code from alice's server and JupyterLab loaded it
     page.wait_for_function("() => window._JUPYTERLAB && window._JUPYTERLAB['jupyter-gpuenv'] !== undefined")
-    assert any(r.status == 200 and "/user/alice/lab/extensions/jupyter-gpuenv/" in r.url for r in remote_entries), \
-        [(r.url, r.status) for r in remote_entries]
+    assert any(r.status == 200 and "/user/alice/lab/extensions/jupyter-gpuenv/" in r.url for r in remote_entries), [
+        (r.url, r.status) for r in remote_entries
+    ]
 
     # the GPU panel, talking to /user/alice/gpuenv/api/: only GPU 1 (CUDA_VISIBLE_DEVICES=1 from the spawner)
     panel = open_gpu_panel(page)

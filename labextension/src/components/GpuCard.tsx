@@ -30,8 +30,17 @@ export function GpuCard(props: { gpu: IGpu; model: IGpuModel }): JSX.Element {
         </div>
       ) : (
         <>
-          <Meter label="Memory" value={fraction(gpu.memory?.used, gpu.memory?.total)} text={memoryUsage(gpu.memory?.used, gpu.memory?.total)} />
-          <Meter label="Utilization" value={(gpu.utilization?.gpu ?? 0) / 100} text={percent(gpu.utilization?.gpu)} warnAt={2} />
+          <Meter
+            label="Memory"
+            value={fraction(gpu.memory?.used, gpu.memory?.total)}
+            text={memoryUsage(gpu.memory?.used, gpu.memory?.total)}
+          />
+          <Meter
+            label="Utilization"
+            value={(gpu.utilization?.gpu ?? 0) / 100}
+            text={percent(gpu.utilization?.gpu)}
+            warnAt={2}
+          />
           <dl className="jp-GpuEnv-stats">
             <div>
               <dt>Temperature</dt>

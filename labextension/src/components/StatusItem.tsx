@@ -23,7 +23,10 @@ function StatusText(props: { model: IGpuModel }): JSX.Element {
   const used = model.kernelMemory(model.current?.kernelId ?? null);
   const text = `GPU ${bytes(used)}`;
   return (
-    <span title={`GPU memory held by this notebook's kernel: ${bytes(used)}`} aria-label={`GPU memory of this notebook: ${bytes(used)}`}>
+    <span
+      title={`GPU memory held by this notebook's kernel: ${bytes(used)}`}
+      aria-label={`GPU memory of this notebook: ${bytes(used)}`}
+    >
       {text}
     </span>
   );
