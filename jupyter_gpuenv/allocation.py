@@ -11,11 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .environments import GpuPolicy
+from .errors import NoFreeGpu, NoGpu
 from .nvml import GpuSample
-
-
-class AllocationError(RuntimeError):
-    """No GPUs can satisfy the policy; the message says why and what to do."""
 
 
 @dataclass
@@ -40,52 +37,63 @@ def _describe(gpus: list[GpuSample], holdings: Holdings) -> str:
     parts = []
     for g in gpus:
         holders = holdings.exclusive.get(g.uuid, []) + holdings.shared.get(g.uuid, [])
-        parts.append(f"GPU {g.index} held by kernel(s) {', '.join(h[:8] for h in holders)}" if holders
-                     else f"GPU {g.index} free")
+        parts.append(
+            f"GPU {g.index} held by kernel(s) {', '.join(h[:8] for h in holders)}" if holders else f"GPU {g.index} free"
+        )
     return "; ".join(parts) or "this server sees no GPU"
 
 
-def choose(policy: GpuPolicy, visible: list[GpuSample], holdings: Holdings,
-           keep: list[str] | None = None) -> list[GpuSample]:
+def choose(
+    policy: GpuPolicy, visible: list[GpuSample], holdings: Holdings, keep: list[str] | None = None
+) -> list[GpuSample]:
     """GPUs for ``policy`` among ``visible``. ``keep`` (uuids) re-selects a restarted kernel's GPUs."""
     usable = [g for g in visible if g.uuid and not g.error]
     if keep:
         chosen = [g for g in usable if g.uuid in keep]
         taken = [g for g in chosen if g.uuid in holdings.exclusive]
         if len(chosen) != len(keep) or taken:
-            raise AllocationError("the GPUs this kernel had before its restart are no longer available: "
-                                  + _describe(usable, holdings))
+            raise NoFreeGpu(
+                "the GPUs this kernel had before its restart are no longer available: " + _describe(usable, holdings)
+            )
         return chosen
     if policy.kind == "none":
         return []
     if not usable:
-        raise AllocationError(f"this environment asks for GPUs ({policy}) but this server sees none")
+        raise NoGpu(f"this environment asks for GPUs ({policy}) but this server sees none")
     not_exclusive = [g for g in usable if g.uuid not in holdings.exclusive]
     if policy.kind == "all":
         if not not_exclusive:
-            raise AllocationError("every GPU is held exclusively by another kernel: " + _describe(usable, holdings))
+            raise NoFreeGpu("every GPU is held exclusively by another kernel: " + _describe(usable, holdings))
         return not_exclusive
     if policy.kind == "count":
         if len(not_exclusive) < policy.count:
-            raise AllocationError(f"this environment asks for {policy.count} GPU(s) but only "
-                                  f"{len(not_exclusive)} can be shared: " + _describe(usable, holdings))
+            raise NoFreeGpu(
+                f"this environment asks for {policy.count} GPU(s) but only "
+                f"{len(not_exclusive)} can be shared: " + _describe(usable, holdings)
+            )
         return sorted(_least_used(not_exclusive)[: policy.count], key=lambda g: g.index)
     if policy.kind == "ids":
         chosen = []
         for token in policy.ids:
-            match = [g for g in usable if (str(g.index) == token if token.isdigit()
-                                          else g.uuid.upper().startswith(token.upper()))]
+            match = [
+                g
+                for g in usable
+                if (str(g.index) == token if token.isdigit() else g.uuid.upper().startswith(token.upper()))
+            ]
             if not match:
-                raise AllocationError(f"GPU {token!r} is not among the GPUs this server may use "
-                                      f"({', '.join(str(g.index) for g in usable) or 'none'})")
+                raise NoFreeGpu(
+                    f"GPU {token!r} is not among the GPUs this server may use "
+                    f"({', '.join(str(g.index) for g in usable) or 'none'})"
+                )
             if match[0].uuid in holdings.exclusive:
-                raise AllocationError(f"GPU {token} is held exclusively by another kernel: "
-                                      + _describe(usable, holdings))
+                raise NoFreeGpu(f"GPU {token} is held exclusively by another kernel: " + _describe(usable, holdings))
             chosen.append(match[0])
         return chosen
     # exclusive: GPUs no other kernel holds in any way
     free = [g for g in usable if not holdings.held_by_anyone(g.uuid)]
     if len(free) < policy.count:
-        raise AllocationError(f"no {policy.count} free GPU(s) for an exclusive kernel ({_describe(usable, holdings)}): "
-                              "shut down a kernel that holds one, or use an environment that shares GPUs")
+        raise NoFreeGpu(
+            f"no {policy.count} free GPU(s) for an exclusive kernel ({_describe(usable, holdings)}): "
+            "shut down a kernel that holds one, or use an environment that shares GPUs"
+        )
     return sorted(_least_used(free)[: policy.count], key=lambda g: g.index)

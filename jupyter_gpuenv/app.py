@@ -1,16 +1,24 @@
-"""The server extension: starts the sampler and serves the REST API."""
+"""The server extension: starts the sampler, serves the REST API, tidies what a dead server left."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+from collections import deque
+
+from jupyter_client.provisioning import KernelProvisionerFactory
 from jupyter_server.extension.application import ExtensionApp
 
-import threading
-
-from . import attribution, engine, orphans
+from . import attribution, engine, metrics, orphans
 from .config import GpuEnv
+from .errors import GpuEnvError, Refusal
 from .handlers import api_handlers
+from .ledger import Ledger
 from .nvml import Snapshot
+from .provisioner import REFUSAL_FORMAT, refuse_reserved_keys
 from .sampler import Sampler
+from .usage import UsageTracker
 from .visibility import from_environment
 
 
@@ -22,13 +30,34 @@ def kernel_index(kernel_manager) -> attribution.KernelIndex:
             provisioner = kernel_manager.get_kernel(kernel_id).provisioner
         except KeyError:  # shut down meanwhile
             continue
-        container_id = getattr(provisioner, "container_id", None)
+        placement = getattr(provisioner, "placement", None)
         pid = getattr(provisioner, "pid", None)
-        if container_id:
-            index.by_container[container_id] = kernel_id
+        if placement is not None:
+            index.by_container[placement.container_id] = kernel_id
         elif pid:
             index.by_pid[pid] = kernel_id
     return index
+
+
+class QuietRefusals(logging.Filter):
+    """One line per refused kernel start: ours, with the sentence the person got.
+
+    jupyter_client logs a refused start twice with a traceback, tornado and jupyter_server once each with
+    the sentence; a refusal is an answer, not a crash, so those go.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recent: deque[str] = deque(maxlen=64)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == REFUSAL_FORMAT:
+            self.recent.append(str(record.args[-1]) if record.args else "")
+            return True
+        if isinstance(record.msg, Refusal) or (record.exc_info and isinstance(record.exc_info[1], Refusal)):
+            return False
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (args and str(args[-1]) in self.recent)
 
 
 class GpuEnvApp(ExtensionApp):
@@ -53,21 +82,41 @@ class GpuEnvApp(ExtensionApp):
         )
         self.sampler.start()
         self.settings["gpuenv_sampler"] = self.sampler
-        if self.gpuenv.remove_orphans:
-            threading.Thread(target=self._remove_orphans, name="gpuenv-orphans", daemon=True).start()
+        # -- GPU usage: metrics on /metrics and the usage ledger (docs/metrics.md) --
+        self.usage = UsageTracker(
+            sampler=self.sampler,
+            kernel_manager=kernel_manager,
+            session_manager=self.serverapp.session_manager,
+            ledger=Ledger(self.gpuenv.usage_dir, retention_days=self.gpuenv.usage_retention_days),
+            flush_interval=self.gpuenv.usage_flush_interval,
+            log=self.serverapp.log,
+        )
+        self.usage.start()
+        if self.gpuenv.prometheus_metrics:
+            metrics.export(self.usage)
+        quiet = QuietRefusals()
+        for log in (self.serverapp.log, logging.getLogger("tornado.general")):
+            log.addFilter(quiet)
+        refuse_reserved_keys(KernelProvisionerFactory.instance(parent=self.serverapp))
+        if self.gpuenv.remove_orphans:  # its own thread and loop: the server's loop may not run yet
+            threading.Thread(
+                target=asyncio.run, args=(self._remove_orphans(),), name="gpuenv-orphans", daemon=True
+            ).start()
 
-    def _remove_orphans(self) -> None:
+    async def _remove_orphans(self) -> None:
         """Containers an earlier, dead server of this user on this host left behind."""
         try:
-            removed = orphans.remove_orphans(engine.client(self.gpuenv.docker_url, self.gpuenv.docker_timeout))
-        except engine.EngineError as exc:
+            removed = await orphans.remove_orphans(engine.connect(self.gpuenv, self.serverapp.log))
+        except GpuEnvError as exc:
             self.serverapp.log.info("gpuenv: container kernels unavailable: %s", exc)
             return
         for container_name in removed:
             self.serverapp.log.warning("gpuenv: removed %s, left by an earlier server that is gone", container_name)
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(api_handlers(self.sampler, self.gpuenv))
+        self.handlers.extend(api_handlers(self.sampler, self.gpuenv, self.usage))
 
     async def stop_extension(self) -> None:
+        metrics.unexport(self.usage)
+        await self.usage.stop()  # writes what the ledger has not got yet
         self.sampler.stop()

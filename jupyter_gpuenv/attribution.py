@@ -1,21 +1,23 @@
 """Which notebook kernel a GPU process belongs to.
 
 NVML names host PIDs. A local kernel is found by walking a PID's parents up to a kernel's own process; a
-container kernel by the container id in ``/proc/<pid>/cgroup`` (``…/docker/<id>`` or
-``…/docker-<id>.scope``). The kernels themselves are given as :class:`KernelIndex` — built from the
-server's kernel manager by the caller — so everything here is pure apart from reading ``/proc``.
+container kernel by the container id in ``/proc/<pid>/cgroup`` (``…/docker/<id>``, ``…/docker-<id>.scope``,
+podman's, containerd's and cri-o's). The kernels themselves are given as :class:`KernelIndex` — built from
+the server's kernel manager by the caller — so everything here is pure apart from reading ``/proc``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .nvml import Snapshot
 
-_CONTAINER_ID = re.compile(r"(?:/docker/|/docker-|/libpod-|/cri-containerd-|/crio-)([0-9a-f]{64})")
+# docker (both drivers), podman, containerd and cri-o name the container in its cgroup path; Kubernetes'
+# cgroupfs driver puts the bare id under /kubepods/<class>/pod<uid>/
+_CONTAINER_ID = re.compile(r"(?:/docker/|/docker-|/libpod-|/cri-containerd-|/crio-|/kubepods/[^\n]*/)([0-9a-f]{64})")
 
 
 @dataclass
@@ -46,7 +48,7 @@ def parent_pid(pid: int, proc: Path = Path("/proc")) -> int | None:
     except OSError:
         return None
     # the command name may hold spaces and parentheses: the fields we want follow the last ')'
-    fields = stat[stat.rfind(")") + 2:].split()
+    fields = stat[stat.rfind(")") + 2 :].split()
     return int(fields[1]) if len(fields) > 1 else None
 
 

@@ -5,6 +5,10 @@
     jupyter gpuenv list
     jupyter gpuenv remove mytorch
     jupyter gpuenv prepare-runtime 3.11                # ipykernel for images that lack it
+    jupyter gpuenv usage --since 2026-11-01            # GPU-hours per user (or --by notebook)
+
+The server's configuration (``c.GpuEnv`` in jupyter_server_config.py) is loaded as the server loads it, so
+``list`` shows configured environments and ``prepare-runtime`` fills the configured runtime folder.
 """
 
 from __future__ import annotations
@@ -17,39 +21,63 @@ import tempfile
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-from . import runtime
+from . import kernelspecs, runtime
 from .config import GpuEnv
-from .environments import KERNELSPEC_PREFIX, PRESETS, PROVISIONER_NAME, EnvironmentError_, parse_environment
+from .environments import PRESETS, parse_environment
+from .errors import GpuEnvError, InvalidEnvironment
+from .usage import add_usage_parser
 
 _OPTIONS = {  # command-line flag -> environment key
-    "image": "image", "display_name": "display_name", "python": "python", "gpus": "gpus",
-    "gpu_mode": "gpu_mode", "shm_size": "shm_size", "memory": "memory", "cpus": "cpus", "network": "network",
-    "transport": "transport", "cuda_version": "cuda_version", "kernel_runtime": "kernel_runtime",
+    "image": "image",
+    "display_name": "display_name",
+    "python": "python",
+    "gpus": "gpus",
+    "gpu_mode": "gpu_mode",
+    "shm_size": "shm_size",
+    "memory": "memory",
+    "cpus": "cpus",
+    "network": "network",
+    "transport": "transport",
+    "cuda_version": "cuda_version",
+    "kernel_runtime": "kernel_runtime",
 }
 
 
-def kernelspec_json(env) -> dict:
-    return {
-        "argv": [env.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": env.display_name,
-        "language": "python",
-        "interrupt_mode": "signal",
-        "metadata": {
-            "kernel_provisioner": {
-                "provisioner_name": PROVISIONER_NAME,
-                "config": {"environment": env.name, **env.to_config()},
-            },
-            "gpuenv": {"environment": env.name},
-        },
-    }
+class CliError(Exception):
+    """A sentence for the person at the terminal; exit status 2."""
+
+
+def server_settings() -> GpuEnv:
+    """``c.GpuEnv`` as the Jupyter server would read it (jupyter_server_config.py on its config path)."""
+    from jupyter_server.serverapp import ServerApp
+
+    app = ServerApp()
+    app.load_config_file()
+    return GpuEnv(config=app.config)
 
 
 def _install_args(args) -> dict:
+    """Where the kernelspec goes: as asked, else the active virtual environment, else the user's own folder
+    (root's default stays the system folder)."""
     if args.sys_prefix:
         return {"prefix": sys.prefix}
     if args.prefix:
         return {"prefix": args.prefix}
-    return {"user": args.user}
+    if args.user:
+        return {"user": True}
+    if sys.prefix != sys.base_prefix:
+        return {"prefix": sys.prefix}
+    return {"user": os.getuid() != 0}
+
+
+def _variables(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CliError(f"--env {item!r} must be NAME=VALUE")
+        out[name] = value
+    return out
 
 
 def cmd_add(args) -> int:
@@ -63,52 +91,64 @@ def cmd_add(args) -> int:
     if args.env_allow:
         raw["env_allow"] = args.env_allow
     if args.env:
-        raw["env"] = dict(item.split("=", 1) for item in args.env)
+        raw["env"] = _variables(args.env)
     env = parse_environment(args.name, raw, "jupyter gpuenv add")
+    where = _install_args(args)
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, "kernel.json"), "w") as f:
-            json.dump(kernelspec_json(env), f, indent=1)
-        path = KernelSpecManager().install_kernel_spec(folder, env.kernelspec_name, **_install_args(args))
-    print(f"Added {env.display_name!r} ({env.image}, GPUs {env.gpus}) as kernel {env.kernelspec_name} in {path}")
+            json.dump(kernelspecs.kernelspec_json(env), f, indent=1)
+        # the copy keeps these modes: a kernelspec every user of this Python (or prefix) can read
+        os.chmod(folder, 0o755)
+        os.chmod(os.path.join(folder, "kernel.json"), 0o644)
+        try:
+            path = KernelSpecManager().install_kernel_spec(folder, kernelspecs.kernelspec_name(env.name), **where)
+        except PermissionError as exc:
+            raise CliError(
+                f"cannot write the kernelspec to {exc.filename}: add --user (for you alone), --sys-prefix (this "
+                "Python environment), or run it as a user who may write there"
+            ) from None
+    kernel = kernelspecs.kernelspec_name(env.name)
+    print(f"Added {env.display_name!r} ({env.image}, GPUs {env.gpus}) as kernel {kernel} in {path}")
     return 0
 
 
 def cmd_list(args) -> int:
-    specs = KernelSpecManager().get_all_specs()
-    settings = GpuEnv()
     rows = []
-    for name, spec in sorted(specs.items()):
-        provisioner = spec["spec"].get("metadata", {}).get("kernel_provisioner", {})
-        if provisioner.get("provisioner_name") != PROVISIONER_NAME:
-            continue
-        config = provisioner.get("config", {})
-        rows.append((name, spec["spec"].get("display_name", ""), config.get("image", "(server config)"),
-                     config.get("gpus", "all")))
-    for name in sorted(settings.environments):
-        env = settings.environments[name]
-        rows.append((f"(config) {name}", env.get("display_name", ""), env.get("image", ""), env.get("gpus", "all")))
+    for item in kernelspecs.defined_environments(server_settings(), KernelSpecManager().get_all_specs()):
+        env = item.environment
+        where = item.kernelspec or "(no kernelspec)"
+        if env is None:
+            rows.append((item.name, where, f"invalid: {item.error}"))
+        else:
+            rows.append((item.name, where, f"{env.display_name}  [{env.image}; GPUs {env.gpus}; {item.source}]"))
     if not rows:
         print("No container environments. Add one: jupyter gpuenv add pytorch-2.6-cuda12.4")
         return 0
-    width = max(len(r[0]) for r in rows)
-    for row in rows:
-        print(f"{row[0]:<{width}}  {row[1]}  [{row[2]}; GPUs {row[3]}]")
+    width = [max(len(r[i]) for r in rows) for i in (0, 1)]
+    for name, where, what in rows:
+        print(f"{name:<{width[0]}}  {where:<{width[1]}}  {what}")
     return 0
 
 
 def cmd_remove(args) -> int:
-    name = args.name if args.name.startswith(KERNELSPEC_PREFIX) else KERNELSPEC_PREFIX + args.name
+    name = kernelspecs.kernelspec_name(args.name)
     try:
         KernelSpecManager().remove_kernel_spec(name)
     except KeyError:  # NoSuchKernel is a KeyError; remove_kernel_spec raises the plain one
         print(f"No kernel {name}: `jupyter gpuenv list` shows what there is", file=sys.stderr)
         return 1
+    except PermissionError as exc:
+        raise CliError(f"cannot remove {exc.filename}: it belongs to another user (or root)") from None
     print(f"Removed kernel {name}")
     return 0
 
 
 def cmd_prepare_runtime(args) -> int:
-    path = runtime.prepare(GpuEnv().kernel_runtime_dir if args.dir is None else args.dir, args.python_version)
+    root = server_settings().kernel_runtime_dir if args.dir is None else args.dir
+    try:
+        path = runtime.prepare(root, args.python_version)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     print(f"Kernel runtime for Python {args.python_version} ready in {path}")
     return 0
 
@@ -146,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument("python_version", help="e.g. 3.11")
     prep.add_argument("--dir", help="runtime folder (default: c.GpuEnv.kernel_runtime_dir)")
     prep.set_defaults(func=cmd_prepare_runtime)
+    add_usage_parser(sub)
     return p
 
 
@@ -153,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (EnvironmentError_, ValueError) as exc:
+    except (CliError, InvalidEnvironment, GpuEnvError) as exc:
         print(f"jupyter gpuenv: {exc}", file=sys.stderr)
         return 2
 

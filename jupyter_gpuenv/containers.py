@@ -1,37 +1,33 @@
-"""From an environment and a kernel's launch facts to the docker SDK's ``containers.create`` arguments.
+"""From an environment and a kernel's launch facts to the container the engine creates.
 
 Pure: no engine calls here, so every choice (what is mounted, which variables pass, which GPUs and how)
-is visible in one function and tested without Docker.
+is visible in one function and tested without Docker. Mounts are objects, never ``src:dst:mode`` text, so a
+folder whose name holds ``:`` or ``,`` is mounted as it is.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
+from . import labels
 from .environments import Environment, Mount
-
-LABEL = "io.jupyter.gpuenv"  # every label we set starts with this
-L_KERNEL, L_SERVER_HOST, L_SERVER_PID, L_UID = (f"{LABEL}.kernel-id", f"{LABEL}.server-host",
-                                                f"{LABEL}.server-pid", f"{LABEL}.uid")
-L_ENV, L_GPUS, L_EXCLUSIVE, L_SOCKETS = (f"{LABEL}.environment", f"{LABEL}.gpus", f"{LABEL}.exclusive",
-                                         f"{LABEL}.socket-dir")
+from .errors import OutsideRoot
+from .host import DRIVER_TARGET, User
 
 # variables that always pass (a local kernel would have them too); everything else needs env_allow
 ALWAYS_PASSED = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "JPY_SESSION_NAME", "JPY_PARENT_PID")
-DRIVER_TARGET = "/usr/local/nvidia"
 RUNTIME_TARGET = "/opt/gpuenv-kernel"
-NVIDIA_CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 
 # Runs the kernel with the image's own packages first; ipykernel from the mounted runtime only fills in
 # what the image lacks (stock PyTorch images have no ipykernel).
-LAUNCHER = ("import sys; sys.path.append(%r); sys.argv[0] = 'ipykernel_launcher'; "
-            "from ipykernel import kernelapp; kernelapp.launch_new_instance()") % RUNTIME_TARGET
+LAUNCHER = (
+    f"import sys; sys.path.append({RUNTIME_TARGET!r}); sys.argv[0] = 'ipykernel_launcher'; "
+    "from ipykernel import kernelapp; kernelapp.launch_new_instance()"
+)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AssignedGpu:
     index: int
     uuid: str
@@ -44,13 +40,12 @@ class AssignedGpu:
 
 @dataclass
 class LaunchFacts:
+    """Everything about one kernel start that is not in its environment."""
+
     kernel_id: str
+    user: User
     server_host: str
     server_pid: int
-    uid: int
-    gid: int
-    user_name: str
-    home: str
     root_dir: str
     cwd: str
     socket_dir: str
@@ -59,38 +54,50 @@ class LaunchFacts:
     gpus: list[AssignedGpu] = field(default_factory=list)
     exclusive: bool = False
     driver_mounts: list[Mount] = field(default_factory=list)
+    device_nodes: list[str] = field(default_factory=list)  # NVIDIA control nodes present on the host
     runtime_dir: str | None = None
     server_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ContainerSpec:
+    """One kernel container, in the engine's terms but not in any SDK's types."""
+
+    name: str
+    image: str
+    command: list[str]
+    user: str
+    working_dir: str
+    environment: dict[str, str]
+    mounts: list[Mount]
+    labels: dict[str, str]
+    network_mode: str
+    shm_size: str
+    memory: str | None = None
+    nano_cpus: int | None = None
+    gpu_device_ids: list[str] | None = None  # toolkit mode: what `--gpus device=...` sends
+    devices: list[str] = field(default_factory=list)  # devices mode: device nodes passed through as they are
+    init: bool = True  # docker-init forwards SIGINT to the kernel: interrupt works
+    security_opt: list[str] = field(default_factory=lambda: ["no-new-privileges"])
+    cap_drop: list[str] = field(default_factory=lambda: ["ALL"])
 
 
 def container_name(kernel_id: str) -> str:
     return f"gpuenv-{kernel_id}"
 
 
-def labels(env: Environment, facts: LaunchFacts) -> dict[str, str]:
-    """What the engine records about the kernel: never the connection key."""
-    return {
-        L_KERNEL: facts.kernel_id,
-        L_SERVER_HOST: facts.server_host,
-        L_SERVER_PID: str(facts.server_pid),
-        L_UID: str(facts.uid),
-        L_ENV: env.name,
-        L_GPUS: ",".join(g.uuid for g in facts.gpus),
-        L_EXCLUSIVE: "true" if facts.exclusive else "false",
-        L_SOCKETS: facts.socket_dir,
-    }
-
-
 def environment_variables(env: Environment, facts: LaunchFacts) -> dict[str, str]:
     passed = {k: v for k, v in facts.server_env.items() if k in ALWAYS_PASSED or k in env.env_allow}
     passed.update(dict(env.env))
-    passed.update({
-        "HOME": facts.home,
-        "USER": facts.user_name,  # getpass.getuser() works although the image has no passwd entry
-        "LOGNAME": facts.user_name,
-        "PYTHONUNBUFFERED": "1",
-        "JUPYTER_RUNTIME_DIR": facts.socket_dir,
-    })
+    passed.update(
+        {
+            "HOME": facts.user.home,
+            "USER": facts.user.name,  # getpass.getuser() works although the image has no passwd entry
+            "LOGNAME": facts.user.name,
+            "PYTHONUNBUFFERED": "1",
+            "JUPYTER_RUNTIME_DIR": facts.socket_dir,
+        }
+    )
     if facts.gpu_mode == "devices":
         # the driver's libraries come from the host, bind-mounted read-only
         passed["LD_LIBRARY_PATH"] = f"{DRIVER_TARGET}/lib64:{DRIVER_TARGET}/lib"
@@ -105,79 +112,62 @@ def environment_variables(env: Environment, facts: LaunchFacts) -> dict[str, str
     return passed
 
 
-def _within(path: str, folder: str) -> bool:
-    return os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
+def within(path: str, folder: str) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
-def volumes(env: Environment, facts: LaunchFacts) -> dict[str, dict[str, str]]:
-    binds: dict[str, dict[str, str]] = {}
-    # the user's files at the same path, so notebook paths and the kernel's cwd mean the same inside
-    binds[facts.root_dir] = {"bind": facts.root_dir, "mode": "rw"}
-    if facts.home and Path(facts.home).is_dir() and not _within(facts.home, facts.root_dir):
-        binds[facts.home] = {"bind": facts.home, "mode": "rw"}
-    binds[facts.socket_dir] = {"bind": facts.socket_dir, "mode": "rw"}
-    for mount in list(env.mounts) + list(facts.driver_mounts):
-        binds[mount.source] = {"bind": mount.target, "mode": "ro" if mount.read_only else "rw"}
+def mounts(env: Environment, facts: LaunchFacts) -> list[Mount]:
+    out = [Mount(facts.root_dir, facts.root_dir, False)]  # the user's files at the same path, so notebook
+    # paths and the kernel's working folder mean the same inside
+    home = facts.user.home
+    if home and os.path.isdir(home) and not within(home, facts.root_dir):
+        out.append(Mount(home, home, False))
+    out.append(Mount(facts.socket_dir, facts.socket_dir, False))
+    out += list(env.mounts) + list(facts.driver_mounts)
     if facts.runtime_dir:
-        binds[facts.runtime_dir] = {"bind": RUNTIME_TARGET, "mode": "ro"}
-    return binds
+        out.append(Mount(facts.runtime_dir, RUNTIME_TARGET, True))
+    return out
 
 
-def command(env: Environment, facts: LaunchFacts) -> list[str]:
-    return [env.python, "-c", LAUNCHER, "-f", facts.connection_file]
+def check_cwd(cwd: str, root_dir: str, home: str) -> None:
+    """OutsideRoot unless the working folder is one the container sees (the root, or the home)."""
+    if not within(cwd, root_dir) and not (home and within(cwd, home)):
+        raise OutsideRoot(
+            f"the notebook's folder {cwd} is outside the server's root {root_dir}, which is all a container "
+            "kernel can see: open the notebook from inside the root"
+        )
 
 
-def create_kwargs(env: Environment, facts: LaunchFacts) -> dict[str, Any]:
-    """Arguments for ``docker.from_env().containers.create`` (the docker SDK's names)."""
-    if not _within(facts.cwd, facts.root_dir) and not (facts.home and _within(facts.cwd, facts.home)):
-        raise ValueError(f"the kernel's working directory {facts.cwd} is outside the server's root "
-                         f"{facts.root_dir}, which is all a container kernel can see")
-    kwargs: dict[str, Any] = {
-        "image": env.image,
-        "command": command(env, facts),
-        "name": container_name(facts.kernel_id),
-        "user": f"{facts.uid}:{facts.gid}",
-        "working_dir": facts.cwd,
-        "environment": environment_variables(env, facts),
-        "volumes": volumes(env, facts),
-        "labels": labels(env, facts),
-        "network_mode": env.network,
-        "init": True,  # docker-init forwards SIGINT to the kernel: interrupt works
-        "shm_size": env.shm_size,
-        "detach": True,
-        "stdin_open": False,
-        "tty": False,
-        "security_opt": ["no-new-privileges"],
-        "cap_drop": ["ALL"],
-    }
-    if env.memory:
-        kwargs["mem_limit"] = env.memory
-    if env.cpus:
-        kwargs["nano_cpus"] = int(env.cpus * 1e9)
+def spec(env: Environment, facts: LaunchFacts) -> ContainerSpec:
+    """The container for one kernel of ``env``."""
+    check_cwd(facts.cwd, facts.root_dir, facts.user.home)
+    gpu_uuids = [g.uuid for g in facts.gpus]
+    out = ContainerSpec(
+        name=container_name(facts.kernel_id),
+        image=env.image,
+        command=[env.python, "-c", LAUNCHER, "-f", facts.connection_file],
+        user=f"{facts.user.uid}:{facts.user.gid}",
+        working_dir=facts.cwd,
+        environment=environment_variables(env, facts),
+        mounts=mounts(env, facts),
+        labels=labels.kernel_labels(
+            kernel_id=facts.kernel_id,
+            server_host=facts.server_host,
+            server_pid=facts.server_pid,
+            uid=facts.user.uid,
+            environment=env.name,
+            gpus=gpu_uuids,
+            exclusive=facts.exclusive,
+            socket_dir=facts.socket_dir,
+        ),
+        network_mode=env.network,
+        shm_size=env.shm_size,
+        memory=env.memory,
+        nano_cpus=int(env.cpus * 1e9) if env.cpus else None,
+    )
     if facts.gpu_mode == "toolkit":
-        from docker.types import DeviceRequest
-
-        kwargs["device_requests"] = [DeviceRequest(device_ids=[g.uuid for g in facts.gpus],
-                                                   capabilities=[["gpu"]])]
+        out.gpu_device_ids = gpu_uuids
     elif facts.gpu_mode == "devices":
-        nodes = [n for n in NVIDIA_CONTROL_DEVICES if os.path.exists(n)] + [g.device_node for g in facts.gpus]
-        kwargs["devices"] = [f"{n}:{n}:rwm" for n in nodes]
-    return kwargs
-
-
-def driver_mounts(candidates: tuple[str, ...] = ("/usr/local/nvidia",)) -> list[Mount]:
-    """The host's NVIDIA driver files for the devices mode, read-only at /usr/local/nvidia."""
-    for folder in candidates:
-        if Path(folder, "lib64").is_dir() or Path(folder, "lib").is_dir():
-            return [Mount(folder, DRIVER_TARGET, True)]
-    # distribution packages put the libraries beside every other library: mount just those files
-    mounts = []
-    for libdir in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib/aarch64-linux-gnu"):
-        for lib in sorted(Path(libdir).glob("lib*nvidia*.so*")) + sorted(Path(libdir).glob("libcuda*.so*")):
-            mounts.append(Mount(str(lib), f"{DRIVER_TARGET}/lib64/{lib.name}", True))
-        if mounts:
-            break
-    for tool in ("/usr/bin/nvidia-smi",):
-        if Path(tool).exists():
-            mounts.append(Mount(tool, f"{DRIVER_TARGET}/bin/nvidia-smi", True))
-    return mounts
+        out.devices = list(facts.device_nodes) + [g.device_node for g in facts.gpus]
+    return out

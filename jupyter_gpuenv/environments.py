@@ -12,8 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-PROVISIONER_NAME = "gpuenv-docker-provisioner"
-KERNELSPEC_PREFIX = "gpuenv-"
+from .errors import InvalidEnvironment
 
 GPU_MODES = ("auto", "toolkit", "devices", "none")
 NETWORKS = ("none", "host")
@@ -42,10 +41,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class EnvironmentError_(ValueError):
-    """A bad environment definition; the message names the key and the source."""
-
-
 @dataclass(frozen=True)
 class Mount:
     source: str
@@ -68,25 +63,28 @@ class GpuPolicy:
             return cls(value)
         if value.isdigit():
             return cls("count", int(value)) if int(value) > 0 else cls("none")
-        if value.startswith("exclusive:") and value[len("exclusive:"):].isdigit():
-            count = int(value[len("exclusive:"):])
+        if value.startswith("exclusive:") and value[len("exclusive:") :].isdigit():
+            count = int(value[len("exclusive:") :])
             if count > 0:
                 return cls("exclusive", count)
         listed = str(text).strip()
-        listed = listed[len("device="):] if listed.lower().startswith("device=") else listed
+        listed = listed[len("device=") :] if listed.lower().startswith("device=") else listed
         ids = tuple(t.strip() for t in listed.split(",") if t.strip())
         if ids and all(t.isdigit() or t.upper().startswith(("GPU-", "MIG-")) for t in ids):
             return cls("ids", len(ids), ids)
-        raise ValueError(f"{text!r} is not a GPU policy: use 'all', 'none', a count such as '2', "
-                         "'device=0,1' (indices or UUIDs), or 'exclusive:1'")
+        raise ValueError(
+            f"{text!r} is not a GPU policy: use 'all', 'none', a count such as '2', "
+            "'device=0,1' (indices or UUIDs), or 'exclusive:1'"
+        )
 
     @property
     def wants_gpus(self) -> bool:
         return self.kind != "none"
 
     def __str__(self) -> str:
-        return {"all": "all", "none": "none", "count": str(self.count),
-                "exclusive": f"exclusive:{self.count}"}.get(self.kind, "device=" + ",".join(self.ids))
+        return {"all": "all", "none": "none", "count": str(self.count), "exclusive": f"exclusive:{self.count}"}.get(
+            self.kind, "device=" + ",".join(self.ids)
+        )
 
 
 @dataclass(frozen=True)
@@ -108,10 +106,6 @@ class Environment:
     env: tuple[tuple[str, str], ...] = ()
     kernel_runtime: str = "auto"
 
-    @property
-    def kernelspec_name(self) -> str:
-        return KERNELSPEC_PREFIX + self.name
-
     def to_config(self) -> dict[str, Any]:
         """The dict a kernelspec or configuration holds; parses back to an equal Environment."""
         out = asdict(self)
@@ -127,10 +121,10 @@ _KEYS = {f.name for f in fields(Environment)} - {"name"}
 
 
 def parse_environment(name: str, raw: dict[str, Any], source: str) -> Environment:
-    """Validate an administrator's definition. Raises EnvironmentError_ with a sentence naming the key."""
+    """Validate an administrator's definition. Raises InvalidEnvironment with a sentence naming the key."""
 
-    def fail(message: str) -> EnvironmentError_:
-        return EnvironmentError_(f"environment {name!r} ({source}): {message}")
+    def fail(message: str) -> InvalidEnvironment:
+        return InvalidEnvironment(f"environment {name!r} ({source}): {message}")
 
     if not isinstance(raw, dict):
         raise fail(f"expected a mapping of settings, got {type(raw).__name__}")
@@ -143,8 +137,12 @@ def parse_environment(name: str, raw: dict[str, Any], source: str) -> Environmen
         raise fail("'image' is required (for example 'pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime')")
     values: dict[str, Any] = {"name": name, "image": raw["image"].strip()}
     values["display_name"] = str(raw.get("display_name") or f"{name} ({values['image']})")
-    for key, allowed in (("gpu_mode", GPU_MODES), ("network", NETWORKS), ("transport", TRANSPORTS),
-                         ("kernel_runtime", KERNEL_RUNTIMES)):
+    for key, allowed in (
+        ("gpu_mode", GPU_MODES),
+        ("network", NETWORKS),
+        ("transport", TRANSPORTS),
+        ("kernel_runtime", KERNEL_RUNTIMES),
+    ):
         if key in raw:
             if raw[key] not in allowed:
                 raise fail(f"{key!r} must be one of {', '.join(allowed)}, got {raw[key]!r}")
@@ -185,8 +183,10 @@ def parse_environment(name: str, raw: dict[str, Any], source: str) -> Environmen
         raise fail("'env' must map variable names to string values")
     values["env"] = tuple(sorted(env.items()))
     if values.get("transport") == "tcp" and values.get("network") != "host":
-        raise fail("'transport': 'tcp' needs 'network': 'host' (the kernel listens on 127.0.0.1 of the host; "
-                   "no port is ever published)")
+        raise fail(
+            "'transport': 'tcp' needs 'network': 'host' (the kernel listens on 127.0.0.1 of the host; "
+            "no port is ever published)"
+        )
     return Environment(**values)
 
 
@@ -218,7 +218,9 @@ def cuda_compatibility(image_cuda: str | None, driver_cuda: str | None) -> tuple
     if need is None or have is None:
         return True, None
     if need > have:
-        return False, (f"the image needs CUDA {need[0]}.{need[1]} but the NVIDIA driver here supports CUDA "
-                       f"up to {have[0]}.{have[1]}: update the host driver or choose an image built for "
-                       f"CUDA {have[0]}.{have[1]} or older")
+        return False, (
+            f"the image needs CUDA {need[0]}.{need[1]} but the NVIDIA driver here supports CUDA "
+            f"up to {have[0]}.{have[1]}: update the host driver or choose an image built for "
+            f"CUDA {have[0]}.{have[1]} or older"
+        )
     return True, None

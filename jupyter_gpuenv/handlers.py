@@ -10,9 +10,10 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from . import catalog
+from . import engine, ledger, reports
 from .config import GpuEnv
 from .sampler import Sampler
+from .usage import UsageTracker
 
 AUTH_RESOURCE = "gpuenv"
 
@@ -55,10 +56,12 @@ class EnvironmentsHandler(GpuEnvHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        specs = self.kernel_spec_manager.get_all_specs
-        snapshot = self.sampler.latest
-        report = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: catalog.environment_report(self.gpuenv, specs(), snapshot))
+        # kernelspec files are read in a thread; the engine's calls run in its own pools
+        specs = await asyncio.get_running_loop().run_in_executor(None, self.kernel_spec_manager.get_all_specs)
+        settings = GpuEnv(parent=self.gpuenv.parent)  # as the provisioner reads them: changed settings apply
+        report = await reports.environment_report(
+            settings, specs, self.sampler.latest, engine.connect(settings, self.log)
+        )
         self.write_json(report)
 
 
@@ -66,7 +69,31 @@ class KernelsHandler(GpuEnvHandler):
     @web.authenticated
     @authorized
     def get(self) -> None:
-        self.write_json(catalog.kernel_report(self.kernel_manager, self.sampler.latest))
+        self.write_json(reports.kernel_report(self.kernel_manager, self.sampler.latest))
+
+
+class UsageHandler(GpuEnvHandler):
+    """GPU-hours per user or notebook over a period: ``?since=&until=`` (dates or epoch seconds), ``&by=notebook``."""
+
+    def initialize(self, usage: UsageTracker) -> None:
+        self.usage = usage
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        try:
+            since, until, by = ledger.usage_query(
+                self.get_query_argument("since", None),
+                self.get_query_argument("until", None),
+                self.get_query_argument("by", None),
+            )
+        except ValueError as exc:
+            raise web.HTTPError(400, str(exc)) from None
+        try:
+            report = await self.usage.report(since, until, by)
+        except OSError as exc:
+            raise web.HTTPError(503, f"the usage ledger cannot be read: {exc}") from None
+        self.write_json(report)
 
 
 class NotFoundHandler(GpuEnvHandler):
@@ -80,7 +107,7 @@ class NotFoundHandler(GpuEnvHandler):
     post = put = patch = delete = get
 
 
-def api_handlers(sampler: Sampler, settings: GpuEnv) -> list:
+def api_handlers(sampler: Sampler, settings: GpuEnv, usage: UsageTracker) -> list:
     """The route table, relative to the server's base URL."""
     prefix = "gpuenv/api"
     return [
@@ -88,5 +115,6 @@ def api_handlers(sampler: Sampler, settings: GpuEnv) -> list:
         (rf"{prefix}/gpus/history", HistoryHandler, {"sampler": sampler}),
         (rf"{prefix}/environments", EnvironmentsHandler, {"sampler": sampler, "settings": settings}),
         (rf"{prefix}/kernels", KernelsHandler, {"sampler": sampler}),
+        (rf"{prefix}/usage", UsageHandler, {"usage": usage}),
         (rf"{prefix}(/.*)?", NotFoundHandler),
     ]

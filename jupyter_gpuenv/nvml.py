@@ -8,10 +8,20 @@ GPU is a ``GpuSample`` with ``error`` set.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+
+
+def load_pynvml() -> Any:
+    """The pynvml module (nvidia-ml-py): the one seam where tests feed recorded values instead of a driver."""
+    import pynvml
+
+    return pynvml
+
 
 # NVML errors that mean "this device cannot tell you that": the field is null, not an error.
 _FIELD_ABSENT = ("NotSupported", "NotFound", "NoData", "FunctionNotFound", "InvalidArgument", "NoPermission")
@@ -149,10 +159,8 @@ class NvmlReader:
     def shutdown(self) -> None:
         if self.initialized:
             self.initialized = False
-            try:
+            with contextlib.suppress(self.nvml.NVMLError):
                 self.nvml.nvmlShutdown()
-            except self.nvml.NVMLError:
-                pass
 
     # -- reading -----------------------------------------------------------------------------------
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -244,13 +252,16 @@ class NvmlReader:
 
     def _processes(self, handle: Any, gpu_instance: str | None = None) -> list[GpuProcess]:
         n, found = self.nvml, {}
-        for kind, fn in (("compute", n.nvmlDeviceGetComputeRunningProcesses),
-                         ("graphics", n.nvmlDeviceGetGraphicsRunningProcesses)):
+        for kind, fn in (
+            ("compute", n.nvmlDeviceGetComputeRunningProcesses),
+            ("graphics", n.nvmlDeviceGetGraphicsRunningProcesses),
+        ):
             for proc in self._call(fn, handle) or []:
                 if proc.pid in found:  # a process with both contexts is listed once, as compute
                     continue
-                found[proc.pid] = GpuProcess(pid=proc.pid, used_memory=_bytes_or_none(proc.usedGpuMemory),
-                                             type=kind, gpu_instance=gpu_instance)
+                found[proc.pid] = GpuProcess(
+                    pid=proc.pid, used_memory=_bytes_or_none(proc.usedGpuMemory), type=kind, gpu_instance=gpu_instance
+                )
         return list(found.values())
 
     def _mig_devices(self, handle: Any) -> tuple[list[MigDevice], list[GpuProcess]]:
@@ -263,8 +274,14 @@ class NvmlReader:
             uuid = call(n.nvmlDeviceGetUUID, mig)
             uuid = _text(uuid) if uuid is not None else None
             name = call(n.nvmlDeviceGetName, mig)
-            devices.append(MigDevice(index=slot, uuid=uuid, name=_text(name) if name is not None else None,
-                                     memory=_memory(call(n.nvmlDeviceGetMemoryInfo, mig))))
+            devices.append(
+                MigDevice(
+                    index=slot,
+                    uuid=uuid,
+                    name=_text(name) if name is not None else None,
+                    memory=_memory(call(n.nvmlDeviceGetMemoryInfo, mig)),
+                )
+            )
             processes += self._processes(mig, gpu_instance=uuid)
         return devices, processes
 

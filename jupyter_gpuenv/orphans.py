@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
-from . import engine
-from .containers import L_KERNEL, L_SERVER_HOST, L_SERVER_PID, L_SOCKETS, L_UID
+from . import host, labels
+from .docker_engine import DockerEngine
 
 
 def server_alive(pid: int) -> bool:
@@ -20,23 +19,15 @@ def server_alive(pid: int) -> bool:
     return True
 
 
-def is_orphan(labels: dict[str, str], host: str, uid: int, alive=server_alive) -> bool:
-    """Ours (this host, this user) and its server process no longer runs."""
-    if labels.get(L_SERVER_HOST) != host or labels.get(L_UID) != str(uid):
-        return False
-    pid = labels.get(L_SERVER_PID, "")
-    return pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid))
+async def remove_orphans(engine: DockerEngine) -> list[str]:
+    """Remove what an earlier, dead server of this user on this host left; the names of what went."""
+    server, uid = host.this_server(), os.getuid()
 
+    def orphan(c: labels.KernelContainer) -> bool:
+        return labels.is_orphan(c, server.host, uid, server.pid, server_alive)
 
-def remove_orphans(client) -> list[str]:
-    host, uid, removed = socket.gethostname(), os.getuid(), []
-    for container in engine.kernel_containers(client):
-        labels = container.labels
-        if not is_orphan(labels, host, uid):
-            continue
-        engine.remove_quietly(client, container.id)
-        folder = labels.get(L_SOCKETS, "")
-        if folder and os.path.basename(folder) == labels.get(L_KERNEL):
-            shutil.rmtree(folder, ignore_errors=True)
-        removed.append(container.name)
-    return removed
+    removed = await engine.remove_orphans(orphan)
+    for c in removed:
+        if c.socket_dir and os.path.basename(c.socket_dir) == c.kernel_id:  # the kernel's own folder only
+            shutil.rmtree(c.socket_dir, ignore_errors=True)
+    return [c.name for c in removed]

@@ -16,8 +16,18 @@ import sys
 import tempfile
 
 
-def runtime_path(root: str, python_version: str) -> str:
+def runtime_path(root: str, python_version: str | None) -> str:
     return os.path.join(root, f"py{python_version}-{platform.machine()}")
+
+
+def prepared_versions(root: str) -> frozenset[str]:
+    """The Python versions ("3.11") whose runtime is prepared under ``root`` for this machine."""
+    suffix = f"-{platform.machine()}"
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return frozenset()
+    return frozenset(n[2 : -len(suffix)] for n in names if n.startswith("py") and n.endswith(suffix))
 
 
 def prepare(root: str, python_version: str, requirement: str = "ipykernel") -> str:
@@ -33,8 +43,21 @@ def prepare(root: str, python_version: str, requirement: str = "ipykernel") -> s
     os.makedirs(root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".staging-", dir=root)
     try:
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--only-binary=:all:",
-               "--target", staging, "--python-version", python_version, "--implementation", "cp"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-compile",
+            "--only-binary=:all:",
+            "--target",
+            staging,
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+        ]
         for p in platforms:
             cmd += ["--platform", p]
         subprocess.run(cmd + [requirement], check=True)

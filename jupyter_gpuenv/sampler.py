@@ -13,19 +13,14 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from . import nvml
 from .nvml import LibraryGone, NvmlReader, Snapshot
 from .visibility import Visibility
 
 Attributor = Callable[[Snapshot], None]
-
-
-def load_pynvml() -> Any:
-    """The pynvml module (nvidia-ml-py). Tests replace this function to feed recorded values."""
-    import pynvml
-
-    return pynvml
 
 
 def history_entry(snapshot: Snapshot) -> dict[str, Any]:
@@ -112,7 +107,7 @@ class Sampler:
     def sample_once(self) -> bool:
         """Take one sample. Returns False when NVML is not usable (the caller waits longer)."""
         if self._reader is None:
-            reader = NvmlReader(load_pynvml(), pcie=self.pcie)
+            reader = NvmlReader(nvml.load_pynvml(), pcie=self.pcie)
             reason = reader.init()
             if reason is not None:
                 self._publish(Snapshot(available=False, reason=reason, sampled_at=time.time()))
@@ -122,13 +117,11 @@ class Sampler:
             snapshot = self._reader.read(self.visibility.allows)
         except LibraryGone as exc:
             self._reader = None
-            self._publish(Snapshot(available=False, reason=str(exc),
-                                   sampled_at=time.time()))
+            self._publish(Snapshot(available=False, reason=str(exc), sampled_at=time.time()))
             return False
         except Exception as exc:  # an unexpected NVML error must not kill the thread for good
             self.log.exception("gpuenv: sampling GPUs failed")
-            self._publish(Snapshot(available=False, reason=f"sampling GPUs failed: {exc}",
-                                   sampled_at=time.time()))
+            self._publish(Snapshot(available=False, reason=f"sampling GPUs failed: {exc}", sampled_at=time.time()))
             return True
         if self.attribute is not None:
             try:
@@ -151,8 +144,10 @@ class Sampler:
         if snapshot.available:
             lost = [g.index for g in snapshot.gpus if g.error]
             condition = f"ok:{len(snapshot.gpus)}:{lost}"
-            message = (f"gpuenv: {len(snapshot.gpus)} GPU(s) visible ({self.visibility.source}), "
-                       f"driver {snapshot.driver_version}, CUDA {snapshot.cuda_driver_version}")
+            message = (
+                f"gpuenv: {len(snapshot.gpus)} GPU(s) visible ({self.visibility.source}), "
+                f"driver {snapshot.driver_version}, CUDA {snapshot.cuda_driver_version}"
+            )
             if lost:
                 message += f"; GPU(s) {lost} report errors"
         else:

@@ -1,11 +1,11 @@
 import time
 
+import fake_pynvml
 import pytest
 
-import fake_pynvml
-from jupyter_gpuenv import sampler as sampler_module
+from jupyter_gpuenv import nvml as nvml_module
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+pytest_plugins = ["pytest_jupyter.jupyter_server", "container_harness"]
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def recording():
 def fake_nvml(recording, monkeypatch):
     """NVML fed recorded values at the pynvml boundary; the rest of the code is the real thing."""
     fake = fake_pynvml.FakePynvml(fake_pynvml.load(recording))
-    monkeypatch.setattr(sampler_module, "load_pynvml", lambda: fake)
+    monkeypatch.setattr(nvml_module, "load_pynvml", lambda: fake)
     return fake
 
 

@@ -3,7 +3,7 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { ApiError, IEnvironmentsReply, IGpuApi, IGpusReply, IHistoryReply } from './tokens';
+import { ApiError, IEnvironmentsReply, IGpuApi, IGpusReply, IHistoryReply, IKernelsReply } from './tokens';
 
 const TIMEOUT = 10_000; // ms: a request that hangs becomes an error the panel shows, not a spinner
 
@@ -37,6 +37,7 @@ export function createApi(settings: ServerConnection.ISettings = ServerConnectio
     gpus: () => requestAPI<IGpusReply>('gpus', settings),
     history: (since?: number) =>
       requestAPI<IHistoryReply>(since === undefined ? 'gpus/history' : `gpus/history?since=${since}`, settings),
-    environments: () => requestAPI<IEnvironmentsReply>('environments', settings)
+    environments: () => requestAPI<IEnvironmentsReply>('environments', settings),
+    kernels: () => requestAPI<IKernelsReply>('kernels', settings)
   };
 }

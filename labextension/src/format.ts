@@ -96,17 +96,19 @@ export function gpuPolicy(policy: string | null): string {
   return `GPU ${policy.split(',').join(', ')}`;
 }
 
-/** An environment's state as a short label. */
-export function environmentState(state: string | null): string {
+/** An environment's state as a short label; a missing image that the first start pulls is no fault. */
+export function environmentState(state: string | null, canStart: boolean): string {
   switch (state) {
     case 'ready':
       return 'ready';
     case 'image-missing':
-      return 'image missing';
+      return canStart ? 'pulled on first start' : 'image missing';
     case 'pulling':
       return 'pulling';
     case 'incompatible':
       return 'incompatible';
+    case 'runtime-missing':
+      return 'needs kernel runtime';
     case 'invalid':
       return 'misconfigured';
     default:

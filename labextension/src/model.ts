@@ -1,8 +1,8 @@
 /**
  * The one source of data for every widget: a single Poll (standby while the tab is hidden, back-off on
- * errors), so any number of views costs one GPU request per interval. Steady state: GET gpus only; the
- * history is read once at start and after a gap, environments every ENVIRONMENTS_EVERY seconds (every
- * tick while an image is being pulled).
+ * errors), so any number of views costs one GPU request per interval. Steady state: GET gpus; the
+ * history is read once at start and after a gap, kernels every KERNELS_EVERY seconds, environments every
+ * ENVIRONMENTS_EVERY seconds (every tick while an image is being pulled).
  */
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
@@ -18,6 +18,8 @@ import {
   IGpuApi,
   IGpuModel,
   IGpusReply,
+  IKernel,
+  IKernelExit,
   ISeries,
   ISessionSource,
   ISettings
@@ -25,6 +27,7 @@ import {
 
 export const DEFAULT_SETTINGS: ISettings = { refreshInterval: 2, historyLength: 60 };
 const ENVIRONMENTS_EVERY = 30; // seconds
+const KERNELS_EVERY = 10; // seconds: how soon a kernel restarted by its memory limit is reported
 const MAX_BACKOFF = 60_000; // ms
 
 export interface IModelOptions {
@@ -117,6 +120,14 @@ export class GpuModel implements IGpuModel {
     return total;
   }
 
+  get kernels(): IKernel[] {
+    return this._kernels;
+  }
+
+  lastExit(kernelId: string | null): IKernelExit | null {
+    return (kernelId && this._kernels.find(k => k.kernel_id === kernelId)?.last_exit) || null;
+  }
+
   configure(settings: Partial<ISettings>): void {
     this._settings = { ...this._settings, ...settings };
     this._history.length = this._settings.historyLength;
@@ -176,10 +187,24 @@ export class GpuModel implements IGpuModel {
       }
       this._names.lookUp(kernelIdsOf(reply));
     }
+    if (this._kernelsAt === null || now - this._kernelsAt >= KERNELS_EVERY * 1000) {
+      await this._readKernels(now);
+    }
     if (this._environmentsDue(now)) {
       await this._readEnvironments(now);
     }
     this._changed.emit();
+  }
+
+  private async _readKernels(now: number): Promise<void> {
+    this._kernelsAt = now;
+    try {
+      this._requests++;
+      this._kernels = (await this._api.kernels()).kernels ?? [];
+      this._names.lookUp(this._kernels.filter(k => k.last_exit).map(k => k.kernel_id)); // to name the notices
+    } catch {
+      // kernels only add warnings to the panel: keep the last list, the GPU section reports the server
+    }
   }
 
   private async _readHistory(): Promise<void> {
@@ -227,6 +252,8 @@ export class GpuModel implements IGpuModel {
   private _status: GpuStatus = { kind: 'loading' };
   private _environments: EnvironmentsStatus = { kind: 'loading' };
   private _environmentsAt: number | null = null;
+  private _kernels: IKernel[] = [];
+  private _kernelsAt: number | null = null;
   private _lastReply: IGpusReply | null = null;
   private _lastTick: number | null = null;
   private _retryIn: number | null = null;
@@ -253,7 +280,9 @@ export function statusOfError(error: unknown, last: IGpusReply | null): GpuStatu
 
 function messageOf(error: unknown): string {
   if (error instanceof ApiError) {
-    return error.status === 0 ? 'The server cannot be reached.' : `The server answered ${error.status}: ${error.message}`;
+    return error.status === 0
+      ? 'The server cannot be reached.'
+      : `The server answered ${error.status}: ${error.message}`;
   }
   return error instanceof Error ? error.message : String(error);
 }

@@ -77,7 +77,25 @@ export interface IHistoryReply {
   samples: IHistorySample[];
 }
 
-export type EnvironmentState = 'ready' | 'image-missing' | 'pulling' | 'incompatible' | 'unavailable' | 'invalid';
+export type EnvironmentState =
+  | 'ready'
+  | 'image-missing' // can_start tells whether it is pulled at first start or pulling is off
+  | 'pulling'
+  | 'incompatible'
+  | 'runtime-missing' // the image has no ipykernel and no kernel runtime was prepared
+  | 'unavailable'
+  | 'invalid';
+
+/** Why an environment cannot start, for code; `reason` says it in words. */
+export type ReasonCode =
+  | 'invalid-definition'
+  | 'engine-unavailable'
+  | 'no-kernelspec'
+  | 'image-missing'
+  | 'pulling'
+  | 'cuda-too-new'
+  | 'no-gpu'
+  | 'no-kernel-runtime';
 
 export interface IEnvironment {
   name: string;
@@ -91,11 +109,36 @@ export interface IEnvironment {
   kernelspec: string | null; // null: configured, but no kernelspec starts it
   state: EnvironmentState | null;
   pull_progress: string | null;
+  /** The server's verdict: "Use for this notebook" is offered exactly when this is true. */
+  can_start: boolean;
+  reason_code: ReasonCode | null; // null when it can start
 }
 
 export interface IEnvironmentsReply {
   docker: { available: boolean; reason: string | null } | null;
   environments: IEnvironment[] | null;
+}
+
+/** How a kernel's previous container ended, when it ended on its own and the kernel was restarted. */
+export interface IKernelExit {
+  code: number | null;
+  oom_killed: boolean;
+  message: string; // "the kernel ran out of its 12g memory limit and was restarted"
+}
+
+export interface IKernel {
+  kernel_id: string;
+  kernel_name: string | null;
+  environment: string | null;
+  container_id: string | null;
+  gpu_mode: string | null;
+  gpus: number[] | null;
+  gpu_memory: number | null;
+  last_exit: IKernelExit | null;
+}
+
+export interface IKernelsReply {
+  kernels: IKernel[] | null;
 }
 
 // -- what the model needs from the outside (api.ts and Lab's session manager in the app) --------------
@@ -105,6 +148,7 @@ export interface IGpuApi {
   gpus(): Promise<IGpusReply>;
   history(since?: number): Promise<IHistoryReply>;
   environments(): Promise<IEnvironmentsReply>;
+  kernels(): Promise<IKernelsReply>;
 }
 
 /** A failed request: `status` is the HTTP status, 0 when the server could not be reached. */
@@ -169,10 +213,17 @@ export interface IGpuModel {
   current: ICurrentNotebook | null;
   /** GPU memory (bytes) held by a kernel's processes over every GPU; 0 when none. */
   kernelMemory(kernelId: string | null): number;
+  /** This server's running kernels, as last read; empty until then. */
+  readonly kernels: IKernel[];
+  /** How a kernel's previous container ended, when it was restarted after ending on its own; else null. */
+  lastExit(kernelId: string | null): IKernelExit | null;
   /** Seconds until the next attempt after an error, or null. */
   readonly retryIn: number | null;
   refresh(): Promise<void>;
   configure(settings: Partial<ISettings>): void;
 }
 
-export const IGpuModel = new Token<IGpuModel>('jupyter-gpuenv:IGpuModel', 'GPU usage and container environments, refreshed by one poll.');
+export const IGpuModel = new Token<IGpuModel>(
+  'jupyter-gpuenv:IGpuModel',
+  'GPU usage and container environments, refreshed by one poll.'
+);

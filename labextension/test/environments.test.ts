@@ -16,23 +16,73 @@ const env = (over: Partial<IEnvironment> = {}): IEnvironment => ({
   kernelspec: 'gpuenv-pytorch',
   state: 'ready',
   pull_progress: null,
+  can_start: true,
+  reason_code: null,
   ...over
 });
 const nb = { path: 'a.ipynb', kernelId: 'k', kernelName: 'python3' };
 
-test('a ready environment can be used for an open notebook', () => {
+test('an environment the server can start can be used for an open notebook', () => {
   assert.equal(whyNot(env(), nb, false), null);
-  assert.equal(whyNot(env({ state: 'image-missing' }), nb, false), null);
+  // a missing image that the first start pulls is no obstacle
+  const pulledOnStart = env({
+    state: 'image-missing',
+    image_present: false,
+    reason: 'image pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime is not on the engine; it is pulled at first start'
+  });
+  assert.equal(whyNot(pulledOnStart, nb, false), null);
+});
+
+test('the server decides: can_start false disables the button with its reason', () => {
+  const missing = env({
+    state: 'image-missing',
+    can_start: false,
+    reason_code: 'image-missing',
+    reason: 'image x is not on the engine and pulling is off'
+  });
+  assert.equal(whyNot(missing, nb, false), 'Image x is not on the engine and pulling is off.');
+  const noRuntime = env({
+    state: 'runtime-missing',
+    can_start: false,
+    reason_code: 'no-kernel-runtime',
+    reason: 'the image has no ipykernel; run `jupyter gpuenv runtime` first'
+  });
+  assert.equal(whyNot(noRuntime, nb, false), 'The image has no ipykernel; run `jupyter gpuenv runtime` first.');
+  assert.equal(
+    whyNot(
+      env({
+        state: 'incompatible',
+        can_start: false,
+        reason_code: 'cuda-too-new',
+        reason: 'needs CUDA 12.4, the driver supports 12.2'
+      }),
+      nb,
+      false
+    ),
+    'Needs CUDA 12.4, the driver supports 12.2.'
+  );
+  // even in a state that reads as ready, the verdict is the server's
+  assert.equal(
+    whyNot(env({ can_start: false, reason: 'asks for GPUs (all) but this server sees none' }), nb, false),
+    'Asks for GPUs (all) but this server sees none.'
+  );
+});
+
+test('without a reason sentence, the reason code still says why', () => {
+  assert.equal(
+    whyNot(env({ state: 'pulling', can_start: false, reason_code: 'pulling' }), nb, false),
+    'The image is being downloaded.'
+  );
+  assert.equal(
+    whyNot(env({ state: 'incompatible', can_start: false, reason_code: 'cuda-too-new' }), nb, false),
+    'The image needs a newer NVIDIA driver than this machine has.'
+  );
+  assert.equal(whyNot(env({ state: 'unavailable', can_start: false }), nb, false), 'This environment cannot start.');
 });
 
 test('the button says why it cannot be pressed', () => {
   assert.equal(whyNot(env(), null, false), 'Open a notebook first.');
   assert.equal(whyNot(env(), { ...nb, kernelName: 'gpuenv-pytorch' }, false), 'This notebook already uses it.');
   assert.equal(whyNot(env(), nb, true), 'Docker is not available.');
-  assert.equal(whyNot(env({ state: 'pulling' }), nb, false), 'The image is being downloaded.');
-  assert.equal(
-    whyNot(env({ state: 'incompatible', reason: 'needs CUDA 12.4, the driver supports 12.2' }), nb, false),
-    'Needs CUDA 12.4, the driver supports 12.2.'
-  );
-  assert.equal(whyNot(env({ state: 'unavailable' }), nb, false), 'This environment cannot start.');
+  assert.equal(whyNot(env({ can_start: false, reason: 'boom' }), nb, true), 'Docker is not available.');
 });

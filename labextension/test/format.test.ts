@@ -47,8 +47,12 @@ test('GPU policies and environment states read as words', () => {
   assert.equal(f.gpuPolicy('2'), 'any 2 GPUs');
   assert.equal(f.gpuPolicy('0,1'), 'GPU 0, 1');
   assert.equal(f.gpuPolicy('exclusive:1'), '1 GPU of its own');
-  assert.equal(f.environmentState('image-missing'), 'image missing');
-  assert.equal(f.environmentState(null), 'unavailable');
+  assert.equal(f.environmentState('ready', true), 'ready');
+  assert.equal(f.environmentState('image-missing', false), 'image missing');
+  assert.equal(f.environmentState('image-missing', true), 'pulled on first start');
+  assert.equal(f.environmentState('runtime-missing', false), 'needs kernel runtime');
+  assert.equal(f.environmentState('invalid', false), 'misconfigured');
+  assert.equal(f.environmentState(null, false), 'unavailable');
 });
 
 test('basename and sentence', () => {

@@ -4,13 +4,14 @@ import { test } from 'node:test';
 import { Signal } from '@lumino/signaling';
 
 import { GpuModel } from '../src/model';
-import { ApiError, IEnvironmentsReply, IGpuApi, IGpusReply, ISessionSource } from '../src/tokens';
+import { ApiError, IEnvironmentsReply, IGpuApi, IGpusReply, IKernelsReply, ISessionSource } from '../src/tokens';
 import { gpusReply, historyReply } from './fixtures';
 
 class FakeApi implements IGpuApi {
   calls: string[] = [];
   gpuReply: IGpusReply | Error = gpusReply(100);
   envReply: IEnvironmentsReply | Error = new ApiError(404, 'no such gpuenv API endpoint');
+  kernelsReply: IKernelsReply | Error = { kernels: [] };
 
   async gpus(): Promise<IGpusReply> {
     this.calls.push('gpus');
@@ -29,6 +30,13 @@ class FakeApi implements IGpuApi {
       throw this.envReply;
     }
     return this.envReply;
+  }
+  async kernels(): Promise<IKernelsReply> {
+    this.calls.push('kernels');
+    if (this.kernelsReply instanceof Error) {
+      throw this.kernelsReply;
+    }
+    return this.kernelsReply;
   }
   count(name: string): number {
     return this.calls.filter(c => c.startsWith(name)).length;
@@ -67,7 +75,7 @@ test('a tick reads GPUs; history once at start; then one request per tick', asyn
   assert.equal(model.status.kind, 'loading');
   await model.tick();
   assert.equal(model.status.kind, 'ready');
-  assert.deepEqual(api.calls, ['gpus', 'history:', 'environments']);
+  assert.deepEqual(api.calls, ['gpus', 'history:', 'kernels', 'environments']);
   assert.equal(model.series(0).memory.length, 4); // 3 from history + the snapshot
   for (let i = 1; i <= 5; i++) {
     advance(2000);
@@ -87,7 +95,10 @@ test('a late tick (tab was hidden) fills the gap from the history since the last
   advance(60_000);
   api.gpuReply = gpusReply(160);
   await model.tick();
-  assert.deepEqual(api.calls.filter(c => c.startsWith('history')), ['history:', 'history:100']);
+  assert.deepEqual(
+    api.calls.filter(c => c.startsWith('history')),
+    ['history:', 'history:100']
+  );
   model.dispose();
 });
 
@@ -114,7 +125,9 @@ test('environments refresh every 30 s, and every tick while an image is pulled',
         kernelspec: 'gpuenv-pt',
         state: 'pulling',
         pull_progress: '40 %',
-        }
+        can_start: false,
+        reason_code: 'pulling'
+      }
     ]
   };
   await model.tick(); // 32 s: due
@@ -126,6 +139,45 @@ test('environments refresh every 30 s, and every tick while an image is pulled',
   advance(2000);
   await model.tick();
   assert.deepEqual(model.environments, { kind: 'error', message: 'The server answered 500: boom' });
+  model.dispose();
+});
+
+test('kernels are read every 10 s; a restarted kernel reports how its last container ended', async () => {
+  const { api, model, advance } = setup();
+  await model.tick();
+  assert.deepEqual(model.kernels, []);
+  assert.equal(model.lastExit('k-1'), null);
+  const oom = { code: 137, oom_killed: true, message: 'the kernel ran out of its 12g memory limit and was restarted' };
+  api.kernelsReply = {
+    kernels: [
+      {
+        kernel_id: 'k-1',
+        kernel_name: 'gpuenv-pt',
+        environment: 'pt',
+        container_id: 'abc',
+        gpu_mode: 'shared',
+        gpus: [0],
+        gpu_memory: 0,
+        last_exit: oom
+      }
+    ]
+  };
+  for (let i = 0; i < 4; i++) {
+    advance(2000);
+    await model.tick();
+  }
+  assert.equal(api.count('kernels'), 1); // 8 s: not yet
+  advance(2000);
+  await model.tick();
+  assert.equal(api.count('kernels'), 2);
+  assert.deepEqual(model.lastExit('k-1'), oom);
+  assert.equal(model.lastExit('k-2'), null);
+  assert.equal(model.lastExit(null), null);
+  api.kernelsReply = new ApiError(500, 'boom');
+  advance(10_000);
+  await model.tick();
+  assert.equal(model.status.kind, 'ready'); // a failed kernels read is no GPU error
+  assert.deepEqual(model.lastExit('k-1'), oom); // and keeps what was known
   model.dispose();
 });
 

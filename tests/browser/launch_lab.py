@@ -2,7 +2,7 @@
 
     python tests/browser/launch_lab.py --port 8899 --token T --root-dir /tmp/x [--recording FILE.json]
 
-With ``--recording`` the pynvml module is replaced at its boundary (``jupyter_gpuenv.sampler.load_pynvml``)
+With ``--recording`` the pynvml module is replaced at its boundary (``jupyter_gpuenv.nvml.load_pynvml``)
 by ``tests/fake_pynvml.FakePynvml`` before the server extension loads, in this same process. The recording
 file is read again whenever it changes, so a test can point a recorded GPU process at a real kernel's pid
 while the server runs. Without it, the server uses the machine's real NVML (none in CI: the no-GPU state).
@@ -50,10 +50,10 @@ def main() -> None:
     args, rest = parser.parse_known_args()
 
     if args.recording is not None:
-        from jupyter_gpuenv import sampler
+        from jupyter_gpuenv import nvml
 
         fake = ReloadingFake(args.recording).fake
-        sampler.load_pynvml = lambda: fake
+        nvml.load_pynvml = lambda: fake
 
     from jupyterlab.labapp import LabApp
 

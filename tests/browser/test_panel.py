@@ -12,7 +12,6 @@ from playwright.sync_api import Page, expect
 from .lab_harness import PANEL, RECORDINGS, environment_item, gpu_card, kernel_pid, open_gpu_panel, open_lab
 
 
-
 def endpoint(name: str) -> re.Pattern:
     """A gpuenv API URL, whatever query Lab adds (ServerConnection appends a cache buster to GETs)."""
     return re.compile(rf"/gpuenv/api/{name}(\?|$)")
@@ -125,7 +124,8 @@ def test_mig_badge(page: Page, gpu_lab):
 def test_polling_stops_while_the_tab_is_hidden(page: Page, gpu_lab):
     requests = open_panel_counting_requests(page, gpu_lab)
     set_hidden = """hidden => {
-        Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => hidden ? 'hidden' : 'visible'});
+        Object.defineProperty(document, 'visibilityState',
+                              {configurable: true, get: () => hidden ? 'hidden' : 'visible'});
         document.dispatchEvent(new Event('visibilitychange'));
     }"""
     page.evaluate(set_hidden, True)
@@ -167,7 +167,8 @@ def test_server_extension_missing(page: Page, gpu_lab):
     open_lab(page, gpu_lab)
     panel = open_gpu_panel(page)
     expect(panel.locator('[data-state="no-extension"]')).to_contain_text(
-        "jupyter server extension enable jupyter_gpuenv")
+        "jupyter server extension enable jupyter_gpuenv"
+    )
 
 
 def test_request_errors_back_off_and_recover(page: Page, gpu_lab):
@@ -199,8 +200,12 @@ def test_request_errors_back_off_and_recover(page: Page, gpu_lab):
 
 
 def test_environments_not_available_when_the_server_has_none(page: Page, gpu_lab):
-    page.route(endpoint("environments"), lambda route: route.fulfill(
-        status=404, content_type="application/json", body=json.dumps({"message": "no such gpuenv API endpoint"})))
+    page.route(
+        endpoint("environments"),
+        lambda route: route.fulfill(
+            status=404, content_type="application/json", body=json.dumps({"message": "no such gpuenv API endpoint"})
+        ),
+    )
     open_lab(page, gpu_lab)
     panel = open_gpu_panel(page)
     expect(panel.locator('[data-state="env-not-available"]')).to_contain_text("Container kernels are not available")
@@ -210,25 +215,61 @@ def test_environments_not_available_when_the_server_has_none(page: Page, gpu_lab
 ENVIRONMENTS = {
     "docker": {"available": True, "reason": None},
     "environments": [
-        {"name": "pytorch", "display_name": "PyTorch 2.6 / CUDA 12.4",
-         "image": "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime", "image_present": True, "cuda_version": "12.4",
-         "compatible": True, "reason": None, "gpus": "exclusive:1", "kernelspec": "gpuenv-pytorch",
-         "state": "ready", "pull_progress": None},
-        {"name": "jax", "display_name": "JAX / CUDA 12.8", "image": "ghcr.io/nvidia/jax:jax",
-         "image_present": False, "cuda_version": "12.8", "compatible": True, "reason": None, "gpus": "all",
-         "kernelspec": "gpuenv-jax", "state": "pulling", "pull_progress": "1.2 / 3.4 GB"},
-        {"name": "legacy", "display_name": "TensorFlow 2.20 / CUDA 13.1", "image": "tensorflow/tensorflow:2.20.0-gpu",
-         "image_present": True, "cuda_version": "13.1", "compatible": False,
-         "reason": "the image needs CUDA 13.1; the driver supports up to 13.0", "gpus": "0,1",
-         "kernelspec": "gpuenv-legacy", "state": "incompatible", "pull_progress": None},
+        {
+            "name": "pytorch",
+            "display_name": "PyTorch 2.6 / CUDA 12.4",
+            "image": "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime",
+            "image_present": True,
+            "cuda_version": "12.4",
+            "compatible": True,
+            "reason": None,
+            "gpus": "exclusive:1",
+            "kernelspec": "gpuenv-pytorch",
+            "state": "ready",
+            "pull_progress": None,
+            "can_start": True,
+            "reason_code": None,
+        },
+        {
+            "name": "jax",
+            "display_name": "JAX / CUDA 12.8",
+            "image": "ghcr.io/nvidia/jax:jax",
+            "image_present": False,
+            "cuda_version": "12.8",
+            "compatible": True,
+            "reason": None,
+            "gpus": "all",
+            "kernelspec": "gpuenv-jax",
+            "state": "pulling",
+            "pull_progress": "1.2 / 3.4 GB",
+            "can_start": False,
+            "reason_code": "pulling",
+        },
+        {
+            "name": "legacy",
+            "display_name": "TensorFlow 2.20 / CUDA 13.1",
+            "image": "tensorflow/tensorflow:2.20.0-gpu",
+            "image_present": True,
+            "cuda_version": "13.1",
+            "compatible": False,
+            "reason": "the image needs CUDA 13.1; the driver supports up to 13.0",
+            "gpus": "0,1",
+            "kernelspec": "gpuenv-legacy",
+            "state": "incompatible",
+            "pull_progress": None,
+            "can_start": False,
+            "reason_code": "cuda-too-new",
+        },
     ],
 }
 
 
 def serve_environments(page: Page) -> None:
     """Environments in every state the panel designs for, whatever the engine of this machine has."""
-    page.route(endpoint("environments"), lambda route: route.fulfill(
-        status=200, content_type="application/json", body=json.dumps(ENVIRONMENTS)))
+    page.route(
+        endpoint("environments"),
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(ENVIRONMENTS)),
+    )
 
 
 def test_environments_show_state_policy_and_why_they_cannot_start(page: Page, gpu_lab, notebook_on_gpu):
@@ -259,15 +300,16 @@ def test_dark_theme_and_screenshots(page: Page, gpu_lab, notebook_on_gpu, screen
         for theme, name in (("JupyterLab Light", "light"), ("JupyterLab Dark", "dark")):
             gpu_lab.set_theme(theme)
             open_lab(page, gpu_lab, f"lab/tree/{notebook_on_gpu['path']}")
-            expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "true" if name == "light" else "false")
+            expect(page.locator("body")).to_have_attribute(
+                "data-jp-theme-light", "true" if name == "light" else "false"
+            )
             panel = open_gpu_panel(page)
             card = gpu_card(page, 0)
             expect(card.locator("svg[role=img]")).to_be_visible()
             expect(card.locator('tr[aria-current="true"]')).to_contain_text("analysis.ipynb")
             expect(environment_item(page, "pytorch").get_by_role("button")).to_be_enabled()
             page.wait_for_timeout(500)  # bar transitions
-            colors[name] = card.evaluate(
-                "e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).color]")
+            colors[name] = card.evaluate("e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).color]")
             panel.locator(".jp-GpuEnv-body").screenshot(path=str(screenshot_dir / f"panel-{name}.png"))
     finally:
         gpu_lab.set_theme("JupyterLab Light")

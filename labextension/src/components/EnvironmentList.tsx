@@ -23,7 +23,9 @@ export function EnvironmentList(props: { model: IGpuModel; onUse: UseEnvironment
         />
       );
     case 'error':
-      return <StateMessage tone="error" title="Environments could not be read" detail={status.message} testId="env-error" />;
+      return (
+        <StateMessage tone="error" title="Environments could not be read" detail={status.message} testId="env-error" />
+      );
     case 'ready': {
       const docker = status.reply.docker;
       const envs = status.reply.environments ?? [];
@@ -43,8 +45,8 @@ export function EnvironmentList(props: { model: IGpuModel; onUse: UseEnvironment
               title="No container environments are defined"
               detail={
                 <>
-                  An administrator adds one with <code>jupyter gpuenv add pytorch-2.6-cuda12.4</code>, then restarts
-                  the server.
+                  An administrator adds one with <code>jupyter gpuenv add pytorch-2.6-cuda12.4</code>, then restarts the
+                  server.
                 </>
               }
               testId="env-empty"
@@ -52,7 +54,13 @@ export function EnvironmentList(props: { model: IGpuModel; onUse: UseEnvironment
           ) : (
             <ul className="jp-GpuEnv-envs">
               {envs.map(env => (
-                <Environment key={env.name} env={env} current={model.current} dockerDown={dockerDown} onUse={props.onUse} />
+                <Environment
+                  key={env.name}
+                  env={env}
+                  current={model.current}
+                  dockerDown={dockerDown}
+                  onUse={props.onUse}
+                />
               ))}
             </ul>
           )}
@@ -76,7 +84,9 @@ function Environment(props: {
     <li className="jp-GpuEnv-env" data-environment={env.name} aria-label={name}>
       <div className="jp-GpuEnv-envHeader">
         <span className="jp-GpuEnv-envName">{name}</span>
-        <span className={`jp-GpuEnv-pill jp-mod-${state}`}>{environmentState(state)}</span>
+        <span className={`jp-GpuEnv-pill jp-mod-${state}${env.can_start ? ' jp-mod-can-start' : ''}`}>
+          {environmentState(state, env.can_start)}
+        </span>
       </div>
       <div className="jp-GpuEnv-envImage" title={env.image ?? undefined}>
         {env.image ?? '–'}
@@ -86,7 +96,10 @@ function Environment(props: {
         {env.cuda_version ? ` · CUDA ${env.cuda_version}` : ''}
         {state === 'pulling' && env.pull_progress ? ` · ${env.pull_progress}` : ''}
       </div>
-      {env.reason && !blocked && state !== 'ready' ? <div className="jp-GpuEnv-envReason">{sentence(env.reason)}</div> : null}
+      {/* a startable environment's reason is a note (e.g. the first start pulls the image); else it is the why */}
+      {env.can_start && env.reason && state !== 'ready' ? (
+        <div className="jp-GpuEnv-envReason">{sentence(env.reason)}</div>
+      ) : null}
       <button
         className="jp-GpuEnv-use jp-mod-styled jp-mod-accept"
         disabled={blocked !== null}

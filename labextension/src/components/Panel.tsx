@@ -4,9 +4,10 @@ import React from 'react';
 import type { IGpuModel } from '../tokens';
 import { EnvironmentList, UseEnvironment } from './EnvironmentList';
 import { GpuSection } from './GpuSection';
+import { KernelNotices } from './KernelNotices';
 import { useModel } from './useModel';
 
-/** The side panel: GPUs first, then environments. */
+/** The side panel: restarted kernels (if any), GPUs, then environments. */
 export class GpuPanel extends ReactWidget {
   constructor(
     private _model: IGpuModel,
@@ -27,9 +28,12 @@ function PanelBody(props: { model: IGpuModel; onUse: UseEnvironment }): JSX.Elem
   const { model } = props;
   useModel(model);
   const reply = model.status.kind === 'ready' ? model.status.reply : null;
-  const driver = reply?.driver_version ? `Driver ${reply.driver_version} · CUDA ${reply.cuda_driver_version ?? '–'}` : null;
+  const driver = reply?.driver_version
+    ? `Driver ${reply.driver_version} · CUDA ${reply.cuda_driver_version ?? '–'}`
+    : null;
   return (
     <div className="jp-GpuEnv-body">
+      <KernelNotices model={model} />
       <section aria-labelledby="jp-GpuEnv-gpusTitle">
         <header className="jp-GpuEnv-sectionHeader">
           <h2 id="jp-GpuEnv-gpusTitle">GPUs</h2>

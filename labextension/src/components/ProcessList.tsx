@@ -1,6 +1,7 @@
 import React from 'react';
 
 import { basename, bytes } from '../format';
+import { lastExitText } from '../kernels';
 import type { IGpuModel, IGpuProcess } from '../tokens';
 
 /** The processes on one GPU, named by the notebook whose kernel runs them. */
@@ -25,14 +26,22 @@ export function ProcessList(props: { processes: IGpuProcess[]; model: IGpuModel 
         {sorted.map(p => {
           const path = model.notebookOf(p.kernel_id);
           const mine = current !== null && p.kernel_id === current;
+          const restarted = lastExitText(model.lastExit(p.kernel_id));
           return (
-            <tr key={`${p.pid}-${p.gpu_instance ?? ''}`} className={mine ? 'jp-mod-current' : undefined} aria-current={mine ? 'true' : undefined}>
+            <tr
+              key={`${p.pid}-${p.gpu_instance ?? ''}`}
+              className={mine ? 'jp-mod-current' : undefined}
+              aria-current={mine ? 'true' : undefined}
+            >
               <td title={describe(p, path)}>
-                <span className="jp-GpuEnv-procName">{path ? basename(path) : p.kernel_id ? 'kernel without notebook' : 'other process'}</span>
+                <span className="jp-GpuEnv-procName">
+                  {path ? basename(path) : p.kernel_id ? 'kernel without notebook' : 'other process'}
+                </span>
                 <span className="jp-GpuEnv-pid">
                   pid {p.pid}
                   {p.container_id ? ` · container ${p.container_id.slice(0, 12)}` : ''}
                 </span>
+                {restarted ? <span className="jp-GpuEnv-lastExit">{restarted}</span> : null}
               </td>
               <td className="jp-GpuEnv-num">{bytes(p.used_memory)}</td>
             </tr>

@@ -1,0 +1,126 @@
+"""Every error a container kernel can meet, as one tree. Each class carries the HTTP status it answers.
+
+    GpuEnvError                    base: a sentence for the person, a status, a machine-readable code
+    ├── InvalidRequest (400)       what the caller sent, or an administrator wrote, is malformed
+    │   ├── InvalidEnvironment     an environment definition (configuration or kernelspec) is wrong
+    │   ├── InvalidKernelId        a client-chosen kernel id is not a safe name
+    │   └── OutsideRoot            the notebook's folder is outside what the container can see
+    ├── CannotStartHere (409)      well-formed, but this machine cannot start it now
+    │   ├── NoGpu                  GPUs are asked for and this server sees none
+    │   ├── NoFreeGpu              the GPU policy cannot be met: other kernels hold them
+    │   ├── CudaTooNew             the image's CUDA is newer than the host driver supports
+    │   ├── ImageMissing           the image is not on the engine and pulling is off
+    │   ├── NoKernelRuntime        the image has no ipykernel and no kernel runtime is prepared
+    │   ├── NoKernelspec           no kernelspec starts the environment (reported, never raised by a start)
+    │   └── UnsafeFolder           a folder we must own is another user's, or open to others
+    └── EngineUnavailable (503)    the Docker engine could not do it
+        ├── EngineUnreachable      no answer: not running, no permission, or it did not answer in time
+        ├── EngineRefused          it answered with an error
+        └── PullFailed             the registry could not give the image
+
+The Docker SDK's own exceptions are translated into these in one place (``docker_engine.translated``), and
+``to_http`` is the one place that turns them into tornado's ``HTTPError``. Nothing a person or an engine can
+cause becomes a 500.
+"""
+
+from __future__ import annotations
+
+from tornado.web import HTTPError
+
+
+class GpuEnvError(Exception):
+    """Base class: ``str(exc)`` is the sentence the person sees."""
+
+    status = 500
+    code = "error"
+
+
+class InvalidRequest(GpuEnvError):
+    status, code = 400, "invalid-request"
+
+
+class InvalidEnvironment(InvalidRequest):
+    code = "invalid-definition"
+
+
+class InvalidKernelId(InvalidRequest):
+    code = "invalid-kernel-id"
+
+
+class OutsideRoot(InvalidRequest):
+    code = "outside-root"
+
+
+class CannotStartHere(GpuEnvError):
+    status, code = 409, "cannot-start"
+
+
+class NoGpu(CannotStartHere):
+    code = "no-gpu"
+
+
+class NoFreeGpu(CannotStartHere):
+    code = "no-free-gpu"
+
+
+class CudaTooNew(CannotStartHere):
+    code = "cuda-too-new"
+
+
+class ImageMissing(CannotStartHere):
+    code = "image-missing"
+
+
+class NoKernelRuntime(CannotStartHere):
+    code = "no-kernel-runtime"
+
+
+class NoKernelspec(CannotStartHere):
+    code = "no-kernelspec"
+
+
+class UnsafeFolder(CannotStartHere):
+    code = "unsafe-folder"
+
+
+class EngineUnavailable(GpuEnvError):
+    status, code = 503, "engine-unavailable"
+
+
+class EngineUnreachable(EngineUnavailable):
+    pass
+
+
+class EngineRefused(EngineUnavailable):
+    code = "engine-refused"
+
+
+class PullFailed(EngineUnavailable):
+    code = "pull-failed"
+
+
+class Refusal(HTTPError):
+    """What the Jupyter server receives: it answers ``status`` with the sentence as the message.
+
+    The sentence is given back verbatim: tornado's ``log_message`` doubles every ``%`` of a message given
+    without format arguments, and jupyter_server puts ``log_message`` in the reply.
+    """
+
+    def __init__(self, error: GpuEnvError) -> None:
+        super().__init__(error.status, None, reason=type(error).__name__)
+        self.error = error
+
+    @property
+    def log_message(self) -> str:
+        return str(self.error)
+
+    def get_message(self) -> str:
+        return str(self.error)
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status_code}: {self.error}"
+
+
+def to_http(exc: GpuEnvError) -> Refusal:
+    """The HTTP answer for one of our errors (tornado shows ``log_message`` as the reply's message)."""
+    return Refusal(exc)

@@ -1,0 +1,98 @@
+"""Facts of this machine that a container kernel needs: who runs the server, its home, the NVIDIA driver.
+
+Read here and only here, so the pure modules (``containers``, ``preflight``) get them as plain values.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import pwd
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .environments import Mount
+from .errors import UnsafeFolder
+
+DRIVER_TARGET = "/usr/local/nvidia"
+NVIDIA_CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+
+
+@dataclass(frozen=True)
+class User:
+    """Whom a kernel container runs as: never root's identity unless the server itself is root."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+@dataclass(frozen=True)
+class Server:
+    """The Jupyter server that starts kernels: recorded on its containers to find orphans later."""
+
+    host: str
+    pid: int
+
+
+def current_user() -> User:
+    try:
+        entry = pwd.getpwuid(os.getuid())
+        name, home = entry.pw_name, entry.pw_dir
+    except KeyError:  # a uid without a passwd entry (containers): the environment still names one
+        name, home = getpass.getuser(), os.path.expanduser("~")
+    return User(name=name, uid=os.getuid(), gid=os.getgid(), home=os.environ.get("HOME") or home)
+
+
+def this_server() -> Server:
+    return Server(host=socket.gethostname(), pid=os.getpid())
+
+
+def device_nodes() -> list[str]:
+    """The NVIDIA control device nodes present on this host (the per-GPU ones come with each GPU)."""
+    return [n for n in NVIDIA_CONTROL_DEVICES if os.path.exists(n)]
+
+
+def driver_mounts(candidates: tuple[str, ...] = (DRIVER_TARGET,)) -> list[Mount]:
+    """The host's NVIDIA driver files for the devices mode, read-only at /usr/local/nvidia."""
+    for folder in candidates:
+        if Path(folder, "lib64").is_dir() or Path(folder, "lib").is_dir():
+            return [Mount(folder, DRIVER_TARGET, True)]
+    # distribution packages put the libraries beside every other library: mount just those files
+    mounts = []
+    for libdir in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib/aarch64-linux-gnu"):
+        for lib in sorted(Path(libdir).glob("lib*nvidia*.so*")) + sorted(Path(libdir).glob("libcuda*.so*")):
+            mounts.append(Mount(str(lib), f"{DRIVER_TARGET}/lib64/{lib.name}", True))
+        if mounts:
+            break
+    if Path("/usr/bin/nvidia-smi").exists():
+        mounts.append(Mount("/usr/bin/nvidia-smi", f"{DRIVER_TARGET}/bin/nvidia-smi", True))
+    return mounts
+
+
+def private_folder(path: str) -> str:
+    """``path`` as a folder only this user can enter, made if missing; UnsafeFolder if someone else made it.
+
+    A folder in a shared place such as /tmp may have been created first by another local user: accepting it
+    would let them swap or watch what we put inside (a kernel's sockets and connection key).
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UnsafeFolder(f"cannot create the private folder {path}: {exc.strerror}") from None
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeFolder(f"{path} exists and is not a folder (a link or a file): remove it, or set another place")
+    if info.st_uid != os.getuid():
+        raise UnsafeFolder(
+            f"{path} belongs to uid {info.st_uid}, not to this user ({os.getuid()}): another user may have made it "
+            "to watch these kernels; remove it, or set c.GpuEnv.socket_root to a folder of your own"
+        )
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)  # ours, but opened up: close it again before anything goes inside
+    return path

@@ -1,0 +1,108 @@
+"""What GET environments and GET kernels (and the metrics) report: read from the same sources a start uses.
+
+Every environment's row is the ``preflight`` verdict the provisioner would reach, so the panel never offers
+what a start would refuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from . import kernelspecs, preflight, runtime
+from .config import GpuEnv
+from .engine import Engine
+from .errors import EngineUnavailable
+from .nvml import Snapshot
+
+
+async def environment_report(settings: GpuEnv, specs: dict[str, Any], snapshot: Snapshot, engine: Engine) -> dict:
+    """``GET environments``: each environment with its state, whether it can start, and why not."""
+    prepared = runtime.prepared_versions(settings.kernel_runtime_dir)
+    engine_error: EngineUnavailable | None = None
+    rows = []
+    for item in kernelspecs.defined_environments(settings, specs):
+        env, image = item.environment, None
+        if env is None:
+            verdict = preflight.invalid(item.error)
+        else:
+            if engine_error is None:
+                try:
+                    probe = None if env.kernel_runtime == "image" else env.python
+                    image = await engine.image_facts(env.image, probe, dict(env.env))
+                except EngineUnavailable as exc:
+                    engine_error = exc
+            situation = preflight.Situation(
+                image=image,
+                snapshot=snapshot,
+                prepared_runtimes=prepared,
+                pull_allowed=settings.pull_missing_images,
+                pulling=engine.pull_progress(env.image) is not None,
+                has_kernelspec=item.kernelspec is not None,
+                engine_error=engine_error,
+            )
+            verdict = preflight.check(env, situation)
+        rows.append(
+            {
+                "name": item.name,
+                "kernelspec": item.kernelspec,
+                "source": item.source,
+                "display_name": env.display_name if env else item.name,
+                "image": env.image if env else None,
+                "gpus": str(env.gpus) if env else None,
+                "image_present": image.present if image else None,
+                "cuda_version": (env.cuda_version or (image.cuda_version if image else None)) if env else None,
+                "pull_progress": engine.pull_progress(env.image) if env else None,
+                "state": verdict.state,
+                "can_start": verdict.can_start,
+                "compatible": verdict.state not in (preflight.INVALID, preflight.UNAVAILABLE, preflight.INCOMPATIBLE),
+                "reason": verdict.reason,
+                "reason_code": verdict.reason_code,
+            }
+        )
+    if engine_error is None and not any(r["image_present"] is not None for r in rows):
+        try:  # no environment asked the engine anything: ask it whether it is there at all
+            await engine.kernels()
+        except EngineUnavailable as exc:
+            engine_error = exc
+    docker = {"available": engine_error is None, "reason": str(engine_error) if engine_error else None}
+    return {"docker": docker, "environments": rows}
+
+
+def kernel_rows(kernel_manager, snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Every running kernel: its environment, container, GPUs and the GPU memory its processes hold."""
+    memory: dict[str, int] = {}
+    used_gpus: dict[str, set[int]] = {}
+    for gpu in snapshot.gpus:
+        for proc in gpu.processes:
+            if proc.kernel_id:
+                memory[proc.kernel_id] = memory.get(proc.kernel_id, 0) + (proc.used_memory or 0)
+                used_gpus.setdefault(proc.kernel_id, set()).add(gpu.index)
+    rows = []
+    for kernel_id in list(kernel_manager.list_kernel_ids()):
+        try:
+            km = kernel_manager.get_kernel(kernel_id)
+        except KeyError:  # shut down meanwhile
+            continue
+        provisioner = km.provisioner
+        environment = getattr(provisioner, "environment", None)
+        placement = getattr(provisioner, "placement", None)
+        last_exit = getattr(provisioner, "last_exit", None)
+        assigned = [g.index for g in placement.gpus] if placement else []
+        rows.append(
+            {
+                "kernel_id": kernel_id,
+                "kernel_name": km.kernel_name,
+                "environment": environment.name if environment else None,
+                "container_id": placement.container_id if placement else None,
+                "gpu_mode": placement.gpu_mode if placement else None,
+                "gpus": assigned or sorted(used_gpus.get(kernel_id, ())),
+                "gpu_memory": memory.get(kernel_id) if snapshot.available else None,
+                "last_exit": asdict(last_exit) if last_exit else None,
+            }
+        )
+    return rows
+
+
+def kernel_report(kernel_manager, snapshot: Snapshot) -> dict[str, Any]:
+    return {"kernels": kernel_rows(kernel_manager, snapshot)}

@@ -1,0 +1,71 @@
+"""`jupyter gpuenv`: kernelspecs every user of a Python can read, the server's configuration, clear errors."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+
+from jupyter_gpuenv.cli import main
+
+IMAGE = "gpuenv-test-kernel:latest"
+
+
+def test_add_list_remove(jp_environ, jp_data_dir, capsys):
+    assert main(["add", "mine", "--image", IMAGE, "--gpus", "exclusive:1", "--shm-size", "4g", "--user"]) == 0
+    spec = KernelSpecManager().get_kernel_spec("gpuenv-mine")
+    config = spec.metadata["kernel_provisioner"]["config"]
+    assert config["gpus"] == "exclusive:1" and config["shm_size"] == "4g" and config["image"] == IMAGE
+    assert main(["list"]) == 0
+    assert "gpuenv-mine" in capsys.readouterr().out
+    assert main(["remove", "mine"]) == 0 and main(["remove", "mine"]) == 1
+
+
+def test_a_prefix_install_is_readable_by_every_user(jp_environ, tmp_path):
+    assert main(["add", "pytorch-2.6-cuda12.4", "--prefix", str(tmp_path / "prefix")]) == 0
+    folder = tmp_path / "prefix" / "share" / "jupyter" / "kernels" / "gpuenv-pytorch-2.6-cuda12.4"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / "kernel.json").stat().st_mode) == 0o644
+
+
+def test_without_flags_a_virtual_environment_gets_it(jp_environ, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    assert main(["add", "mine", "--image", IMAGE]) == 0
+    assert (tmp_path / "venv" / "share" / "jupyter" / "kernels" / "gpuenv-mine" / "kernel.json").is_file()
+
+
+def test_list_shows_what_the_servers_configuration_defines(jp_environ, jp_config_dir, capsys):
+    (jp_config_dir / "jupyter_server_config.py").write_text(
+        'c.GpuEnv.environments = {"team": {"image": "team/torch:1", "gpus": "exclusive:1"}, "broken": {"gpus": "1"}}\n'
+    )
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "team" in out and "team/torch:1" in out and "exclusive:1" in out and "(no kernelspec)" in out
+    assert "broken" in out and "'image' is required" in out
+
+
+def test_bad_input_is_one_sentence_and_exit_status_2(jp_environ, capsys):
+    assert main(["add", "broken", "--image", IMAGE, "--gpus", "most"]) == 2
+    assert "'most' is not a GPU policy" in capsys.readouterr().err
+    assert main(["add", "x", "--image", IMAGE, "--env", "NOEQUALS"]) == 2
+    err = capsys.readouterr().err
+    assert "--env 'NOEQUALS' must be NAME=VALUE" in err and "Traceback" not in err
+    assert main(["prepare-runtime", "three"]) == 2
+    assert "is not a Python version" in capsys.readouterr().err
+
+
+def test_a_folder_it_may_not_write_is_a_sentence(jp_environ, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    # root writes through modes: an immutable folder refuses even root
+    if os.getuid() == 0 and subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("this file system cannot make a folder immutable, and root writes anywhere else")
+    try:
+        assert main(["add", "mine", "--image", IMAGE, "--prefix", str(locked)]) == 2
+        err = capsys.readouterr().err
+        assert "cannot write the kernelspec to" in err and "--user" in err and "Traceback" not in err
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
