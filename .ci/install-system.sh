@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the system-level tests need (Docker engine, debootstrap for the
-# test kernel image, Chromium for browser tests). Idempotent: on a warm machine it only runs dpkg-query.
+# test kernel image, Chromium for browser tests, Prometheus for the metrics test). Idempotent: on a warm
+# machine it only runs dpkg-query.
 set -euo pipefail
 
 PACKAGES=(
@@ -10,6 +11,7 @@ PACKAGES=(
   chromium             # headless browser tests (Playwright drives the system build)
   fonts-dejavu-core    # readable text in screenshots (chromium alone pulls no fonts with --no-install-recommends)
   fonts-liberation     # metric-compatible Arial/Times/Courier for web pages
+  prometheus           # tests/test_metrics.py starts its own on a free loopback port; Debian's service unit is unused
   iproute2 procps psmisc curl xz-utils
 )
 

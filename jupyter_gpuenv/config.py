@@ -6,7 +6,7 @@ import os
 import tempfile
 
 from jupyter_core.paths import jupyter_data_dir
-from traitlets import Bool, Dict, Float, Int, Unicode, validate
+from traitlets import Bool, Dict, Float, Int, Unicode, default, validate
 from traitlets.config import Configurable
 
 
@@ -110,6 +110,45 @@ class GpuEnv(Configurable):
         "on this host left behind (its process is gone).",
     )
 
+    # -- usage metrics and ledger (docs/metrics.md) -----------------------------------------------------
+    prometheus_metrics = Bool(
+        True,
+        config=True,
+        help="Export per-GPU, per-kernel and GPU-usage series (jupyter_gpuenv_*) on the server's /metrics endpoint, "
+        "which asks for the server's token unless c.ServerApp.authenticate_prometheus = False. docs/metrics.md "
+        "lists them and shows a Prometheus scrape configuration.",
+    )
+
+    usage_dir = Unicode(
+        config=True,
+        help="Folder of the usage ledger (GPU-seconds per kernel, notebook and user; `jupyter gpuenv usage` and "
+        "GET gpuenv/api/usage read it). Made private (0700) to this user. Default: <jupyter data dir>/gpuenv/usage.",
+    )
+
+    @default("usage_dir")
+    def _default_usage_dir(self) -> str:
+        return os.path.join(jupyter_data_dir(), "gpuenv", "usage")  # at use, so JUPYTER_DATA_DIR is honoured
+
+    usage_flush_interval = Float(
+        60.0,
+        config=True,
+        help="Seconds between two writes of the usage ledger. What is not written yet is in GET gpuenv/api/usage; "
+        "a server that is killed loses at most this much accounting.",
+    )
+
+    usage_retention_days = Float(
+        400.0,
+        config=True,
+        help="Days the usage ledger keeps: a month's file is deleted once the month ended this long ago. A file "
+        "that grows is compacted to one record per kernel and hour, so the ledger stays small.",
+    )
+
+    @validate("usage_flush_interval", "usage_retention_days")
+    def _positive_usage_setting(self, proposal):
+        if proposal["value"] <= 0:
+            raise ValueError(f"{proposal['trait'].name} must be a positive number")
+        return proposal["value"]
+
     @validate("sample_interval", "driver_retry_interval", "docker_timeout")
     def _positive_interval(self, proposal):
         if proposal["value"] <= 0:
@@ -121,4 +160,3 @@ class GpuEnv(Configurable):
         if proposal["value"] < 1:
             raise ValueError("history_length must be at least 1")
         return proposal["value"]
-
