@@ -12,6 +12,7 @@ PACKAGES=(
   fonts-dejavu-core    # readable text in screenshots (chromium alone pulls no fonts with --no-install-recommends)
   fonts-liberation     # metric-compatible Arial/Times/Courier for web pages
   prometheus           # tests/test_metrics.py starts its own on a free loopback port; Debian's service unit is unused
+  python3-venv         # the venv is made from Debian's Python, which the tests' other Unix users can run
   iproute2 procps psmisc curl xz-utils
 )
 

@@ -9,7 +9,14 @@ cd "$(dirname "$0")/.."
 
 bash .ci/install-system.sh
 bash .ci/start-dockerd.sh
-if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+# The shared-host tests run Jupyter servers as other Unix users, who must be able to run the venv's
+# Python: a pyenv Python under /root (0700) is out of their reach, Debian's /usr/bin/python3 is not.
+python=python3
+[ -x /usr/bin/python3 ] && python=/usr/bin/python3
+if [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import sys; sys.exit(sys.base_prefix.startswith("/root"))'; then
+  rm -rf .venv  # made from a Python other users cannot run
+fi
+if [ ! -x .venv/bin/python ]; then "$python" -m venv .venv; fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 # (this machine's pip config names a local index folder that may be missing: filter that one warning, keep

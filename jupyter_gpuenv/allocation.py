@@ -21,6 +21,7 @@ class Holdings:
 
     exclusive: dict[str, list[str]] = field(default_factory=dict)
     shared: dict[str, list[str]] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # kernel id -> how a refusal names its holder
 
     def add(self, uuid: str, kernel_id: str, exclusive: bool) -> None:
         (self.exclusive if exclusive else self.shared).setdefault(uuid, []).append(kernel_id)
@@ -37,9 +38,10 @@ def _describe(gpus: list[GpuSample], holdings: Holdings) -> str:
     parts = []
     for g in gpus:
         holders = holdings.exclusive.get(g.uuid, []) + holdings.shared.get(g.uuid, [])
-        parts.append(
-            f"GPU {g.index} held by kernel(s) {', '.join(h[:8] for h in holders)}" if holders else f"GPU {g.index} free"
-        )
+        named = sorted({holdings.names[h] for h in holders if h in holdings.names})
+        unnamed = [h[:8] for h in holders if h not in holdings.names]
+        who = ", ".join(named + ([f"kernel(s) {', '.join(unnamed)}"] if unnamed else []))
+        parts.append(f"GPU {g.index} held by {who}" if holders else f"GPU {g.index} free")
     return "; ".join(parts) or "this server sees no GPU"
 
 

@@ -98,7 +98,8 @@ class GpuEnvApp(ExtensionApp):
         for log in (self.serverapp.log, logging.getLogger("tornado.general")):
             log.addFilter(quiet)
         refuse_reserved_keys(KernelProvisionerFactory.instance(parent=self.serverapp))
-        if self.gpuenv.remove_orphans:  # its own thread and loop: the server's loop may not run yet
+        # its own thread and loop (the server's loop may not run yet); with a broker, the broker finds orphans
+        if self.gpuenv.remove_orphans and not self.gpuenv.broker:
             threading.Thread(
                 target=asyncio.run, args=(self._remove_orphans(),), name="gpuenv-orphans", daemon=True
             ).start()

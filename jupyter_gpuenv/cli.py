@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -92,23 +93,30 @@ def cmd_add(args) -> int:
         raw["env_allow"] = args.env_allow
     if args.env:
         raw["env"] = _variables(args.env)
-    env = parse_environment(args.name, raw, "jupyter gpuenv add")
+    if args.broker:  # only the name: the broker's (or the server configuration's) definition applies
+        if not re.match(r"^[a-z0-9][a-z0-9._-]{0,62}$", args.name):
+            raise CliError(f"{args.name!r} is not an environment name (lower-case letters, digits, '.', '_', '-')")
+        spec = kernelspecs.named_kernelspec_json(args.name, args.display_name or args.name)
+        described = f"{spec['display_name']!r} (the environment {args.name!r} as the GPU broker defines it)"
+    else:
+        env = parse_environment(args.name, raw, "jupyter gpuenv add")
+        spec = kernelspecs.kernelspec_json(env)
+        described = f"{env.display_name!r} ({env.image}, GPUs {env.gpus})"
     where = _install_args(args)
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, "kernel.json"), "w") as f:
-            json.dump(kernelspecs.kernelspec_json(env), f, indent=1)
+            json.dump(spec, f, indent=1)
         # the copy keeps these modes: a kernelspec every user of this Python (or prefix) can read
         os.chmod(folder, 0o755)
         os.chmod(os.path.join(folder, "kernel.json"), 0o644)
         try:
-            path = KernelSpecManager().install_kernel_spec(folder, kernelspecs.kernelspec_name(env.name), **where)
+            path = KernelSpecManager().install_kernel_spec(folder, kernelspecs.kernelspec_name(args.name), **where)
         except PermissionError as exc:
             raise CliError(
                 f"cannot write the kernelspec to {exc.filename}: add --user (for you alone), --sys-prefix (this "
                 "Python environment), or run it as a user who may write there"
             ) from None
-    kernel = kernelspecs.kernelspec_name(env.name)
-    print(f"Added {env.display_name!r} ({env.image}, GPUs {env.gpus}) as kernel {kernel} in {path}")
+    print(f"Added {described} as kernel {kernelspecs.kernelspec_name(args.name)} in {path}")
     return 0
 
 
@@ -153,6 +161,12 @@ def cmd_prepare_runtime(args) -> int:
     return 0
 
 
+def cmd_broker(args) -> int:
+    from .broker import main as broker_main
+
+    return broker_main(args.config)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jupyter gpuenv", description="Container-kernel environments for Jupyter.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,6 +187,11 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--mount", action="append", help="SOURCE:TARGET[:ro|rw], repeatable")
     add.add_argument("--env-allow", dest="env_allow", action="append", help="pass this variable through")
     add.add_argument("--env", action="append", help="NAME=VALUE set in the container, repeatable")
+    add.add_argument(
+        "--broker",
+        action="store_true",
+        help="only name the environment: a shared host's GPU broker (or c.GpuEnv.environments) defines it",
+    )
     where = add.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for this user only")
     where.add_argument("--sys-prefix", action="store_true", help="install into this Python environment")
@@ -187,6 +206,9 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument("--dir", help="runtime folder (default: c.GpuEnv.kernel_runtime_dir)")
     prep.set_defaults(func=cmd_prepare_runtime)
     add_usage_parser(sub)
+    brk = sub.add_parser("broker", help="run the shared-host GPU broker (as root, or an account in the docker group)")
+    brk.add_argument("--config", help="its configuration file (c.Broker.* settings)")
+    brk.set_defaults(func=cmd_broker)
     return p
 
 

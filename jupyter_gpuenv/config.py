@@ -68,6 +68,16 @@ class GpuEnv(Configurable):
         "so that only the environments in this configuration can start: a kernelspec then may only name one.",
     )
 
+    broker = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="The shared-host broker that starts container kernels for every user of this machine, e.g. "
+        "'unix:///run/jupyter-gpuenv/broker.sock'. Set: this server never talks to a Docker engine itself, and "
+        "a kernelspec may only name an environment the broker's administrator defined. Unset: this server uses "
+        "the Docker engine directly (one person's machine).",
+    )
+
     docker_url = Unicode(
         None,
         allow_none=True,

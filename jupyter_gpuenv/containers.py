@@ -57,6 +57,7 @@ class LaunchFacts:
     device_nodes: list[str] = field(default_factory=list)  # NVIDIA control nodes present on the host
     runtime_dir: str | None = None
     server_env: dict[str, str] = field(default_factory=dict)
+    extra_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -160,7 +161,8 @@ def spec(env: Environment, facts: LaunchFacts) -> ContainerSpec:
             gpus=gpu_uuids,
             exclusive=facts.exclusive,
             socket_dir=facts.socket_dir,
-        ),
+        )
+        | facts.extra_labels,
         network_mode=env.network,
         shm_size=env.shm_size,
         memory=env.memory,

@@ -174,12 +174,13 @@ class DockerEngine:
         if key not in self._probed:
             name = f"gpuenv-probe-{uuid.uuid4().hex[:12]}"
             user = host.current_user()
+            uid, gid = (user.uid, user.gid) if user.uid != 0 else (65534, 65534)  # never as root: nobody
             try:
                 c.api.create_container(
                     image,
                     [python, "-c", PROBE],
                     name=name,
-                    user=f"{user.uid}:{user.gid}",
+                    user=f"{uid}:{gid}",
                     environment={**env, "HOME": "/tmp"},
                     labels=labels.probe_labels(user.uid, host.this_server().host),
                     host_config=c.api.create_host_config(network_mode="none", cap_drop=["ALL"]),
@@ -249,7 +250,7 @@ class DockerEngine:
         with self._lease_lock():
             gpus: list[containers.AssignedGpu] = []
             if env.gpus.wants_gpus:
-                held = labels.holdings(self._kernels(c), excluding=req.kernel_id)
+                held = req.held if req.held is not None else labels.holdings(self._kernels(c), excluding=req.kernel_id)
                 chosen = allocation.choose(env.gpus, req.inventory, held, keep=req.keep_gpus or None)
                 gpus = [containers.AssignedGpu(g.index, g.uuid, g.minor_number) for g in chosen]
             mode = "none" if not gpus else (self._engine_gpu_mode(c) if env.gpu_mode == "auto" else env.gpu_mode)
@@ -269,6 +270,7 @@ class DockerEngine:
                 device_nodes=host.device_nodes() if mode == "devices" else [],
                 runtime_dir=req.runtime_dir,
                 server_env=req.server_env,
+                extra_labels=req.labels,
             )
             spec = containers.spec(env, facts)
             container_id = self._create(c, spec, req.kernel_id)

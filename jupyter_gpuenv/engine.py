@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .allocation import Holdings
 from .config import GpuEnv
 from .containers import AssignedGpu
 from .environments import Environment
@@ -57,6 +58,8 @@ class KernelRequest:
     keep_gpus: list[str] = field(default_factory=list)  # uuids a restarted kernel had: it gets them again
     runtime_dir: str | None = None
     server_env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # recorded on the container besides the kernel's own
+    held: Holdings | None = None  # who holds which GPU, when the caller keeps that record (the broker's leases)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,13 @@ _engines: dict[tuple, Engine] = {}
 
 def connect(settings: GpuEnv, log: logging.Logger | None = None) -> Engine:
     """The engine this server's settings name, one per process and setting, shared by all its kernels."""
+    if settings.broker:
+        from .broker_client import BrokerClient
+
+        key = (settings.broker, settings.docker_timeout)
+        if key not in _engines:
+            _engines[key] = BrokerClient(settings.broker, settings.docker_timeout)
+        return _engines[key]
     from .docker_engine import DockerEngine
 
     key = (settings.docker_url, settings.docker_timeout, settings.socket_root)

@@ -5,6 +5,8 @@
     │   ├── InvalidEnvironment     an environment definition (configuration or kernelspec) is wrong
     │   ├── InvalidKernelId        a client-chosen kernel id is not a safe name
     │   └── OutsideRoot            the notebook's folder is outside what the container can see
+    ├── NotPermitted (403)         the administrator's policy does not allow it (shared hosts: the broker)
+    ├── UnknownKernel (404)        no such kernel of the caller's (another user's is unknown too)
     ├── CannotStartHere (409)      well-formed, but this machine cannot start it now
     │   ├── NoGpu                  GPUs are asked for and this server sees none
     │   ├── NoFreeGpu              the GPU policy cannot be met: other kernels hold them
@@ -49,6 +51,14 @@ class InvalidKernelId(InvalidRequest):
 
 class OutsideRoot(InvalidRequest):
     code = "outside-root"
+
+
+class NotPermitted(GpuEnvError):
+    status, code = 403, "not-permitted"
+
+
+class UnknownKernel(GpuEnvError):
+    status, code = 404, "unknown-kernel"
 
 
 class CannotStartHere(GpuEnvError):

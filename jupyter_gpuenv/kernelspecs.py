@@ -26,17 +26,23 @@ def kernelspec_name(environment_name: str) -> str:
 
 def kernelspec_json(env: Environment) -> dict[str, Any]:
     """The kernel.json of an environment defined on the command line (its definition travels inline)."""
+    return _kernelspec(env.name, env.display_name, env.python, {"environment": env.name, **env.to_config()})
+
+
+def named_kernelspec_json(name: str, display_name: str) -> dict[str, Any]:
+    """The kernel.json that only names an environment (a shared host's broker, or c.GpuEnv.environments)."""
+    return _kernelspec(name, display_name, "python3", {"environment": name})
+
+
+def _kernelspec(name: str, display_name: str, python: str, config: dict[str, Any]) -> dict[str, Any]:
     return {
-        "argv": [env.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": env.display_name,
+        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": display_name,
         "language": "python",
         "interrupt_mode": "signal",
         "metadata": {
-            "kernel_provisioner": {
-                "provisioner_name": PROVISIONER_NAME,
-                "config": {"environment": env.name, **env.to_config()},
-            },
-            "gpuenv": {"environment": env.name},
+            "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": config},
+            "gpuenv": {"environment": name},
         },
     }
 
@@ -75,6 +81,20 @@ def resolve(settings: GpuEnv, config: dict[str, Any], source: str, display_name:
             f"environments from {CONFIGURED} (c.GpuEnv.allow_kernelspec_environments is off)"
         )
     return parse_environment(name, _with_display_name(config, display_name), source)
+
+
+def named_only(config: dict[str, Any], source: str) -> str:
+    """With a broker, a kernelspec names an environment and nothing more; InvalidEnvironment otherwise."""
+    name = config.get("environment")
+    if not isinstance(name, str) or not name:
+        raise InvalidEnvironment(f"{source}: metadata.kernel_provisioner.config needs 'environment': NAME")
+    extra = sorted(set(config) - {"environment"})
+    if extra:
+        raise InvalidEnvironment(
+            f"{source}: with a GPU broker (c.GpuEnv.broker) a kernelspec names an environment and nothing more; "
+            f"remove {', '.join(map(repr, extra))} (the host's administrator defines environments)"
+        )
+    return name
 
 
 def _with_display_name(raw: Any, display_name: str | None) -> Any:

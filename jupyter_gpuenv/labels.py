@@ -23,6 +23,7 @@ GPUS = f"{PREFIX}.gpus"
 EXCLUSIVE = f"{PREFIX}.exclusive"
 SOCKETS = f"{PREFIX}.socket-dir"
 PROBE = f"{PREFIX}.probe"  # a short-lived container that asks an image about its Python
+BROKER = f"{PREFIX}.broker"  # started by the shared-host broker, which keeps its lease
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from jupyter_client.provisioning import KernelProvisionerBase
 from . import engine, host, kernelspecs, nvml, preflight, runtime
 from .config import GpuEnv
 from .containers import AssignedGpu, check_cwd
+from .environments import Environment
 from .errors import GpuEnvError, InvalidEnvironment, InvalidKernelId, Refusal, to_http
 from .nvml import NvmlReader, Snapshot
 from .visibility import from_environment
@@ -143,7 +144,12 @@ class DockerKernelProvisioner(KernelProvisionerBase):
                     f"kernel id {self.kernel_id!r} is not allowed: use letters, digits, '-' and '_' (at most 64), "
                     "or let the server choose one"
                 )
-            self.environment = kernelspecs.resolve(self.settings, spec_config, source)
+            if self.settings.broker:  # the broker's administrator defines environments; a kernelspec names one
+                self.environment_name = kernelspecs.named_only(spec_config, source)
+                self.environment: Environment | None = None
+            else:
+                self.environment = kernelspecs.resolve(self.settings, spec_config, source)
+                self.environment_name = self.environment.name
         except GpuEnvError as exc:
             raise refuse(self.parent, self.kernel_id, exc) from None
         self.engine: engine.Engine = engine.connect(self.settings, self.log)
@@ -167,8 +173,10 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         km = self.parent
         restarting = self._restarting = self.socket_dir is not None
         try:
+            if self.environment is None:  # broker mode: the definition is the broker's
+                self.environment = await self.engine.environment(self.environment_name)
             if not restarting:
-                self.socket_dir = self._make_socket_dir()
+                self.socket_dir = await self._make_socket_dir()
             if self.environment.transport == "ipc":
                 km.transport, km.ip = "ipc", os.path.join(self.socket_dir, "k")
             else:
@@ -184,7 +192,9 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         kwargs.pop("extra_arguments", None)
         return await super().pre_launch(cmd=[], **kwargs)
 
-    def _make_socket_dir(self) -> str:
+    async def _make_socket_dir(self) -> str:
+        if self.settings.broker:  # made by the broker, ours, in its root-owned tree
+            return await self.engine.socket_folder(self.kernel_id)
         root = host.private_folder(os.path.join(self.settings.socket_root, f"gpuenv-{os.getuid()}"))
         path = os.path.join(root, self.kernel_id)
         if len(os.path.join(path, "k-9999")) > 100:
@@ -231,7 +241,8 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         cwd = os.path.abspath(str(kwargs.get("cwd") or self._root_dir))
         check_cwd(cwd, self._root_dir, user.home)
         snapshot = await asyncio.get_running_loop().run_in_executor(None, self._inventory)
-        verdict = await self._verdict(snapshot)
+        # with a broker, the broker checks (its images, its GPUs, its runtimes) when it starts the kernel
+        verdict = preflight.Verdict(preflight.READY, True) if self.settings.broker else await self._verdict(snapshot)
         if verdict.can_start and verdict.state in (preflight.IMAGE_MISSING, preflight.PULLING):
             self.log.info("gpuenv: pulling %s for kernel %s", env.image, self.kernel_id)
             await self.engine.pull(env.image, lambda line: self.log.debug("gpuenv: pull %s: %s", env.image, line))
@@ -347,7 +358,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         info.update(
             {
                 "socket_dir": self.socket_dir,
-                "environment": self.environment.name,
+                "environment": self.environment_name,
                 "placement": None
                 if p is None
                 else {"container_id": p.container_id, "gpu_mode": p.gpu_mode, "gpus": [asdict(g) for g in p.gpus]},

@@ -18,6 +18,8 @@ from .nvml import Snapshot
 
 async def environment_report(settings: GpuEnv, specs: dict[str, Any], snapshot: Snapshot, engine: Engine) -> dict:
     """``GET environments``: each environment with its state, whether it can start, and why not."""
+    if settings.broker:
+        return await broker_report(specs, engine)
     prepared = runtime.prepared_versions(settings.kernel_runtime_dir)
     engine_error: EngineUnavailable | None = None
     rows = []
@@ -69,6 +71,29 @@ async def environment_report(settings: GpuEnv, specs: dict[str, Any], snapshot: 
     return {"docker": docker, "environments": rows}
 
 
+async def broker_report(specs: dict[str, Any], broker) -> dict:
+    """With a broker: the environments this person may use, as the broker judges them, with live availability."""
+    starts = {}
+    for spec_name, entry in sorted(specs.items()):
+        config = kernelspecs.provisioner_config(entry.get("spec") or {})
+        if config and isinstance(config.get("environment"), str):
+            starts.setdefault(config["environment"], spec_name)
+    try:
+        rows = await broker.environments()
+    except EngineUnavailable as exc:
+        return {"docker": {"available": False, "reason": str(exc)}, "environments": []}
+    out = []
+    for row in rows:
+        row = {k: v for k, v in row.items() if k != "definition"}
+        row.update({"kernelspec": starts.get(row["name"]), "source": "the GPU broker", "pull_progress": None})
+        row.update({"image_present": None, "cuda_version": None, "compatible": row["state"] != preflight.INCOMPATIBLE})
+        if row["kernelspec"] is None and row["can_start"]:
+            row.update({"can_start": False, "state": preflight.UNAVAILABLE, "reason_code": "no-kernelspec"})
+            row["reason"] = f"no kernelspec here names {row['name']!r}: `jupyter gpuenv add {row['name']} --broker`"
+        out.append(row)
+    return {"docker": {"available": True, "reason": None}, "environments": out}
+
+
 def kernel_rows(kernel_manager, snapshot: Snapshot) -> list[dict[str, Any]]:
     """Every running kernel: its environment, container, GPUs and the GPU memory its processes hold."""
     memory: dict[str, int] = {}
@@ -85,7 +110,7 @@ def kernel_rows(kernel_manager, snapshot: Snapshot) -> list[dict[str, Any]]:
         except KeyError:  # shut down meanwhile
             continue
         provisioner = km.provisioner
-        environment = getattr(provisioner, "environment", None)
+        environment = getattr(provisioner, "environment_name", None)
         placement = getattr(provisioner, "placement", None)
         last_exit = getattr(provisioner, "last_exit", None)
         assigned = [g.index for g in placement.gpus] if placement else []
@@ -93,7 +118,7 @@ def kernel_rows(kernel_manager, snapshot: Snapshot) -> list[dict[str, Any]]:
             {
                 "kernel_id": kernel_id,
                 "kernel_name": km.kernel_name,
-                "environment": environment.name if environment else None,
+                "environment": environment,
                 "container_id": placement.container_id if placement else None,
                 "gpu_mode": placement.gpu_mode if placement else None,
                 "gpus": assigned or sorted(used_gpus.get(kernel_id, ())),

@@ -1,0 +1,482 @@
+"""``jupyter gpuenv broker``: the one process on a shared GPU host that talks to the Docker engine.
+
+Every user's Jupyter server asks it, over a unix socket, to start, signal and remove container kernels. It
+knows who asks from the socket itself (``SO_PEERCRED``: the caller's uid, nothing to forge), runs each kernel
+as its caller's uid with the caller's own folders, lets the administrator's policy alone decide what runs,
+and keeps one lease book for every GPU on the host. No user needs the Docker socket.
+
+Wire protocol: one JSON object per line. The request is ``{"op": NAME, "args": {...}}``; the answer is zero
+or more ``{"progress": ...}`` lines, then one ``{"result": ...}`` or ``{"error": {"type", "status",
+"message"}}`` whose status is the one ``errors`` gives the class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import json
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from traitlets import Bool, Dict, Enum, Float, Unicode
+from traitlets.config import Configurable
+
+from . import host, labels, preflight, runtime
+from .containers import check_cwd, within
+from .docker_engine import DockerEngine
+from .engine import KernelRequest
+from .environments import Environment, parse_environment
+from .errors import (
+    GpuEnvError,
+    InvalidEnvironment,
+    InvalidKernelId,
+    InvalidRequest,
+    NotPermitted,
+    UnknownKernel,
+)
+from .leases import RUNNING, KernelLease, LeaseBook
+from .policy import Policy, check_start
+from .sampler import Sampler
+from .visibility import from_environment
+
+log = logging.getLogger("jupyter_gpuenv.broker")
+_KERNEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MAX_REQUEST = 1 << 16
+
+
+class Broker(Configurable):
+    """The broker's settings, ``c.Broker.<name>`` in its configuration file."""
+
+    socket = Unicode(
+        "/run/jupyter-gpuenv/broker.sock",
+        config=True,
+        help="The unix socket servers connect to. Its folder is made root-owned (0755) and also holds the lease "
+        "book (leases.json) and each kernel's socket folder (sockets/<uid>/<kernel id>, owned by that user).",
+    )
+    environments = Dict(
+        config=True,
+        help="The container environments of this host, by name, in the schema of c.GpuEnv.environments. "
+        "Nothing else can start: a user's kernelspec only names one of these.",
+    )
+    policy = Dict(
+        config=True,
+        help="Who may use what: {'default': RULE, 'groups': {GROUP: RULE}, 'users': {NAME: RULE}}, a RULE being "
+        "{'environments': [NAMES] or '*', 'max_gpus': N, 'max_kernels': N}. A user's own rule wins, then the "
+        "most permissive of their groups', then the default. Empty: everyone may use everything.",
+    )
+    show_other_users = Enum(
+        ["name", "anonymous"],
+        "name",
+        config=True,
+        help="How a refusal and the panel name another person's kernel: by user name, or as 'another user'.",
+    )
+    docker_url = Unicode(None, allow_none=True, config=True, help="The Docker engine. Unset: the default socket.")
+    docker_timeout = Float(5.0, config=True, help="Seconds the engine may take to answer one call.")
+    visible_devices = Unicode(
+        None, allow_none=True, config=True, help="GPUs the broker gives out ('0,1', UUIDs). Unset: all of them."
+    )
+    pull_missing_images = Bool(True, config=True, help="Pull an environment's missing image at its first start.")
+    kernel_runtime_dir = Unicode(
+        "/var/lib/jupyter-gpuenv/kernel-runtimes",
+        config=True,
+        help="Prepared kernel runtimes (`jupyter gpuenv prepare-runtime --dir ...`) for images without ipykernel.",
+    )
+    sample_interval = Float(2.0, config=True, help="Seconds between two reads of the GPUs (NVML).")
+    orphan_interval = Float(
+        10.0, config=True, help="Seconds between two looks for kernels whose server is gone (they are removed)."
+    )
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    groups: tuple[str, ...]
+    pid: int
+
+
+def peer(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a unix socket, from the kernel."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)
+
+
+def caller_from_uid(uid: int, pid: int) -> Caller:
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        raise NotPermitted(f"uid {uid} has no account on this host: the broker serves its users only") from None
+    groups = tuple(sorted({grp.getgrgid(g).gr_name for g in os.getgrouplist(entry.pw_name, entry.pw_gid)}))
+    return Caller(entry.pw_name, uid, entry.pw_gid, entry.pw_dir, groups, pid)
+
+
+def process_start(pid: int) -> int:
+    """A process's start time in clock ticks since boot (0 if gone): with its pid, it names one process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    return int(stat[stat.rfind(")") + 2 :].split()[19])
+
+
+def _arg(args: dict[str, Any], key: str, kind: type, required: bool = True) -> Any:
+    value = args.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise InvalidRequest(f"'{key}' must be a {kind.__name__}")
+    return value
+
+
+class BrokerDaemon:
+    """The broker at work: its engine, its GPU sampler, its lease book, its policy."""
+
+    def __init__(self, settings: Broker) -> None:
+        self.settings = settings
+        self.folder = os.path.dirname(os.path.abspath(settings.socket))
+        self.sockets = os.path.join(self.folder, "sockets")
+        self.policy = Policy.parse(settings.policy)
+        self.environments = {
+            name: parse_environment(name, raw, "c.Broker.environments") for name, raw in settings.environments.items()
+        }
+        self.docker = DockerEngine(settings.docker_url, settings.docker_timeout, None, log)
+        self.book = LeaseBook(os.path.join(self.folder, "leases.json"))
+        self.sampler = Sampler(
+            interval=settings.sample_interval,
+            history_length=2,
+            visibility=from_environment(settings.visible_devices),
+            log=log,
+        )
+        self.lock = asyncio.Lock()  # one GPU decision at a time, for every user of the host
+        self.hostname = socket.gethostname()
+
+    # -- life ------------------------------------------------------------------------------------------
+    def prepare_folders(self) -> None:
+        """The broker's folder: root's, not writable by anyone else; made if missing."""
+        for path in (self.folder, self.sockets):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            info = os.lstat(path)
+            if info.st_uid != os.getuid() or info.st_mode & 0o022 or os.path.islink(path):
+                raise SystemExit(f"{path} must be a folder of the broker's own user, writable by no one else")
+
+    async def recover(self) -> None:
+        """After a restart: keep running kernels' leases, remove what an interrupted start left."""
+        self.book.load()
+        containers = {c.kernel_id: c for c in await self.docker.kernels() if c.labels.get(labels.BROKER)}
+        for lease in self.book:
+            found = containers.pop(lease.kernel_id, None)
+            if lease.state != RUNNING:
+                log.warning("gpuenv broker: removing what the interrupted start of kernel %s left", lease.kernel_id)
+                if found is not None:
+                    await self.docker.remove(found.id)
+                shutil.rmtree(lease.socket_dir, ignore_errors=True)
+                self.book.drop(lease)
+            elif found is None or not found.active:
+                self.book.drop(lease)  # its container ended while we were away: the GPU is free again
+        for orphan in containers.values():  # created, and the broker died before it wrote the lease
+            log.warning("gpuenv broker: removing container %s, which no lease names", orphan.name)
+            await self.docker.remove(orphan.id)
+
+    async def serve(self) -> None:
+        self.prepare_folders()
+        self.sampler.start()
+        await self.recover()
+        if os.path.exists(self.settings.socket):
+            os.unlink(self.settings.socket)
+        server = await asyncio.start_unix_server(self.handle, path=self.settings.socket, limit=MAX_REQUEST)
+        os.chmod(self.settings.socket, 0o666)  # anyone may ask; who asks is known from the socket
+        log.info("gpuenv broker: serving %s (%d environments)", self.settings.socket, len(self.environments))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        sweeper = asyncio.ensure_future(self.sweep_orphans(stop))
+        async with server:
+            await stop.wait()
+        sweeper.cancel()
+        self.sampler.stop()
+        self.docker.close()
+
+    async def sweep_orphans(self, stop: asyncio.Event) -> None:
+        """Kernels whose server process is gone (a killed server, a crashed spawner) are removed."""
+        while not stop.is_set():
+            await asyncio.sleep(self.settings.orphan_interval)
+            async with self.lock:
+                for lease in self.book:
+                    if (
+                        lease.state == RUNNING
+                        and lease.server_pid
+                        and process_start(lease.server_pid) != (lease.server_started)
+                    ):
+                        log.warning("gpuenv broker: kernel %s of %s lost its server; removing it", lease.kernel_id,
+                                    lease.user)  # fmt: skip
+                        await self._remove_lease(lease)
+
+    async def _remove_lease(self, lease: KernelLease) -> None:
+        try:
+            if lease.container_id:
+                await self.docker.remove(lease.container_id)
+        finally:
+            shutil.rmtree(lease.socket_dir, ignore_errors=True)
+            self.book.drop(lease)
+
+    # -- one request -----------------------------------------------------------------------------------
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def send(message: dict[str, Any]) -> None:
+            writer.write(json.dumps(message).encode() + b"\n")
+
+        try:
+            pid, uid, _ = peer(writer.get_extra_info("socket"))
+            try:
+                line = await asyncio.wait_for(reader.readline(), 10)
+                request = json.loads(line)
+                if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                    raise ValueError
+            except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError):
+                raise InvalidRequest('a request is one line of JSON: {"op": NAME, "args": {...}}') from None
+            args = request.get("args") or {}
+            if not isinstance(args, dict):
+                raise InvalidRequest("'args' must be a JSON object")
+            caller = caller_from_uid(uid, pid)
+            send({"result": await self.dispatch(caller, request["op"], args, lambda p: send({"progress": p}))})
+        except GpuEnvError as exc:
+            send({"error": {"type": type(exc).__name__, "status": exc.status, "message": str(exc)}})
+        except Exception:  # a bug: say so, and keep serving everyone else
+            log.exception("gpuenv broker: a request failed")
+            send({"error": {"type": "BrokerError", "status": 500, "message": "the GPU broker failed; see its log"}})
+        finally:
+            try:
+                await writer.drain()
+                writer.close()
+            except (ConnectionError, OSError):
+                pass
+
+    async def dispatch(self, caller: Caller, op: str, args: dict[str, Any], progress: Callable) -> Any:
+        if op == "hello":
+            return {"user": caller.name, "uid": caller.uid, "mode": "peer"}
+        if op == "environments":
+            return [await self.environment_row(caller, name) for name in sorted(self.environments)
+                    if self.policy.rule_for(caller.name, list(caller.groups)).allows(name)]  # fmt: skip
+        if op == "socket_folder":
+            return {"path": self.socket_folder(caller, _arg(args, "kernel_id", str))}
+        if op == "start_kernel":
+            return await self.start_kernel(caller, args, progress)
+        if op == "kernels":
+            return [asdict(k) for k in self.book.of_user(caller.uid)]
+        if op == "gpus":
+            return self.gpus(caller)
+        if op in ("state", "signal", "remove"):
+            lease = self.book.by_container(caller.uid, _arg(args, "container_id", str))
+            if lease is None:
+                raise UnknownKernel("no such kernel container of yours")
+            if op == "state":
+                return asdict(await self.docker.state(lease.container_id))
+            if op == "signal":
+                await self.docker.signal(lease.container_id, _arg(args, "signum", int))
+                return {}
+            async with self.lock:
+                last = await self.docker.remove(lease.container_id)
+                self.book.drop(lease)
+            return asdict(last) if last else None
+        raise InvalidRequest(f"unknown operation {op!r}")
+
+    # -- operations ------------------------------------------------------------------------------------
+    def _kernel_id(self, kernel_id: str) -> str:
+        if not _KERNEL_ID.match(kernel_id):
+            raise InvalidKernelId(f"kernel id {kernel_id!r} is not allowed: use letters, digits, '-' and '_'")
+        return kernel_id
+
+    def socket_folder(self, caller: Caller, kernel_id: str) -> str:
+        """sockets/<uid>/<kernel id>: the user's own (0700) in the broker's root-owned tree, never in /tmp."""
+        mine = os.path.join(self.sockets, str(caller.uid))
+        path = os.path.join(mine, self._kernel_id(kernel_id))
+        for folder in (mine, path):
+            try:
+                os.mkdir(folder, 0o700)
+                os.chown(folder, caller.uid, caller.gid)
+            except FileExistsError:
+                info = os.lstat(folder)
+                if not os.path.isdir(folder) or os.path.islink(folder) or info.st_uid != caller.uid:
+                    raise InvalidRequest(f"{folder} is not a folder of {caller.name}'s") from None
+        return path
+
+    def _user_folder(self, caller: Caller, path: str, what: str) -> str:
+        """A folder the caller owns, or one inside their home: what a kernel of theirs may see."""
+        if not os.path.isabs(path):
+            raise InvalidRequest(f"{what} must be an absolute path, got {path!r}")
+        real = os.path.realpath(path)
+        try:
+            owner = os.stat(real).st_uid
+        except OSError:
+            raise InvalidRequest(f"{what} {path} does not exist") from None
+        if owner != caller.uid and not within(real, os.path.realpath(caller.home)):
+            raise NotPermitted(f"{what} {path} is not {caller.name}'s: a kernel sees only its user's own folders")
+        return real
+
+    def _names(self, caller: Caller) -> dict[str, str]:
+        names = {}
+        for lease in self.book:
+            if lease.uid == caller.uid:
+                names[lease.kernel_id] = f"your kernel {lease.kernel_id[:8]}"
+            else:
+                names[lease.kernel_id] = lease.user if self.settings.show_other_users == "name" else "another user"
+        return names
+
+    def _environment(self, caller: Caller, name: Any) -> Environment:
+        if not isinstance(name, str) or name not in self.environments:
+            raise InvalidEnvironment(
+                f"no environment {name!r} on this host (defined: {', '.join(sorted(self.environments)) or 'none'})"
+            )
+        return self.environments[name]
+
+    async def _verdict(self, env: Environment) -> preflight.Verdict:
+        probe = None if env.kernel_runtime == "image" else env.python
+        image = await self.docker.image_facts(env.image, probe, dict(env.env))
+        situation = preflight.Situation(
+            image=image,
+            snapshot=self.sampler.latest,
+            prepared_runtimes=runtime.prepared_versions(self.settings.kernel_runtime_dir),
+            pull_allowed=self.settings.pull_missing_images,
+            pulling=self.docker.pull_progress(env.image) is not None,
+        )
+        return preflight.check(env, situation)
+
+    async def environment_row(self, caller: Caller, name: str) -> dict[str, Any]:
+        env = self.environments[name]
+        try:
+            verdict = await self._verdict(env)
+        except GpuEnvError as exc:
+            verdict = preflight.Verdict(preflight.UNAVAILABLE, False, str(exc), exc)
+        return {
+            "name": name,
+            "display_name": env.display_name,
+            "image": env.image,
+            "gpus": str(env.gpus),
+            "state": verdict.state,
+            "can_start": verdict.can_start,
+            "reason": verdict.reason,
+            "reason_code": verdict.reason_code,
+            "availability": self.availability(env),
+            "definition": env.to_config(),
+        }
+
+    def availability(self, env: Environment) -> str | None:
+        gpus = [g for g in self.sampler.latest.gpus if g.uuid and not g.error]
+        if not env.gpus.wants_gpus:
+            return None
+        held = self.book.holdings()
+        if env.gpus.kind == "exclusive":
+            free = sum(1 for g in gpus if not held.held_by_anyone(g.uuid))
+            return f"exclusive: {free} of {len(gpus)} GPUs free"
+        shared = sum(1 for g in gpus if g.uuid not in held.exclusive)
+        return f"shared: {shared} of {len(gpus)} GPUs not held exclusively"
+
+    def gpus(self, caller: Caller) -> list[dict[str, Any]]:
+        names, held = self._names(caller), self.book.holdings()
+        out = []
+        for g in self.sampler.latest.gpus:
+            holders = held.exclusive.get(g.uuid, []) + held.shared.get(g.uuid, [])
+            own = [h for h in holders if self.book.get(caller.uid, h)]
+            out.append({"index": g.index, "uuid": g.uuid, "holders": sorted({names[h] for h in holders}),
+                        "your_kernels": own})  # fmt: skip
+        return out
+
+    async def start_kernel(self, caller: Caller, args: dict[str, Any], progress: Callable) -> dict[str, Any]:
+        if caller.uid == 0:
+            raise NotPermitted("the broker never runs a kernel as root: start it from a user's server")
+        kernel_id = self._kernel_id(_arg(args, "kernel_id", str))
+        env = self._environment(caller, args.get("environment"))
+        rule = self.policy.rule_for(caller.name, list(caller.groups))
+        check_start(rule, caller.name, env.name, 0, 0, 0)  # the environment itself, before anything is asked
+        root_dir = self._user_folder(caller, _arg(args, "root_dir", str), "the server's root folder")
+        cwd = os.path.realpath(_arg(args, "cwd", str))
+        check_cwd(cwd, root_dir, caller.home)
+        socket_dir = self.socket_folder(caller, kernel_id)
+        connection_file = _arg(args, "connection_file", str)
+        if os.path.dirname(os.path.realpath(connection_file)) != socket_dir:
+            raise InvalidRequest("the connection file must be in the kernel's socket folder")
+        keep = [g for g in (args.get("keep_gpus") or []) if isinstance(g, str)]
+        server_env = {k: v for k, v in (args.get("server_env") or {}).items() if isinstance(v, str)}
+
+        verdict = await self._verdict(env)
+        verdict.raise_if_refused()
+        if verdict.state in (preflight.IMAGE_MISSING, preflight.PULLING):
+            await self.docker.pull(env.image, progress)
+            verdict = await self._verdict(env)
+            verdict.raise_if_refused()
+        async with self.lock:
+            mine = [k for k in self.book.of_user(caller.uid) if k.kernel_id != kernel_id]
+            wanted = env.gpus.count if env.gpus.kind in ("count", "exclusive", "ids") else (
+                len(self.sampler.latest.gpus) if env.gpus.wants_gpus else 0
+            )  # fmt: skip
+            check_start(rule, caller.name, env.name, wanted, sum(len(k.gpus) for k in mine), len(mine))
+            lease = KernelLease(kernel_id, caller.uid, caller.name, env.name, socket_dir, server_pid=caller.pid,
+                                server_started=process_start(caller.pid))  # fmt: skip
+            self.book.put(lease)
+            held = self.book.holdings(excluding=(caller.uid, kernel_id))
+            held.names = self._names(caller)
+            request = KernelRequest(
+                environment=env,
+                kernel_id=kernel_id,
+                user=host.User(caller.name, caller.uid, caller.gid, caller.home),
+                server=host.Server(self.hostname, caller.pid),
+                root_dir=root_dir,
+                cwd=cwd,
+                socket_dir=socket_dir,
+                connection_file=connection_file,
+                inventory=list(self.sampler.latest.gpus),
+                keep_gpus=keep,
+                runtime_dir=runtime.runtime_path(self.settings.kernel_runtime_dir, verdict.runtime_version)
+                if verdict.runtime_version
+                else None,
+                server_env=server_env,
+                labels={labels.BROKER: "true"},
+                held=held,
+            )
+            try:
+                placement = await self.docker.start_kernel(request)
+            except BaseException:
+                self.book.drop(lease)
+                raise
+            lease.state, lease.container_id = RUNNING, placement.container_id
+            lease.gpus, lease.exclusive = [g.uuid for g in placement.gpus], env.gpus.kind == "exclusive"
+            self.book.put(lease)
+        log.info("gpuenv broker: %s's kernel %s runs in %s (GPUs %s)", caller.name, kernel_id,
+                 placement.container_id[:12], [g.index for g in placement.gpus] or "none")  # fmt: skip
+        return {
+            "container_id": placement.container_id,
+            "gpu_mode": placement.gpu_mode,
+            "gpus": [asdict(g) for g in placement.gpus],
+        }
+
+
+def load_settings(config_file: str | None) -> Broker:
+    from traitlets.config.loader import PyFileConfigLoader
+
+    if config_file is None:
+        return Broker()
+    loader = PyFileConfigLoader(os.path.basename(config_file), os.path.dirname(os.path.abspath(config_file)))
+    return Broker(config=loader.load_config())
+
+
+def main(config_file: str | None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s] %(message)s")
+    try:
+        daemon = BrokerDaemon(load_settings(config_file))
+    except (InvalidEnvironment, ValueError) as exc:
+        log.error("gpuenv broker: %s", exc)
+        return 2
+    asyncio.run(daemon.serve())
+    return 0

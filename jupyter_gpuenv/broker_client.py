@@ -1,0 +1,137 @@
+"""The ``Engine`` over the shared-host broker's unix socket: what a user's server uses with ``c.GpuEnv.broker``.
+
+The broker decides what runs (its administrator's environments and policy) and which GPUs a kernel gets;
+this client only asks, and turns the broker's answers back into ``errors`` classes with their sentences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from . import errors
+from .containers import AssignedGpu
+from .engine import ContainerState, ImageFacts, KernelRequest, Placement
+from .environments import Environment, parse_environment
+from .labels import KernelContainer
+
+
+def _all_errors(cls: type) -> dict[str, type]:
+    out = {cls.__name__: cls}
+    for sub in cls.__subclasses__():
+        out.update(_all_errors(sub))
+    return out
+
+
+ERRORS = _all_errors(errors.GpuEnvError)
+
+
+class BrokerClient:
+    """One short connection per request; every answer within ``timeout`` seconds (pulls: while progressing)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.path = url[len("unix://") :] if url.startswith("unix://") else url
+        self.timeout = timeout
+
+    async def call(self, op: str, args: dict[str, Any] | None = None, progress: Callable | None = None) -> Any:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.path, limit=1 << 22), self.timeout
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise errors.EngineUnreachable(
+                f"the GPU broker at {self.path} is not answering ({exc.__class__.__name__}): container kernels are "
+                "unavailable until it runs again; ask the administrator of this host"
+            ) from None
+        try:
+            writer.write(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
+            await writer.drain()
+            while True:
+                budget = None if progress is not None else self.timeout * 4
+                line = await asyncio.wait_for(reader.readline(), budget)
+                if not line:
+                    raise errors.EngineUnreachable(f"the GPU broker at {self.path} closed the connection mid-answer")
+                answer = json.loads(line)
+                if "progress" in answer and progress is not None:
+                    progress(answer["progress"])
+                elif "error" in answer:
+                    error = answer["error"]
+                    raise ERRORS.get(error.get("type"), errors.EngineRefused)(
+                        error.get("message", "the broker refused")
+                    )
+                elif "result" in answer:
+                    return answer["result"]
+        except asyncio.TimeoutError:
+            raise errors.EngineUnreachable(f"the GPU broker at {self.path} did not answer in time") from None
+        except (OSError, ValueError) as exc:
+            raise errors.EngineUnreachable(
+                f"the GPU broker at {self.path} broke off ({exc.__class__.__name__})"
+            ) from None
+        finally:
+            writer.close()
+
+    # -- what only a broker answers ----------------------------------------------------------------------
+    async def environments(self) -> list[dict[str, Any]]:
+        return await self.call("environments")
+
+    async def environment(self, name: str) -> Environment:
+        for row in await self.environments():
+            if row["name"] == name:
+                return parse_environment(name, row["definition"], "the GPU broker")
+        raise errors.NotPermitted(f"the environment {name!r} is not one this host's administrator lets you use")
+
+    async def socket_folder(self, kernel_id: str) -> str:
+        return (await self.call("socket_folder", {"kernel_id": kernel_id}))["path"]
+
+    # -- the Engine interface ----------------------------------------------------------------------------
+    async def image_facts(self, image: str, python: str | None = None, env: dict[str, str] | None = None) -> ImageFacts:
+        raise errors.NotPermitted("with a broker, the broker checks images (GET environments says what it found)")
+
+    async def pull(self, image: str, on_progress: Callable[[str], None]) -> None:
+        raise errors.NotPermitted("with a broker, images are pulled by the broker when a kernel starts")
+
+    def pull_progress(self, image: str) -> str | None:
+        return None
+
+    async def kernels(self) -> list[KernelContainer]:
+        return [
+            KernelContainer(
+                id=k["container_id"],
+                name=f"gpuenv-{k['kernel_id']}",
+                kernel_id=k["kernel_id"],
+                active=True,
+                environment=k["environment"],
+                gpus=tuple(k["gpus"]),
+            )  # fmt: skip
+            for k in await self.call("kernels")
+        ]
+
+    async def start_kernel(self, request: KernelRequest) -> Placement:
+        answer = await self.call(
+            "start_kernel",
+            {
+                "kernel_id": request.kernel_id,
+                "environment": request.environment.name,
+                "root_dir": request.root_dir,
+                "cwd": request.cwd,
+                "socket_dir": request.socket_dir,
+                "connection_file": request.connection_file,
+                "keep_gpus": list(request.keep_gpus),
+                "server_env": request.server_env,
+            },
+            progress=lambda line: None,
+        )
+        gpus = tuple(AssignedGpu(g["index"], g["uuid"], g.get("minor")) for g in answer["gpus"])
+        return Placement(answer["container_id"], answer["gpu_mode"], gpus)
+
+    async def state(self, container_id: str) -> ContainerState:
+        return ContainerState(**await self.call("state", {"container_id": container_id}))
+
+    async def signal(self, container_id: str, signum: int) -> None:
+        await self.call("signal", {"container_id": container_id, "signum": int(signum)})
+
+    async def remove(self, container_id: str) -> ContainerState | None:
+        last = await self.call("remove", {"container_id": container_id})
+        return ContainerState(**last) if last else None
