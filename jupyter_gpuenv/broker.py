@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import grp
+import hashlib
 import json
 import logging
 import os
@@ -23,11 +24,13 @@ import shutil
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from traitlets import Bool, Dict, Enum, Float, Unicode
+from tornado.httpclient import AsyncHTTPClient
+from traitlets import Bool, Dict, Enum, Float, Int, Unicode
 from traitlets.config import Configurable
 
 from . import host, labels, preflight, runtime
@@ -36,6 +39,7 @@ from .docker_engine import DockerEngine
 from .engine import KernelRequest
 from .environments import Environment, parse_environment
 from .errors import (
+    EngineUnreachable,
     GpuEnvError,
     InvalidEnvironment,
     InvalidKernelId,
@@ -50,6 +54,7 @@ from .visibility import from_environment
 
 log = logging.getLogger("jupyter_gpuenv.broker")
 _KERNEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MAX_REQUEST = 1 << 16
 
 
@@ -90,6 +95,33 @@ class Broker(Configurable):
         config=True,
         help="Prepared kernel runtimes (`jupyter gpuenv prepare-runtime --dir ...`) for images without ipykernel.",
     )
+    identify = Enum(
+        ["peer", "hub-token"],
+        "peer",
+        config=True,
+        help="How the broker knows who calls. 'peer': the caller's Unix account, from the socket itself (servers "
+        "run as each person's account: TLJH, SystemdSpawner, LocalProcessSpawner). 'hub-token': the caller "
+        "presents its server's JUPYTERHUB_API_TOKEN and the hub says whose it is (servers in containers that "
+        "all run as one uid: DockerSpawner).",
+    )
+    hub_api_url = Unicode(
+        os.environ.get("JUPYTERHUB_API_URL", ""),
+        config=True,
+        help="The hub's API, for hub-token mode (a hub-managed service gets it as JUPYTERHUB_API_URL).",
+    )
+    hub_uid = Int(1000, config=True, help="hub-token mode: the uid every user's server runs as (docker-stacks: 1000).")
+    hub_gid = Int(100, config=True, help="hub-token mode: its gid (docker-stacks: 100).")
+    hub_work_dir = Unicode(
+        "/home/jovyan/work",
+        config=True,
+        help="hub-token mode: where each user's volume is mounted in their server's container; their kernels get "
+        "the same volume at the same path, and nothing else of the host.",
+    )
+    hub_volume = Unicode(
+        "jupyterhub-user-{username}",
+        config=True,
+        help="hub-token mode: the Docker volume that holds a user's files, as DockerSpawner names it.",
+    )
     sample_interval = Float(2.0, config=True, help="Seconds between two reads of the GPUs (NVML).")
     orphan_interval = Float(
         10.0, config=True, help="Seconds between two looks for kernels whose server is gone (they are removed)."
@@ -104,6 +136,12 @@ class Caller:
     home: str
     groups: tuple[str, ...]
     pid: int
+    volume: str | None = None  # hub-token mode: the user's files are this Docker volume, mounted at ``home``
+
+    @property
+    def folder(self) -> str:
+        """Their folder under sockets/: by uid, or by hub name where every server runs as one uid."""
+        return f"hub-{self.name}" if self.volume else str(self.uid)
 
 
 def peer(sock: socket.socket) -> tuple[int, int, int]:
@@ -160,6 +198,7 @@ class BrokerDaemon:
             log=log,
         )
         self.lock = asyncio.Lock()  # one GPU decision at a time, for every user of the host
+        self._tokens: dict[str, tuple[str, tuple[str, ...], float]] = {}
         self.hostname = socket.gethostname()
 
     # -- life ------------------------------------------------------------------------------------------
@@ -249,7 +288,7 @@ class BrokerDaemon:
             args = request.get("args") or {}
             if not isinstance(args, dict):
                 raise InvalidRequest("'args' must be a JSON object")
-            caller = caller_from_uid(uid, pid)
+            caller = await self.identify(uid, pid, request.get("hub_token"))
             send({"result": await self.dispatch(caller, request["op"], args, lambda p: send({"progress": p}))})
         except GpuEnvError as exc:
             send({"error": {"type": type(exc).__name__, "status": exc.status, "message": str(exc)}})
@@ -265,7 +304,7 @@ class BrokerDaemon:
 
     async def dispatch(self, caller: Caller, op: str, args: dict[str, Any], progress: Callable) -> Any:
         if op == "hello":
-            return {"user": caller.name, "uid": caller.uid, "mode": "peer"}
+            return {"user": caller.name, "uid": caller.uid, "mode": self.settings.identify}
         if op == "environments":
             return [await self.environment_row(caller, name) for name in sorted(self.environments)
                     if self.policy.rule_for(caller.name, list(caller.groups)).allows(name)]  # fmt: skip
@@ -274,11 +313,11 @@ class BrokerDaemon:
         if op == "start_kernel":
             return await self.start_kernel(caller, args, progress)
         if op == "kernels":
-            return [asdict(k) for k in self.book.of_user(caller.uid)]
+            return [asdict(k) for k in self.book.of_user(caller.name)]
         if op == "gpus":
             return self.gpus(caller)
         if op in ("state", "signal", "remove"):
-            lease = self.book.by_container(caller.uid, _arg(args, "container_id", str))
+            lease = self.book.by_container(caller.name, _arg(args, "container_id", str))
             if lease is None:
                 raise UnknownKernel("no such kernel container of yours")
             if op == "state":
@@ -292,6 +331,49 @@ class BrokerDaemon:
             return asdict(last) if last else None
         raise InvalidRequest(f"unknown operation {op!r}")
 
+    # -- who asks --------------------------------------------------------------------------------------
+    async def identify(self, uid: int, pid: int, token: Any) -> Caller:
+        if self.settings.identify == "peer":
+            return caller_from_uid(uid, pid)
+        if not isinstance(token, str) or not token:
+            raise NotPermitted("this GPU broker knows servers by their hub token: none was sent")
+        name, groups = await self.hub_user(token)
+        if not _HUB_NAME.match(name):
+            raise NotPermitted(f"the hub user name {name!r} cannot name a folder here; ask the administrator")
+        return Caller(
+            name, self.settings.hub_uid, self.settings.hub_gid, self.settings.hub_work_dir, groups, pid,
+            volume=self.settings.hub_volume.format(username=name),
+        )  # fmt: skip
+
+    async def hub_user(self, token: str) -> tuple[str, tuple[str, ...]]:
+        """Whose token it is, as the hub says (GET /user with that token); remembered for a minute."""
+        now = time.monotonic()
+        key = hashlib.sha256(token.encode()).hexdigest()
+        known = self._tokens.get(key)
+        if known and known[2] > now:
+            return known[0], known[1]
+        client = AsyncHTTPClient()
+        try:
+            response = await client.fetch(
+                f"{self.settings.hub_api_url.rstrip('/')}/user",
+                headers={"Authorization": f"token {token}"},
+                request_timeout=self.settings.docker_timeout,
+                raise_error=False,
+            )
+        except OSError as exc:
+            raise EngineUnreachable(f"the hub at {self.settings.hub_api_url} is not reachable ({exc})") from None
+        if response.code in (401, 403, 404):
+            raise NotPermitted("the hub does not accept this server's token (revoked or expired)")
+        if response.code != 200:
+            raise EngineUnreachable(f"the hub answered {response.code} when asked whose token this is")
+        model = json.loads(response.body)
+        if model.get("kind", "user") != "user":
+            raise NotPermitted("only a user's server may start kernels (this token is a service's)")
+        found = (model["name"], tuple(sorted(model.get("groups") or ())))
+        self._tokens = {k: v for k, v in self._tokens.items() if v[2] > now}
+        self._tokens[key] = (*found, now + 60)
+        return found
+
     # -- operations ------------------------------------------------------------------------------------
     def _kernel_id(self, kernel_id: str) -> str:
         if not _KERNEL_ID.match(kernel_id):
@@ -300,7 +382,7 @@ class BrokerDaemon:
 
     def socket_folder(self, caller: Caller, kernel_id: str) -> str:
         """sockets/<uid>/<kernel id>: the user's own (0700) in the broker's root-owned tree, never in /tmp."""
-        mine = os.path.join(self.sockets, str(caller.uid))
+        mine = os.path.join(self.sockets, caller.folder)
         path = os.path.join(mine, self._kernel_id(kernel_id))
         for folder in (mine, path):
             try:
@@ -308,7 +390,12 @@ class BrokerDaemon:
                 os.chown(folder, caller.uid, caller.gid)
             except FileExistsError:
                 info = os.lstat(folder)
-                if not os.path.isdir(folder) or os.path.islink(folder) or info.st_uid != caller.uid:
+                if not os.path.isdir(folder) or os.path.islink(folder):
+                    raise InvalidRequest(f"{folder} is not a folder of {caller.name}'s") from None
+                if info.st_uid == os.getuid() and folder == mine:  # made by the engine for a spawner's bind mount
+                    os.chown(folder, caller.uid, caller.gid)
+                    os.chmod(folder, 0o700)
+                elif info.st_uid != caller.uid:
                     raise InvalidRequest(f"{folder} is not a folder of {caller.name}'s") from None
         return path
 
@@ -316,6 +403,11 @@ class BrokerDaemon:
         """A folder the caller owns, or one inside their home: what a kernel of theirs may see."""
         if not os.path.isabs(path):
             raise InvalidRequest(f"{what} must be an absolute path, got {path!r}")
+        if caller.volume:  # a path inside the user's own container: only their volume's folder is theirs
+            normal = os.path.normpath(path)
+            if not within(normal, caller.home):
+                raise NotPermitted(f"{what} {path} is outside {caller.home}, the folder this host shares with kernels")
+            return normal
         real = os.path.realpath(path)
         try:
             owner = os.stat(real).st_uid
@@ -328,7 +420,7 @@ class BrokerDaemon:
     def _names(self, caller: Caller) -> dict[str, str]:
         names = {}
         for lease in self.book:
-            if lease.uid == caller.uid:
+            if lease.user == caller.name:
                 names[lease.kernel_id] = f"your kernel {lease.kernel_id[:8]}"
             else:
                 names[lease.kernel_id] = lease.user if self.settings.show_other_users == "name" else "another user"
@@ -388,7 +480,7 @@ class BrokerDaemon:
         out = []
         for g in self.sampler.latest.gpus:
             holders = held.exclusive.get(g.uuid, []) + held.shared.get(g.uuid, [])
-            own = [h for h in holders if self.book.get(caller.uid, h)]
+            own = [h for h in holders if self.book.get(caller.name, h)]
             out.append({"index": g.index, "uuid": g.uuid, "holders": sorted({names[h] for h in holders}),
                         "your_kernels": own})  # fmt: skip
         return out
@@ -401,7 +493,7 @@ class BrokerDaemon:
         rule = self.policy.rule_for(caller.name, list(caller.groups))
         check_start(rule, caller.name, env.name, 0, 0, 0)  # the environment itself, before anything is asked
         root_dir = self._user_folder(caller, _arg(args, "root_dir", str), "the server's root folder")
-        cwd = os.path.realpath(_arg(args, "cwd", str))
+        cwd = os.path.normpath(_arg(args, "cwd", str)) if caller.volume else os.path.realpath(_arg(args, "cwd", str))
         check_cwd(cwd, root_dir, caller.home)
         socket_dir = self.socket_folder(caller, kernel_id)
         connection_file = _arg(args, "connection_file", str)
@@ -417,7 +509,7 @@ class BrokerDaemon:
             verdict = await self._verdict(env)
             verdict.raise_if_refused()
         async with self.lock:
-            mine = [k for k in self.book.of_user(caller.uid) if k.kernel_id != kernel_id]
+            mine = [k for k in self.book.of_user(caller.name) if k.kernel_id != kernel_id]
             wanted = env.gpus.count if env.gpus.kind in ("count", "exclusive", "ids") else (
                 len(self.sampler.latest.gpus) if env.gpus.wants_gpus else 0
             )  # fmt: skip
@@ -425,7 +517,7 @@ class BrokerDaemon:
             lease = KernelLease(kernel_id, caller.uid, caller.name, env.name, socket_dir, server_pid=caller.pid,
                                 server_started=process_start(caller.pid))  # fmt: skip
             self.book.put(lease)
-            held = self.book.holdings(excluding=(caller.uid, kernel_id))
+            held = self.book.holdings(excluding=(caller.name, kernel_id))
             held.names = self._names(caller)
             request = KernelRequest(
                 environment=env,
@@ -443,6 +535,7 @@ class BrokerDaemon:
                 else None,
                 server_env=server_env,
                 labels={labels.BROKER: "true"},
+                user_volume=caller.volume,
                 held=held,
             )
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ class BrokerClient:
     def __init__(self, url: str, timeout: float) -> None:
         self.path = url[len("unix://") :] if url.startswith("unix://") else url
         self.timeout = timeout
+        self.hub_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
     async def call(self, op: str, args: dict[str, Any] | None = None, progress: Callable | None = None) -> Any:
         try:
@@ -46,7 +48,10 @@ class BrokerClient:
                 "unavailable until it runs again; ask the administrator of this host"
             ) from None
         try:
-            writer.write(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
+            request = {"op": op, "args": args or {}}
+            if self.hub_token:  # a broker in hub-token mode knows this server by it; one in peer mode ignores it
+                request["hub_token"] = self.hub_token
+            writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
             while True:
                 budget = None if progress is not None else self.timeout * 4

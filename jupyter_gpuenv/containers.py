@@ -58,6 +58,7 @@ class LaunchFacts:
     runtime_dir: str | None = None
     server_env: dict[str, str] = field(default_factory=dict)
     extra_labels: dict[str, str] = field(default_factory=dict)
+    user_volume: str | None = None  # servers in containers (DockerSpawner): the user's files are this volume
 
 
 @dataclass
@@ -119,11 +120,13 @@ def within(path: str, folder: str) -> bool:
 
 
 def mounts(env: Environment, facts: LaunchFacts) -> list[Mount]:
-    out = [Mount(facts.root_dir, facts.root_dir, False)]  # the user's files at the same path, so notebook
-    # paths and the kernel's working folder mean the same inside
     home = facts.user.home
-    if home and os.path.isdir(home) and not within(home, facts.root_dir):
-        out.append(Mount(home, home, False))
+    if facts.user_volume:  # the server runs in a container whose home is a volume: the kernel gets the same
+        out = [Mount(facts.user_volume, home, False, "volume")]
+    else:  # the user's files at the same path, so notebook paths and the working folder mean the same inside
+        out = [Mount(facts.root_dir, facts.root_dir, False)]
+        if home and os.path.isdir(home) and not within(home, facts.root_dir):
+            out.append(Mount(home, home, False))
     out.append(Mount(facts.socket_dir, facts.socket_dir, False))
     out += list(env.mounts) + list(facts.driver_mounts)
     if facts.runtime_dir:

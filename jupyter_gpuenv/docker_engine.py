@@ -271,6 +271,7 @@ class DockerEngine:
                 runtime_dir=req.runtime_dir,
                 server_env=req.server_env,
                 extra_labels=req.labels,
+                user_volume=req.user_volume,
             )
             spec = containers.spec(env, facts)
             container_id = self._create(c, spec, req.kernel_id)
@@ -305,7 +306,7 @@ class DockerEngine:
     @staticmethod
     def _create_once(c: docker.DockerClient, spec: containers.ContainerSpec) -> str:
         host_config = c.api.create_host_config(
-            mounts=[DockerMount(m.target, m.source, type="bind", read_only=m.read_only) for m in spec.mounts],
+            mounts=[DockerMount(m.target, m.source, type=m.kind, read_only=m.read_only) for m in spec.mounts],
             network_mode=spec.network_mode,
             init=spec.init,
             shm_size=spec.shm_size,

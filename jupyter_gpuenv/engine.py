@@ -59,6 +59,7 @@ class KernelRequest:
     runtime_dir: str | None = None
     server_env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)  # recorded on the container besides the kernel's own
+    user_volume: str | None = None  # the user's files as a Docker volume (servers in containers)
     held: Holdings | None = None  # who holds which GPU, when the caller keeps that record (the broker's leases)
 
 

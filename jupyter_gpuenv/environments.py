@@ -43,9 +43,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Mount:
-    source: str
+    source: str  # a host path; for kind "volume", the name of a Docker volume
     target: str
     read_only: bool = True
+    kind: str = "bind"
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class Environment:
         out = asdict(self)
         out.pop("name")
         out["gpus"] = str(self.gpus)
-        out["mounts"] = [asdict(m) for m in self.mounts]
+        out["mounts"] = [{"source": m.source, "target": m.target, "read_only": m.read_only} for m in self.mounts]
         out["env_allow"] = list(self.env_allow)
         out["env"] = dict(self.env)
         return {k: v for k, v in out.items() if v not in (None, [], {})}

@@ -35,11 +35,14 @@ class KernelLease:
 
 
 class LeaseBook:
-    """Kernels by (uid, kernel id), saved to ``path`` (0600) after every change."""
+    """Kernels by (user name, kernel id), saved to ``path`` (0600) after every change.
+
+    By name, not uid: servers in containers (DockerSpawner) all run as one uid, and each is still its own user.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._kernels: dict[tuple[int, str], KernelLease] = {}
+        self._kernels: dict[tuple[str, str], KernelLease] = {}
 
     def load(self) -> None:
         try:
@@ -47,7 +50,7 @@ class LeaseBook:
                 raw = json.load(f)
         except FileNotFoundError:
             raw = []
-        self._kernels = {(k["uid"], k["kernel_id"]): KernelLease(**k) for k in raw}
+        self._kernels = {(k["user"], k["kernel_id"]): KernelLease(**k) for k in raw}
 
     def save(self) -> None:
         staging = f"{self.path}.new"
@@ -61,26 +64,28 @@ class LeaseBook:
     def __iter__(self) -> Iterator[KernelLease]:
         return iter(list(self._kernels.values()))
 
-    def get(self, uid: int, kernel_id: str) -> KernelLease | None:
-        return self._kernels.get((uid, kernel_id))
+    def get(self, user: str, kernel_id: str) -> KernelLease | None:
+        return self._kernels.get((user, kernel_id))
 
-    def by_container(self, uid: int, container_id: str) -> KernelLease | None:
+    def by_container(self, user: str, container_id: str) -> KernelLease | None:
         """The caller's kernel in that container; None for another user's (the caller must not learn of it)."""
-        found = (k for k in self._kernels.values() if k.uid == uid and container_id and k.container_id == container_id)
+        found = (
+            k for k in self._kernels.values() if k.user == user and container_id and k.container_id == container_id
+        )
         return next(found, None)
 
     def put(self, lease: KernelLease) -> None:
-        self._kernels[(lease.uid, lease.kernel_id)] = lease
+        self._kernels[(lease.user, lease.kernel_id)] = lease
         self.save()
 
     def drop(self, lease: KernelLease) -> None:
-        if self._kernels.pop((lease.uid, lease.kernel_id), None) is not None:
+        if self._kernels.pop((lease.user, lease.kernel_id), None) is not None:
             self.save()
 
-    def of_user(self, uid: int) -> list[KernelLease]:
-        return [k for k in self._kernels.values() if k.uid == uid]
+    def of_user(self, user: str) -> list[KernelLease]:
+        return [k for k in self._kernels.values() if k.user == user]
 
-    def holdings(self, excluding: tuple[int, str] | None = None) -> Holdings:
+    def holdings(self, excluding: tuple[str, str] | None = None) -> Holdings:
         held = Holdings()
         for key, k in self._kernels.items():
             if key != excluding:

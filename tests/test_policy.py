@@ -55,10 +55,10 @@ def test_the_lease_book_survives_a_restart_and_is_the_owners_alone(tmp_path):
     again = LeaseBook(str(tmp_path / "leases.json"))
     again.load()
     assert again.holdings().exclusive == {"GPU-0": ["k1"]}
-    assert again.by_container(1001, "c1").kernel_id == "k1"
-    assert again.by_container(1002, "c1") is None  # bob cannot reach alice's kernel by its container id
+    assert again.by_container("alice", "c1").kernel_id == "k1"
+    assert again.by_container("bob", "c1") is None  # bob cannot reach alice's kernel by its container id
     assert (tmp_path / "leases.json").stat().st_mode & 0o077 == 0
-    again.drop(again.get(1001, "k1"))
+    again.drop(again.get("alice", "k1"))
     reloaded = LeaseBook(str(tmp_path / "leases.json"))
     reloaded.load()
     assert [k.kernel_id for k in reloaded] == ["k2"]

@@ -69,6 +69,68 @@ def test_dockerspawner_example_gives_each_user_their_gpus(docker_config):
     assert "DeviceRequests" not in admin and "device_requests" not in spawner.extra_host_config
 
 
+# -- the GPU broker on a shared host ------------------------------------------------------------------------
+def load_broker(name):
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from jupyter_gpuenv.broker import Broker
+
+    config = PyFileConfigLoader(name, str(EXAMPLES)).load_config()
+    assert unknown_keys(config, [Broker]) == []
+    return Broker(config=config)
+
+
+def test_broker_examples_load_and_their_environments_and_policy_parse():
+    from jupyter_gpuenv.environments import parse_environment
+    from jupyter_gpuenv.policy import Policy
+
+    peer = load_broker("broker_config.py")
+    assert peer.identify == "peer" and not peer.socket.startswith("/tmp")
+    envs = {n: parse_environment(n, raw, "example") for n, raw in peer.environments.items()}
+    assert str(envs["pytorch"].gpus) == "exclusive:1" and envs["pytorch"].display_name == "PyTorch 2.6 / CUDA 12.4"
+    policy = Policy.parse(peer.policy)
+    assert policy.rule_for("intern", ["ml-research"]).environments == frozenset({"cpu"})
+    assert policy.rule_for("someone", ["ml-research"]).environments is None
+    hub = load_broker("broker_hub_token_config.py")
+    assert hub.identify == "hub-token" and (hub.hub_uid, hub.hub_gid) == (1000, 100)
+    assert {n: parse_environment(n, raw, "example") for n, raw in hub.environments.items()}
+
+
+@pytest.fixture(scope="module")
+def broker_docker_config():
+    pytest.importorskip("dockerspawner")
+    from jupyterhub.app import JupyterHub
+
+    hub = JupyterHub()
+    hub.load_config_file(str(EXAMPLES / "jupyterhub_config_broker_dockerspawner.py"))
+    return hub.config
+
+
+def test_broker_dockerspawner_example_gives_the_broker_never_the_docker_socket(broker_docker_config):
+    from dockerspawner import DockerSpawner
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.auth import Authenticator
+    from jupyterhub.spawner import Spawner
+
+    from jupyter_gpuenv.config import GpuEnv
+
+    config = broker_docker_config
+    assert unknown_keys(config, [JupyterHub, Authenticator, Spawner, DockerSpawner]) == []
+    spawner = DockerSpawner(config=copy.deepcopy(config), user=types.SimpleNamespace(name="alice"))
+    binds = spawner.volume_binds  # what DockerSpawner hands to the engine for alice's container
+    assert not any("docker.sock" in host for host in binds)
+    assert binds["/run/jupyter-gpuenv/broker.sock"]["bind"] == "/run/jupyter-gpuenv/broker.sock"
+    assert binds["/run/jupyter-gpuenv/sockets/hub-alice"]["bind"] == "/run/jupyter-gpuenv/sockets/hub-alice"
+    assert binds["jupyterhub-user-alice"]["bind"] == "/home/jovyan/work"
+    (arg,) = [a for a in config.Spawner.args if a.startswith("--GpuEnv.broker=")]
+    assert GpuEnv(broker=arg.split("=", 1)[1]).broker == "unix:///run/jupyter-gpuenv/broker.sock"
+    service = config.JupyterHub.services[0]
+    assert service["command"][:2] == ["jupyter-gpuenv", "broker"]
+    hub_broker = load_broker("broker_hub_token_config.py")
+    assert hub_broker.hub_work_dir == config.DockerSpawner.notebook_dir
+    assert hub_broker.hub_volume.format(username="alice") in binds
+
+
 # -- Zero to JupyterHub / KubeSpawner --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def values():

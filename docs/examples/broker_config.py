@@ -1,0 +1,38 @@
+"""The GPU broker of a shared host: /etc/jupyter-gpuenv/broker_config.py, read by `jupyter gpuenv broker`.
+
+Four people, two teams, one box with several GPUs. See docs/shared-host.md. tests/hub/test_deploy_docs.py
+loads this file and checks every setting.
+"""
+
+c = get_config()  # noqa: F821 (provided by the configuration loader)
+
+c.Broker.socket = "/run/jupyter-gpuenv/broker.sock"
+
+# What can run on this host: nothing else can, whatever a user writes into a kernelspec.
+c.Broker.environments = {
+    "pytorch": {
+        "display_name": "PyTorch 2.6 / CUDA 12.4",
+        "image": "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime",
+        "gpus": "exclusive:1",  # a GPU of one's own; a start that finds none free names who holds them
+        "shm_size": "16g",
+        "memory": "64g",
+        "cpus": 8,
+    },
+    "pytorch-2gpu": {
+        "display_name": "PyTorch 2.6 / CUDA 12.4 (2 GPUs)",
+        "image": "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime",
+        "gpus": "exclusive:2",
+        "shm_size": "32g",
+    },
+    "cpu": {"display_name": "Python (CPU)", "image": "python:3.12-slim", "gpus": "none", "memory": "8g"},
+}
+
+# Who may use what. A user's own rule wins, then the most permissive of their Unix groups', then the default.
+c.Broker.policy = {
+    "default": {"environments": ["cpu", "pytorch"], "max_gpus": 1, "max_kernels": 3},
+    "groups": {"ml-research": {"environments": "*", "max_gpus": 2}},
+    "users": {"intern": {"environments": ["cpu"], "max_kernels": 2}},
+}
+c.Broker.show_other_users = "name"  # or "anonymous": refusals say "another user"
+
+c.Broker.kernel_runtime_dir = "/var/lib/jupyter-gpuenv/kernel-runtimes"  # `jupyter gpuenv prepare-runtime --dir`
