@@ -68,8 +68,12 @@ class GpuEnvApp(ExtensionApp):
         self.gpuenv = GpuEnv(parent=self.serverapp)
         kernel_manager = self.serverapp.kernel_manager
 
+        self.others: dict[str, str] = {}  # with a broker: container id -> whose kernel, refreshed in the background
+
         def attribute(snapshot: Snapshot) -> None:
-            attribution.attribute(snapshot, kernel_index(kernel_manager))
+            index = kernel_index(kernel_manager)
+            index.others = self.others
+            attribution.attribute(snapshot, index)
 
         self.sampler = Sampler(
             interval=self.gpuenv.sample_interval,
@@ -99,10 +103,26 @@ class GpuEnvApp(ExtensionApp):
             log.addFilter(quiet)
         refuse_reserved_keys(KernelProvisionerFactory.instance(parent=self.serverapp))
         # its own thread and loop (the server's loop may not run yet); with a broker, the broker finds orphans
+        if self.gpuenv.broker:
+            threading.Thread(
+                target=asyncio.run, args=(self._watch_holders(),), name="gpuenv-holders", daemon=True
+            ).start()
         if self.gpuenv.remove_orphans and not self.gpuenv.broker:
             threading.Thread(
                 target=asyncio.run, args=(self._remove_orphans(),), name="gpuenv-orphans", daemon=True
             ).start()
+
+    async def _watch_holders(self, interval: float = 3.0) -> None:
+        """On a shared host: whose kernel each container on the GPUs is, so the panel can name other people's."""
+        from .broker_client import BrokerClient
+
+        broker = BrokerClient(self.gpuenv.broker, self.gpuenv.docker_timeout)
+        while True:
+            try:
+                self.others = await broker.call("holders")
+            except GpuEnvError:
+                self.others = {}
+            await asyncio.sleep(interval)
 
     async def _remove_orphans(self) -> None:
         """Containers an earlier, dead server of this user on this host left behind."""

@@ -26,6 +26,7 @@ class KernelIndex:
 
     by_pid: dict[int, str] = field(default_factory=dict)
     by_container: dict[str, str] = field(default_factory=dict)
+    others: dict[str, str] = field(default_factory=dict)  # container id -> whose (another user's, via the broker)
 
 
 def container_id_from_cgroup(text: str) -> str | None:
@@ -79,3 +80,4 @@ def attribute(snapshot: Snapshot, kernels: KernelIndex, **lookups) -> None:
     for gpu in snapshot.gpus:
         for proc in gpu.processes:
             proc.kernel_id, proc.container_id = owning_kernel(proc.pid, kernels, **lookups)
+            proc.user = kernels.others.get(proc.container_id or "") if proc.kernel_id is None else None

@@ -316,6 +316,9 @@ class BrokerDaemon:
             return [asdict(k) for k in self.book.of_user(caller.name)]
         if op == "gpus":
             return self.gpus(caller)
+        if op == "holders":  # whose kernel each container is, as show_other_users says (the panel names them)
+            names = self._names(caller)
+            return {k.container_id: names[k.kernel_id] for k in self.book if k.container_id}
         if op in ("state", "signal", "remove"):
             lease = self.book.by_container(caller.name, _arg(args, "container_id", str))
             if lease is None:

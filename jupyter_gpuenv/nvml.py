@@ -64,6 +64,7 @@ class GpuProcess:
     type: str  # "compute" or "graphics"
     kernel_id: str | None = None
     container_id: str | None = None
+    user: str | None = None  # on a shared host: whose kernel another person's process is, as the broker says
     gpu_instance: str | None = None  # MIG device uuid the process runs on, when MIG is on
 
 

@@ -20,6 +20,7 @@ export interface IGpuProcess {
   kernel_id: string | null;
   container_id: string | null;
   gpu_instance: string | null;
+  user?: string | null; // on a shared host: whose kernel another person's process is ("alice" or "another user")
 }
 
 export interface IMigDevice {
@@ -112,6 +113,7 @@ export interface IEnvironment {
   /** The server's verdict: "Use for this notebook" is offered exactly when this is true. */
   can_start: boolean;
   reason_code: ReasonCode | null; // null when it can start
+  availability?: string | null; // on a shared host, e.g. "exclusive: 3 of 8 GPUs free"
 }
 
 export interface IEnvironmentsReply {

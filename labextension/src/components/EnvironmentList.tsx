@@ -94,6 +94,7 @@ function Environment(props: {
       <div className="jp-GpuEnv-envMeta">
         {gpuPolicy(env.gpus)}
         {env.cuda_version ? ` · CUDA ${env.cuda_version}` : ''}
+        {env.availability ? ` · ${env.availability}` : ''}
         {state === 'pulling' && env.pull_progress ? ` · ${env.pull_progress}` : ''}
       </div>
       {/* a startable environment's reason is a note (e.g. the first start pulls the image); else it is the why */}

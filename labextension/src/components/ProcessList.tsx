@@ -34,9 +34,7 @@ export function ProcessList(props: { processes: IGpuProcess[]; model: IGpuModel 
               aria-current={mine ? 'true' : undefined}
             >
               <td title={describe(p, path)}>
-                <span className="jp-GpuEnv-procName">
-                  {path ? basename(path) : p.kernel_id ? 'kernel without notebook' : 'other process'}
-                </span>
+                <span className="jp-GpuEnv-procName">{processName(p, path)}</span>
                 <span className="jp-GpuEnv-pid">
                   pid {p.pid}
                   {p.container_id ? ` · container ${p.container_id.slice(0, 12)}` : ''}
@@ -52,7 +50,22 @@ export function ProcessList(props: { processes: IGpuProcess[]; model: IGpuModel 
   );
 }
 
+/** What a process is to the person looking: their notebook, their kernel, someone else's kernel, or other. */
+export function processName(p: IGpuProcess, path: string | null): string {
+  if (path) {
+    return basename(path);
+  }
+  if (p.kernel_id) {
+    return 'kernel without notebook';
+  }
+  if (p.user) {
+    return p.user === 'another user' ? "another user's kernel" : `${p.user}'s kernel`;
+  }
+  return 'other process';
+}
+
 function describe(p: IGpuProcess, path: string | null): string {
-  const owner = path ?? (p.kernel_id ? `kernel ${p.kernel_id}` : 'not a kernel of this server');
+  const owner =
+    path ?? (p.kernel_id ? `kernel ${p.kernel_id}` : p.user ? processName(p, null) : 'not a kernel of this server');
   return `${owner} — pid ${p.pid}${p.type ? `, ${p.type}` : ''}${p.gpu_instance ? `, MIG ${p.gpu_instance}` : ''}`;
 }
