@@ -1,0 +1,67 @@
+import React from 'react';
+
+import { basename } from '../format';
+import { kernelsOf } from '../terminalInfo';
+import type { IEnvironment, IGpuModel, TerminalTarget } from '../tokens';
+
+export type OpenTerminal = (target: TerminalTarget) => void;
+
+const IN_KERNEL =
+  "A shell in this kernel's container: its GPUs, files, user and working folder. It ends when the kernel shuts " +
+  'down or restarts; a job under tmux keeps running until then.';
+const IN_OWN_CONTAINER =
+  'A shell in a new container of this environment, started for the terminal alone. Closing the terminal removes ' +
+  'the container (tmux and all) and frees its GPUs.';
+
+/** An environment's terminals: one in each of its running kernels' containers, or one in a container of its own. */
+export function EnvironmentTerminals(props: {
+  model: IGpuModel;
+  env: IEnvironment;
+  dockerDown: boolean;
+  onTerminal: OpenTerminal;
+}): JSX.Element {
+  const { model, env, onTerminal } = props;
+  const kernels = kernelsOf(model.kernels, env.name);
+  const own = props.dockerDown
+    ? 'Docker is not available.'
+    : !env.can_start
+      ? (env.reason ?? 'This environment cannot start here.')
+      : env.state === 'image-missing' || env.state === 'pulling'
+        ? 'Its image is not on this machine yet: prepare it (or start a notebook with it) first.'
+        : null;
+  return (
+    <div className="jp-GpuEnv-terminals">
+      {kernels.length > 0 ? (
+        <ul className="jp-GpuEnv-envKernels" aria-label={`Kernels running in ${env.display_name ?? env.name}`}>
+          {kernels.map(k => {
+            const path = model.notebookOf(k.kernel_id);
+            return (
+              <li key={k.kernel_id} className="jp-GpuEnv-envKernel" data-kernel={k.kernel_id}>
+                <span className="jp-GpuEnv-envKernelName" title={path ?? k.kernel_id}>
+                  {path ? basename(path) : `kernel ${k.kernel_id.slice(0, 8)}`}
+                </span>
+                <button
+                  className="jp-GpuEnv-terminal jp-mod-styled"
+                  title={IN_KERNEL}
+                  aria-label="Open terminal in this kernel's container"
+                  onClick={() => onTerminal({ kernel_id: k.kernel_id })}
+                >
+                  Terminal
+                </button>
+              </li>
+            );
+          })}
+        </ul>
+      ) : null}
+      <button
+        className="jp-GpuEnv-terminal jp-mod-styled"
+        disabled={own !== null}
+        title={own ?? IN_OWN_CONTAINER}
+        aria-label="Open terminal in this environment"
+        onClick={() => onTerminal({ environment: env.name })}
+      >
+        Terminal in a new container
+      </button>
+    </div>
+  );
+}
