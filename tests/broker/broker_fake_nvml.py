@@ -1,0 +1,86 @@
+"""The GPU broker as the hub-managed service of the broker tests, with NVML replayed from a recording.
+
+    broker_fake_nvml.py --config FILE          the service: keeps one broker running (below)
+    broker_fake_nvml.py --run --config FILE    one broker: ``jupyter gpuenv broker --config FILE``, in-process
+
+``--run`` replaces ``jupyter_gpuenv.nvml.load_pynvml`` with ``FakePynvml(load($GPUENV_TEST_RECORDING))``, as
+tests/hub/singleuser_fake_nvml.py does for single-user servers, and runs ``jupyter_gpuenv.cli.main``.
+
+Without ``--run`` it is what systemd's ``Restart=always`` is to a broker unit: it runs ``--run`` as a child
+and starts it again as soon as it ends, so the fault tests can kill the broker (its pid is written to
+$GPUENV_BROKER_PIDFILE) and have it back within a second, instead of after the hub's 30 s service poll.
+While the file $GPUENV_BROKER_HOLD exists it starts none: the broker is down. SIGTERM or SIGINT (the hub
+stopping its services) stop the child with SIGTERM and then itself. Either way the child inherits the
+environment the hub gives its services (JUPYTERHUB_API_URL, JUPYTERHUB_API_TOKEN, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STOP_TIMEOUT = 20
+
+
+def run(argv: list[str]) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for fake_pynvml
+    import fake_pynvml
+
+    from jupyter_gpuenv import cli, nvml
+
+    fake = fake_pynvml.FakePynvml(fake_pynvml.load(os.environ.get("GPUENV_TEST_RECORDING", "h100x2")))
+    nvml.load_pynvml = lambda: fake
+    return cli.main(["broker", *argv])
+
+
+def supervise(argv: list[str]) -> int:
+    hold = os.environ.get("GPUENV_BROKER_HOLD")
+    pidfile = os.environ.get("GPUENV_BROKER_PIDFILE")
+    child: subprocess.Popen | None = None
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    backoff = 0.2
+    while not stopping:
+        while hold and os.path.exists(hold) and not stopping:
+            time.sleep(0.05)
+        if stopping:
+            break
+        started = time.monotonic()
+        child = subprocess.Popen([sys.executable, __file__, "--run", *argv])
+        if pidfile:
+            tmp = f"{pidfile}.tmp"
+            Path(tmp).write_text(str(child.pid))
+            os.replace(tmp, pidfile)
+        code = child.wait()
+        print(f"broker_fake_nvml: broker {child.pid} ended with {code}", file=sys.stderr, flush=True)
+        if stopping:
+            break
+        # a broker that cannot start at all (a bad configuration) is retried, but not in a tight loop
+        backoff = 0.2 if time.monotonic() - started > 5 else min(backoff * 2, 5.0)
+        time.sleep(backoff)
+    if child is not None and child.poll() is None:
+        try:
+            child.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["--run"]:
+        sys.exit(run(args[1:]))
+    sys.exit(supervise(args))
