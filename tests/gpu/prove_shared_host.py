@@ -74,6 +74,34 @@ def user_env(name: str) -> dict[str, str]:
     }
 
 
+async def terminal_output(server: Server, kernel_id: str, command: str, seconds: float = 8.0) -> str:
+    """Open a terminal in the kernel's container (POST gpuenv/api/terminals), run one command, read the screen."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    code, body = await server.request("POST", "/gpuenv/api/terminals", {"kernel_id": kernel_id})
+    if code not in (200, 201):
+        return f"POST terminals: {code} {body}"
+    name = body.get("name") or body.get("terminal", {}).get("name")
+    url = server.url.replace("http", "ws", 1) + f"/gpuenv/api/terminals/{name}/websocket"
+    conn = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {server.token}"}))
+    await conn.write_message(json.dumps(["stdin", command + "\n"]))
+    text, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            message = await asyncio.wait_for(conn.read_message(), deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            break
+        if message is None:
+            break
+        kind, *data = json.loads(message)
+        if kind == "stdout":
+            text.append(data[0])
+    conn.close()
+    await server.request("DELETE", f"/gpuenv/api/terminals/{name}")
+    return "".join(text)
+
+
 async def main(out: Path, local: bool) -> int:
     gpus = nvidia_smi("index,uuid,name") if not local else [["0", "GPU-local", "none"]]
     check("nvidia-smi lists the GPUs", bool(gpus), json.dumps(gpus))
@@ -231,6 +259,15 @@ async def main(out: Path, local: bool) -> int:
                 bool(kernel_mem) and float(kernel_mem[0]) >= USERS[name] << 30,
                 f"{kernel_mem} (all apps {smi_sum / 2**30:.2f} GiB)",
             )
+        if "alice" in kernels:  # issue 16: a terminal in alice's kernel's container sees exactly its GPU
+            listed = await terminal_output(servers["alice"][1], kernels["alice"],
+                                           "/usr/local/nvidia/bin/nvidia-smi -L || nvidia-smi -L")  # fmt: skip
+            gpu_lines = [ln for ln in listed.splitlines() if ln.startswith("GPU ")]
+            uuid = facts.get("alice", {}).get("uuid") or "?"
+            check("a terminal in alice's kernel: `nvidia-smi -L` lists exactly its GPU",
+                  len(gpu_lines) == 1 and uuid in gpu_lines[0], listed.strip()[-400:])  # fmt: skip
+            ident = await terminal_output(servers["alice"][1], kernels["alice"], "id -u")
+            check("the terminal's shell runs as alice", str(sh(["id", "-u", "alice"]).stdout.strip()) in ident)
         for name in USERS:
             opened = sh(["runuser", "-u", name, "--", py, "-c", "open('/var/run/docker.sock', 'rb')"])
             check(f"{name} cannot open the Docker socket", opened.returncode != 0 and "Permission" in opened.stderr,

@@ -36,9 +36,17 @@ def replay(recording: dict) -> dict:
     return snapshot
 
 
+# fields GET gpus gained after a recording was made, with the value a replay gives them
+ADDED_SINCE = {"process": {"user": None}}
+
+
 def live(recording: dict) -> dict:
-    snapshot = dict(recording["snapshot"])
+    snapshot = json.loads(json.dumps(recording["snapshot"]))
     snapshot.pop("sampled_at")
+    for gpu in snapshot.get("gpus") or []:
+        for process in gpu.get("processes") or []:
+            for key, value in ADDED_SINCE["process"].items():
+                process.setdefault(key, value)
     return snapshot
 
 
