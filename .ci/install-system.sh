@@ -12,6 +12,7 @@ PACKAGES=(
   fonts-dejavu-core    # readable text in screenshots (chromium alone pulls no fonts with --no-install-recommends)
   fonts-liberation     # metric-compatible Arial/Times/Courier for web pages
   prometheus           # tests/test_metrics.py starts its own on a free loopback port; Debian's service unit is unused
+  docker-registry      # the reference registry: .ci/start-registry.sh serves it on 127.0.0.1 for tests/test_pulls.py
   python3-venv         # the venv is made from Debian's Python, which the tests' other Unix users can run
   iproute2 procps psmisc curl xz-utils
 )
@@ -40,6 +41,13 @@ fi
 if [ "$need_update" = 1 ]; then
   echo "install-system: apt-get update"
   apt-get update -qq
+fi
+# Installing a service package starts it where an init system runs (docker-registry on :5000, every
+# interface; prometheus on :9090): forbid service starts during the install, as Debian's container images do.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 fi
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/install-system.log 2>&1 \
   || { tail -n 40 /tmp/install-system.log; exit 1; }

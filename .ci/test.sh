@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 bash .ci/install-system.sh
 bash .ci/start-dockerd.sh
+bash .ci/start-registry.sh   # 127.0.0.1 only: the registry tests/test_pulls.py pulls from
 # The shared-host tests run Jupyter servers as other Unix users, who must be able to run the venv's
 # Python: a pyenv Python under /root (0700) is out of their reach, Debian's /usr/bin/python3 is not.
 python=python3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections import deque
 
@@ -18,6 +19,7 @@ from .ledger import Ledger
 from .nvml import Snapshot
 from .provisioner import REFUSAL_FORMAT, refuse_reserved_keys
 from .sampler import Sampler
+from .terminals import Terminals
 from .usage import UsageTracker
 from .visibility import from_environment
 
@@ -86,6 +88,14 @@ class GpuEnvApp(ExtensionApp):
         )
         self.sampler.start()
         self.settings["gpuenv_sampler"] = self.sampler
+        self.terminals = Terminals(
+            self.gpuenv,
+            kernel_manager,
+            self.serverapp.kernel_spec_manager,
+            self.sampler,
+            os.path.abspath(self.serverapp.root_dir),
+            self.serverapp.log,
+        )
         # -- GPU usage: metrics on /metrics and the usage ledger (docs/metrics.md) --
         self.usage = UsageTracker(
             sampler=self.sampler,
@@ -135,9 +145,11 @@ class GpuEnvApp(ExtensionApp):
             self.serverapp.log.warning("gpuenv: removed %s, left by an earlier server that is gone", container_name)
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(api_handlers(self.sampler, self.gpuenv, self.usage))
+        self.handlers.extend(api_handlers(self.sampler, self.gpuenv, self.usage, self.terminals))
 
     async def stop_extension(self) -> None:
+        engine.cancel_pulls()  # kernel starts waiting for a pull fail now, or the server's shutdown waits for them
         metrics.unexport(self.usage)
         await self.usage.stop()  # writes what the ledger has not got yet
         self.sampler.stop()
+        await self.terminals.close_all()  # their shells hung up, the terminals' own containers removed

@@ -20,6 +20,7 @@ import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Enum, Float, Int, Unicode
 from traitlets.config import Configurable
 
@@ -54,8 +55,20 @@ from .visibility import from_environment
 
 log = logging.getLogger("jupyter_gpuenv.broker")
 _KERNEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_START_ARGS = {
+    "kernel_id",
+    "environment",
+    "root_dir",
+    "cwd",
+    "socket_dir",
+    "connection_file",
+    "keep_gpus",
+    "server_env",
+    "terminal",
+}
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MAX_REQUEST = 1 << 16
+TOKEN_MEMORY = 10.0  # seconds a hub token's owner is remembered (a revoked token works this much longer)
 
 
 class Broker(Configurable):
@@ -125,6 +138,13 @@ class Broker(Configurable):
     sample_interval = Float(2.0, config=True, help="Seconds between two reads of the GPUs (NVML).")
     orphan_interval = Float(
         10.0, config=True, help="Seconds between two looks for kernels whose server is gone (they are removed)."
+    )
+    shared_network_namespace = Bool(
+        True,
+        config=True,
+        help="Kernels without network join one no-network namespace per user (loopback only; never another "
+        "user's) instead of one each: a faster start. A user's kernels then share 127.0.0.1, as local kernels do. "
+        "False: a namespace per kernel.",
     )
 
 
@@ -200,6 +220,7 @@ class BrokerDaemon:
         self.lock = asyncio.Lock()  # one GPU decision at a time, for every user of the host
         self._tokens: dict[str, tuple[str, tuple[str, ...], float]] = {}
         self.hostname = socket.gethostname()
+        self.shells: dict[str, tuple[str, Any]] = {}  # open terminal shells: id -> (their user's name, the shell)
 
     # -- life ------------------------------------------------------------------------------------------
     def prepare_folders(self) -> None:
@@ -213,7 +234,8 @@ class BrokerDaemon:
     async def recover(self) -> None:
         """After a restart: keep running kernels' leases, remove what an interrupted start left."""
         self.book.load()
-        containers = {c.kernel_id: c for c in await self.docker.kernels() if c.labels.get(labels.BROKER)}
+        mine = self.settings.socket  # this broker's containers; another broker on the same engine keeps its own
+        containers = {c.kernel_id: c for c in await self.docker.kernels() if c.labels.get(labels.BROKER) == mine}
         for lease in self.book:
             found = containers.pop(lease.kernel_id, None)
             if lease.state != RUNNING:
@@ -262,6 +284,14 @@ class BrokerDaemon:
                         log.warning("gpuenv broker: kernel %s of %s lost its server; removing it", lease.kernel_id,
                                     lease.user)  # fmt: skip
                         await self._remove_lease(lease)
+                try:  # a user's namespace holder, once no kernel of theirs joins it and its server is gone
+                    await self.docker.remove_unused_holders(self._holder_orphaned)
+                except GpuEnvError as exc:
+                    log.warning("gpuenv broker: unused namespace holders are removed later: %s", exc)
+
+    def _holder_orphaned(self, holder: labels.KernelContainer) -> bool:
+        pid = holder.server_pid
+        return holder.server_host == self.hostname and pid.isdigit() and process_start(int(pid)) == 0
 
     async def _remove_lease(self, lease: KernelLease) -> None:
         try:
@@ -289,6 +319,9 @@ class BrokerDaemon:
             if not isinstance(args, dict):
                 raise InvalidRequest("'args' must be a JSON object")
             caller = await self.identify(uid, pid, request.get("hub_token"))
+            if request["op"] == "exec_shell":  # answered, then this connection carries the shell's bytes
+                await self.exec_shell(caller, args, reader, writer)
+                return
             send({"result": await self.dispatch(caller, request["op"], args, lambda p: send({"progress": p}))})
         except GpuEnvError as exc:
             send({"error": {"type": type(exc).__name__, "status": exc.status, "message": str(exc)}})
@@ -314,6 +347,15 @@ class BrokerDaemon:
             return await self.start_kernel(caller, args, progress)
         if op == "kernels":
             return [asdict(k) for k in self.book.of_user(caller.name)]
+        if op == "shell_resize":
+            owner, shell = self.shells.get(_arg(args, "shell", str), (None, None))
+            if owner != caller.name:
+                raise UnknownKernel("no such shell of yours")
+            rows, cols = _arg(args, "rows", int), _arg(args, "cols", int)
+            if not (0 < rows <= 1000 and 0 < cols <= 1000):
+                raise InvalidRequest("a terminal's rows and cols are between 1 and 1000")
+            await shell.resize(rows, cols)
+            return {}
         if op == "gpus":
             return self.gpus(caller)
         if op == "holders":  # whose kernel each container is, as show_other_users says (the panel names them)
@@ -349,7 +391,10 @@ class BrokerDaemon:
         )  # fmt: skip
 
     async def hub_user(self, token: str) -> tuple[str, tuple[str, ...]]:
-        """Whose token it is, as the hub says (GET /user with that token); remembered for a minute."""
+        """Whose token it is, as the hub says (GET /user with that token); remembered for TOKEN_MEMORY seconds.
+
+        A revoked or expired token is therefore refused at most TOKEN_MEMORY seconds late.
+        """
         now = time.monotonic()
         key = hashlib.sha256(token.encode()).hexdigest()
         known = self._tokens.get(key)
@@ -363,30 +408,37 @@ class BrokerDaemon:
                 request_timeout=self.settings.docker_timeout,
                 raise_error=False,
             )
-        except OSError as exc:
+        except (OSError, HTTPClientError) as exc:  # refused, unknown host, or no answer in time
             raise EngineUnreachable(f"the hub at {self.settings.hub_api_url} is not reachable ({exc})") from None
         if response.code in (401, 403, 404):
             raise NotPermitted("the hub does not accept this server's token (revoked or expired)")
         if response.code != 200:
             raise EngineUnreachable(f"the hub answered {response.code} when asked whose token this is")
-        model = json.loads(response.body)
+        try:
+            model = json.loads(response.body)
+            model["name"]
+        except (ValueError, TypeError, KeyError):
+            raise EngineUnreachable("the hub's answer to 'whose token is this' was not a user model") from None
         if model.get("kind", "user") != "user":
             raise NotPermitted("only a user's server may start kernels (this token is a service's)")
         found = (model["name"], tuple(sorted(model.get("groups") or ())))
         self._tokens = {k: v for k, v in self._tokens.items() if v[2] > now}
-        self._tokens[key] = (*found, now + 60)
+        self._tokens[key] = (*found, now + TOKEN_MEMORY)
         return found
 
     # -- operations ------------------------------------------------------------------------------------
-    def _kernel_id(self, kernel_id: str) -> str:
+    def _kernel_id(self, kernel_id: str, caller: Caller | None = None) -> str:
         if not _KERNEL_ID.match(kernel_id):
             raise InvalidKernelId(f"kernel id {kernel_id!r} is not allowed: use letters, digits, '-' and '_'")
+        holder = self.book.holder_of(kernel_id)
+        if caller is not None and holder is not None and holder.user != caller.name:
+            raise InvalidKernelId(f"kernel id {kernel_id!r} is taken on this host: let the server choose one")
         return kernel_id
 
     def socket_folder(self, caller: Caller, kernel_id: str) -> str:
         """sockets/<uid>/<kernel id>: the user's own (0700) in the broker's root-owned tree, never in /tmp."""
         mine = os.path.join(self.sockets, caller.folder)
-        path = os.path.join(mine, self._kernel_id(kernel_id))
+        path = os.path.join(mine, self._kernel_id(kernel_id, caller))
         for folder in (mine, path):
             try:
                 os.mkdir(folder, 0o700)
@@ -464,6 +516,7 @@ class BrokerDaemon:
             "reason": verdict.reason,
             "reason_code": verdict.reason_code,
             "availability": self.availability(env),
+            "pull_progress": pulling.as_dict() if (pulling := self.docker.pull_progress(env.image)) else None,
             "definition": env.to_config(),
         }
 
@@ -488,10 +541,41 @@ class BrokerDaemon:
                         "your_kernels": own})  # fmt: skip
         return out
 
+    async def exec_shell(
+        self, caller: Caller, args: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A terminal's shell in one of the caller's own kernel containers, as the caller (never root).
+
+        Another user's container is unknown (404), as for every operation. The answer ``{"result": {"shell":
+        ID}}`` is followed, on the same connection, by the terminal's raw bytes both ways until either side
+        ends; the shell is then hung up. ``shell_resize`` with that ID, from the same user, sets its size.
+        """
+        if caller.uid == 0:
+            raise NotPermitted("the broker never opens a root shell: open the terminal from a user's server")
+        lease = self.book.by_container(caller.name, _arg(args, "container_id", str))
+        if lease is None or lease.state != RUNNING:
+            raise UnknownKernel("no such kernel container of yours")
+        shell = await self.docker.exec_shell(lease.container_id, f"{caller.uid}:{caller.gid}")
+        shell_id = secrets.token_hex(8)
+        self.shells[shell_id] = (caller.name, shell)
+        log.info("gpuenv broker: %s opened a terminal in kernel %s", caller.name, lease.kernel_id)
+        try:
+            writer.write(json.dumps({"result": {"shell": shell_id}}).encode() + b"\n")
+            await writer.drain()
+            await _relay(reader, writer, shell)
+        finally:
+            self.shells.pop(shell_id, None)
+            await shell.close()
+
     async def start_kernel(self, caller: Caller, args: dict[str, Any], progress: Callable) -> dict[str, Any]:
         if caller.uid == 0:
             raise NotPermitted("the broker never runs a kernel as root: start it from a user's server")
-        kernel_id = self._kernel_id(_arg(args, "kernel_id", str))
+        unknown = sorted(set(args) - _START_ARGS)
+        if unknown:
+            raise InvalidRequest(
+                f"start_kernel takes no {', '.join(map(repr, unknown))}: only {', '.join(sorted(_START_ARGS))}"
+            )
+        kernel_id = self._kernel_id(_arg(args, "kernel_id", str), caller)
         env = self._environment(caller, args.get("environment"))
         rule = self.policy.rule_for(caller.name, list(caller.groups))
         check_start(rule, caller.name, env.name, 0, 0, 0)  # the environment itself, before anything is asked
@@ -508,7 +592,7 @@ class BrokerDaemon:
         verdict = await self._verdict(env)
         verdict.raise_if_refused()
         if verdict.state in (preflight.IMAGE_MISSING, preflight.PULLING):
-            await self.docker.pull(env.image, progress)
+            await self.docker.pull(env.image, lambda p: progress(p.as_dict()))
             verdict = await self._verdict(env)
             verdict.raise_if_refused()
         async with self.lock:
@@ -537,9 +621,11 @@ class BrokerDaemon:
                 if verdict.runtime_version
                 else None,
                 server_env=server_env,
-                labels={labels.BROKER: "true"},
+                labels={labels.BROKER: self.settings.socket},
                 user_volume=caller.volume,
                 held=held,
+                shared_network_namespace=self.settings.shared_network_namespace,  # keyed by uid and name
+                terminal=args.get("terminal") is True,  # a terminal's own container: the broker's fixed command
             )
             try:
                 placement = await self.docker.start_kernel(request)
@@ -556,6 +642,27 @@ class BrokerDaemon:
             "gpu_mode": placement.gpu_mode,
             "gpus": [asdict(g) for g in placement.gpus],
         }
+
+
+async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shell: Any) -> None:
+    """Carry a terminal's bytes between a client's connection and its shell until either side ends."""
+
+    async def typed() -> None:
+        while data := await reader.read(1 << 16):
+            await shell.write(data)
+
+    async def shown() -> None:
+        while data := await shell.read():
+            writer.write(data)
+            await writer.drain()
+
+    tasks = [asyncio.ensure_future(typed()), asyncio.ensure_future(shown())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def load_settings(config_file: str | None) -> Broker:

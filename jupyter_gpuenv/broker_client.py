@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from . import errors
@@ -37,16 +38,17 @@ class BrokerClient:
         self.timeout = timeout
         self.hub_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
-    async def call(self, op: str, args: dict[str, Any] | None = None, progress: Callable | None = None) -> Any:
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.path, limit=1 << 22), self.timeout
-            )
+            return await asyncio.wait_for(asyncio.open_unix_connection(self.path, limit=1 << 22), self.timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise errors.EngineUnreachable(
                 f"the GPU broker at {self.path} is not answering ({exc.__class__.__name__}): container kernels are "
                 "unavailable until it runs again; ask the administrator of this host"
             ) from None
+
+    async def call(self, op: str, args: dict[str, Any] | None = None, progress: Callable | None = None) -> Any:
+        reader, writer = await self._connect()
         try:
             request = {"op": op, "args": args or {}}
             if self.hub_token:  # a broker in hub-token mode knows this server by it; one in peer mode ignores it
@@ -94,10 +96,13 @@ class BrokerClient:
     async def image_facts(self, image: str, python: str | None = None, env: dict[str, str] | None = None) -> ImageFacts:
         raise errors.NotPermitted("with a broker, the broker checks images (GET environments says what it found)")
 
-    async def pull(self, image: str, on_progress: Callable[[str], None]) -> None:
+    async def pull(self, image: str, on_progress: Callable | None = None) -> None:
         raise errors.NotPermitted("with a broker, images are pulled by the broker when a kernel starts")
 
-    def pull_progress(self, image: str) -> str | None:
+    def pull_progress(self, image: str) -> None:
+        return None  # the broker's rows carry their pull's progress (GET environments)
+
+    def pull_failure(self, image: str) -> None:
         return None
 
     async def kernels(self) -> list[KernelContainer]:
@@ -125,6 +130,7 @@ class BrokerClient:
                 "connection_file": request.connection_file,
                 "keep_gpus": list(request.keep_gpus),
                 "server_env": request.server_env,
+                "terminal": request.terminal,
             },
             progress=lambda line: None,
         )
@@ -140,3 +146,53 @@ class BrokerClient:
     async def remove(self, container_id: str) -> ContainerState | None:
         last = await self.call("remove", {"container_id": container_id})
         return ContainerState(**last) if last else None
+
+    async def exec_shell(self, container_id: str, user: str) -> BrokerShell:
+        """A shell in one of this user's kernel containers: the broker runs it as this server's user, whatever
+        ``user`` says, and keeps the connection to carry its bytes."""
+        reader, writer = await self._connect()
+        request: dict[str, Any] = {"op": "exec_shell", "args": {"container_id": container_id}}
+        if self.hub_token:
+            request["hub_token"] = self.hub_token
+        try:
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            answer = json.loads(await asyncio.wait_for(reader.readline(), self.timeout * 4) or b"{}")
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+            writer.close()
+            raise errors.EngineUnreachable(
+                f"the GPU broker at {self.path} did not open the shell ({exc.__class__.__name__})"
+            ) from None
+        if "result" not in answer:
+            writer.close()
+            error = answer.get("error") or {}
+            raise ERRORS.get(error.get("type"), errors.EngineRefused)(error.get("message", "the broker refused"))
+        return BrokerShell(self, answer["result"]["shell"], reader, writer)
+
+
+class BrokerShell:
+    """A terminal's shell that the broker opened: its bytes on the request's own connection (``Engine.Shell``)."""
+
+    def __init__(
+        self, client: BrokerClient, shell_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.client, self.shell_id, self._reader, self._writer = client, shell_id, reader, writer
+
+    async def read(self) -> bytes:
+        try:
+            return await self._reader.read(1 << 16)
+        except (ConnectionError, OSError):
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            return
+        self._writer.write(data)
+        with suppress(ConnectionError, OSError):
+            await self._writer.drain()
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self.client.call("shell_resize", {"shell": self.shell_id, "rows": rows, "cols": cols})
+
+    async def close(self) -> None:
+        self._writer.close()  # the broker hangs the shell up when its connection ends

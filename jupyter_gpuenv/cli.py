@@ -5,6 +5,7 @@
     jupyter gpuenv list
     jupyter gpuenv remove mytorch
     jupyter gpuenv prepare-runtime 3.11                # ipykernel for images that lack it
+    jupyter gpuenv pull mytorch                        # pull an environment's image now, with a progress bar
     jupyter gpuenv usage --since 2026-11-01            # GPU-hours per user (or --by notebook)
 
 The server's configuration (``c.GpuEnv`` in jupyter_server_config.py) is loaded as the server loads it, so
@@ -14,15 +15,18 @@ The server's configuration (``c.GpuEnv`` in jupyter_server_config.py) is loaded 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
+import time
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-from . import kernelspecs, runtime
+from . import engine, kernelspecs, pulls, runtime
 from .config import GpuEnv
 from .environments import PRESETS, parse_environment
 from .errors import GpuEnvError, InvalidEnvironment
@@ -167,6 +171,48 @@ def cmd_broker(args) -> int:
     return broker_main(args.config)
 
 
+def cmd_pull(args) -> int:
+    settings = server_settings()
+    found = kernelspecs.defined_environments(settings, KernelSpecManager().get_all_specs())
+    match = [d for d in found if d.name == args.name]
+    if not match:
+        known = ", ".join(d.name for d in found) or "none"
+        raise CliError(f"no environment {args.name!r} (defined: {known}); `jupyter gpuenv list` shows them")
+    if match[0].environment is None:
+        raise CliError(str(match[0].error))
+    image = match[0].environment.image
+    docker = engine.connect(settings)
+    try:
+        return asyncio.run(_pull(docker, image))
+    except KeyboardInterrupt:
+        docker.cancel_pulls()  # the engine drops the pull as its connection closes
+        print(f"\nPull of {image} interrupted; layers already downloaded are kept", file=sys.stderr)
+        return 130
+
+
+async def _pull(docker: engine.Engine, image: str) -> int:
+    """Pull with a progress bar: redrawn in place on a terminal, a line every few seconds in a log."""
+    if (await docker.image_facts(image)).present:
+        print(f"{image} is already on the Docker engine")
+        return 0
+    tty, printed = sys.stdout.isatty(), [0.0]
+
+    def show(p: pulls.PullProgress) -> None:
+        filled = round(24 * (p.percent or 0) / 100)
+        line = f"{image} [{'#' * filled}{'.' * (24 - filled)}] {pulls.describe(p)}"
+        if tty:
+            width = shutil.get_terminal_size().columns - 1
+            print(f"\r{line[:width]:<{width}}", end="", flush=True)
+        elif time.monotonic() - printed[0] >= 2:
+            printed[0] = time.monotonic()
+            print(line, flush=True)
+
+    print(f"Pulling {image}", flush=True)
+    await docker.pull(image, show)
+    print(f"{chr(10) if tty else ''}Pulled {image}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jupyter gpuenv", description="Container-kernel environments for Jupyter.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -205,6 +251,9 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument("python_version", help="e.g. 3.11")
     prep.add_argument("--dir", help="runtime folder (default: c.GpuEnv.kernel_runtime_dir)")
     prep.set_defaults(func=cmd_prepare_runtime)
+    pull = sub.add_parser("pull", help="pull an environment's image now (progress bar; exit 2 with why if it fails)")
+    pull.add_argument("name", help="environment name (`jupyter gpuenv list`)")
+    pull.set_defaults(func=cmd_pull)
     add_usage_parser(sub)
     brk = sub.add_parser("broker", help="run the shared-host GPU broker (as root, or an account in the docker group)")
     brk.add_argument("--config", help="its configuration file (c.Broker.* settings)")

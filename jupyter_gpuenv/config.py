@@ -95,8 +95,16 @@ class GpuEnv(Configurable):
     pull_missing_images = Bool(
         True,
         config=True,
-        help="Pull an environment's image when it is not on the engine (progress in the server log and in "
-        "GET environments). False: refuse to start, saying which image to pull or build.",
+        help="Pull an environment's image when it is not on the engine: at a kernel's first start, or ahead with "
+        "the panel's Prepare button (POST environments/NAME/pull). Progress shows in the panel and in GET "
+        "environments. False: refuse to start, saying which image to pull or build (`jupyter gpuenv pull NAME`).",
+    )
+
+    pull_stall_timeout = Float(
+        120.0,
+        config=True,
+        help="Seconds a pull may go without receiving or unpacking a byte before it is abandoned with a message "
+        "(a registry that stopped answering). A slow pull that keeps moving is never cut short.",
     )
 
     socket_root = Unicode(
@@ -118,6 +126,24 @@ class GpuEnv(Configurable):
         config=True,
         help="When the server starts, remove kernel containers that an earlier run of a server of this user "
         "on this host left behind (its process is gone).",
+    )
+
+    shared_network_namespace = Bool(
+        True,
+        config=True,
+        help="Container kernels without network (network 'none', the default) join one no-network namespace per "
+        "user instead of getting one each, which Docker makes slowly (~0.1 s of a start, more when many start at "
+        "once). It holds loopback and nothing else; another user's kernels never share it. A user's own kernels "
+        "then share their 127.0.0.1, as local kernels do: one can reach a TCP port another of theirs listens on, "
+        "and two cannot both listen on the same port. False: a namespace per kernel.",
+    )
+
+    terminal_grace_period = Float(
+        300.0,
+        config=True,
+        help="Seconds a terminal opened from the GPU panel lives on with no browser tab showing it, so that a page "
+        "reload finds the same shell. Then its shell is hung up, and a terminal's own "
+        "container is removed (freeing its GPUs); a job under tmux in a kernel's container runs on.",
     )
 
     # -- usage metrics and ledger (docs/metrics.md) -----------------------------------------------------
@@ -159,7 +185,9 @@ class GpuEnv(Configurable):
             raise ValueError(f"{proposal['trait'].name} must be a positive number")
         return proposal["value"]
 
-    @validate("sample_interval", "driver_retry_interval", "docker_timeout")
+    @validate(
+        "sample_interval", "driver_retry_interval", "docker_timeout", "pull_stall_timeout", "terminal_grace_period"
+    )
     def _positive_interval(self, proposal):
         if proposal["value"] <= 0:
             raise ValueError(f"{proposal['trait'].name} must be a positive number of seconds")

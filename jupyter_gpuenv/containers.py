@@ -7,6 +7,7 @@ folder whose name holds ``:`` or ``,`` is mounted as it is.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -25,6 +26,27 @@ LAUNCHER = (
     f"import sys; sys.path.append({RUNTIME_TARGET!r}); sys.argv[0] = 'ipykernel_launcher'; "
     "from ipykernel import kernelapp; kernelapp.launch_new_instance()"
 )
+
+# What a container started for a terminal alone runs: nothing but waiting (POSIX sh, so any image with a shell
+# does); the terminal's shell is exec'd into it, and removing the container ends everything in it.
+TERMINAL_COMMAND = ["sh", "-c", "while :; do sleep 3600; done"]
+
+# A terminal's shell: the image's bash, else its sh; not a login shell, whose /etc/profile would reset the
+# image's PATH (conda, CUDA). It carries a marker in its environment, so that closing the terminal can find it.
+SHELL_COMMAND = ["sh", "-c", "command -v bash >/dev/null 2>&1 && exec bash; exec sh"]
+SHELL_MARKER = "GPUENV_TERMINAL"
+# Docker leaves an exec'd shell running when its connection closes. Closing a terminal hangs it up instead:
+# SIGHUP to the process that carries the marker ($0) and was started by the engine (parent pid 0 in the
+# container), so its jobs end as in any terminal, while tmux (which left it for pid 1) keeps running.
+HANG_UP_SCRIPT = (
+    'for p in /proc/[0-9]*; do tr "\\0" "\\n" < "$p/environ" 2>/dev/null | grep -qx "'
+    + SHELL_MARKER
+    + '=$0" || continue; s=$(cat "$p/stat") || continue; set -- ${s##*") "}; '
+    '[ "$2" = 0 ] && kill -HUP "${p#/proc/}"; done'
+)
+
+# What a network namespace holder runs: nothing, until it is removed.
+HOLDER_COMMAND = "import signal; signal.pause()"
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,8 @@ class LaunchFacts:
     server_env: dict[str, str] = field(default_factory=dict)
     extra_labels: dict[str, str] = field(default_factory=dict)
     user_volume: str | None = None  # servers in containers (DockerSpawner): the user's files are this volume
+    terminal: bool = False  # a container for a terminal alone (TERMINAL_COMMAND instead of the kernel)
+    network_holder: str | None = None  # join this container's no-network namespace (see network_holder())
 
 
 @dataclass
@@ -82,6 +106,46 @@ class ContainerSpec:
     init: bool = True  # docker-init forwards SIGINT to the kernel: interrupt works
     security_opt: list[str] = field(default_factory=lambda: ["no-new-privileges"])
     cap_drop: list[str] = field(default_factory=lambda: ["ALL"])
+    read_only: bool = False  # the image's files read-only (a namespace holder writes nothing)
+    pids_limit: int | None = None
+
+
+def joins_holder(env: Environment, shared_network_namespace: bool) -> bool:
+    """Whether a kernel of ``env`` joins its user's namespace holder instead of getting a namespace of its own."""
+    return shared_network_namespace and env.network == "none"
+
+
+def holder_name(server_host: str, user: User) -> str:
+    """One holder per user (uid and name: behind a broker's hub-token mode every user has the same uid)."""
+    digest = hashlib.sha256(f"{server_host}\0{user.uid}\0{user.name}".encode()).hexdigest()[:12]
+    return f"gpuenv-netns-{user.uid}-{digest}"
+
+
+def network_holder(env: Environment, user: User, server_host: str, server_pid: int) -> ContainerSpec:
+    """The container that holds a user's no-network namespace (loopback only) for their kernels to join.
+
+    Docker makes a network namespace per container, and that costs more than the rest of a container start;
+    joined (``network_mode: container:<holder>``), a kernel skips it. It is the image's own Python waiting for
+    a signal it never gets: no capabilities, no network, nothing writable, a few processes, a little memory;
+    as the user (nobody when the server is root's).
+    """
+    uid, gid = (user.uid, user.gid) if user.uid != 0 else (65534, 65534)
+    return ContainerSpec(
+        name=holder_name(server_host, user),
+        image=env.image,
+        command=[env.python, "-I", "-S", "-c", HOLDER_COMMAND],
+        user=f"{uid}:{gid}",
+        working_dir="/",
+        environment={},
+        mounts=[],
+        labels=labels.holder_labels(user.uid, user.name, server_host, server_pid),
+        network_mode="none",
+        shm_size="1m",
+        memory="64m",
+        init=False,
+        read_only=True,
+        pids_limit=8,
+    )
 
 
 def container_name(kernel_id: str) -> str:
@@ -150,7 +214,7 @@ def spec(env: Environment, facts: LaunchFacts) -> ContainerSpec:
     out = ContainerSpec(
         name=container_name(facts.kernel_id),
         image=env.image,
-        command=[env.python, "-c", LAUNCHER, "-f", facts.connection_file],
+        command=list(TERMINAL_COMMAND) if facts.terminal else [env.python, "-c", LAUNCHER, "-f", facts.connection_file],
         user=f"{facts.user.uid}:{facts.user.gid}",
         working_dir=facts.cwd,
         environment=environment_variables(env, facts),
@@ -165,8 +229,9 @@ def spec(env: Environment, facts: LaunchFacts) -> ContainerSpec:
             exclusive=facts.exclusive,
             socket_dir=facts.socket_dir,
         )
+        | ({labels.TERMINAL: "true"} if facts.terminal else {})
         | facts.extra_labels,
-        network_mode=env.network,
+        network_mode=f"container:{facts.network_holder}" if facts.network_holder else env.network,
         shm_size=env.shm_size,
         memory=env.memory,
         nano_cpus=int(env.cpus * 1e9) if env.cpus else None,

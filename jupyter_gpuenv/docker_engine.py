@@ -1,24 +1,29 @@
 """The ``Engine`` over a Docker engine, through the docker SDK: the only module that imports ``docker``.
 
 Every SDK call runs in one of this engine's own bounded thread pools, never the event loop's default
-executor: signals and state (``_control``) never queue behind a create or a probe (``_work``), and none
-of them behind a pull (``_pulls``). Each call answers within its budget or raises ``EngineUnreachable``.
+executor: signals and state (``_control``) never queue behind a create or a probe (``_work``). A pull runs in
+a thread of its own (``pulls.Pulls``: one per image, shared by every caller) for as long as bytes keep coming.
+Each call answers within its budget or raises ``EngineUnreachable``.
 Every docker, requests and urllib3 exception is translated in one place, :func:`translated`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
+import ipaddress
 import logging
 import os
 import queue
+import socket
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 import docker
@@ -28,9 +33,20 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 from docker.types import Mount as DockerMount
 
-from . import allocation, containers, host, labels
+from . import allocation, containers, host, labels, pulls, registry
 from .engine import ContainerState, ImageFacts, KernelRequest, Placement
-from .errors import EngineRefused, EngineUnavailable, EngineUnreachable, PullFailed
+from .errors import (
+    CannotStartHere,
+    DiskTooSmall,
+    EngineRefused,
+    EngineUnavailable,
+    EngineUnreachable,
+    GpuEnvError,
+    ImageMissing,
+    NotPermitted,
+    PullFailed,
+    UnknownKernel,
+)
 
 # One line of Python run in an image (as the kernel's user, no network) to learn what a kernel needs of it.
 PROBE = (
@@ -38,7 +54,12 @@ PROBE = (
     "try:\n import ipykernel; print('ipykernel')\nexcept Exception:\n print('no-ipykernel')"
 )
 PROBE_TIMEOUT = 60.0  # a first run of a large image reads it from disk
-CREATE_CALLS = 3  # what one start costs at most in engine calls under the lease lock: list, create, start
+# what one start costs at most in engine calls: list (GPUs only), the user's namespace holder the first time
+# (inspect, create, inspect, start), create and start, and once more if that holder went meanwhile
+CREATE_CALLS = 12
+HOLDER_RETRY = 60.0  # seconds before a namespace holder that could not be made is tried again
+IMAGE_FACTS_TTL = 10.0  # seconds a present image's facts are reused (a burst of starts asks the engine once)
+DISK_FACTOR = 2  # room a pull needs, in compressed sizes: the download, then the layers unpacked (at least as big)
 
 
 @contextmanager
@@ -69,7 +90,12 @@ class DockerEngine:
     """Kernel containers on one Docker engine. One instance per server, shared by all its kernels."""
 
     def __init__(
-        self, url: str | None, timeout: float, private_dir: str | None = None, log: logging.Logger | None = None
+        self,
+        url: str | None,
+        timeout: float,
+        private_dir: str | None = None,
+        log: logging.Logger | None = None,
+        pull_stall_timeout: float = 120.0,
     ) -> None:
         self.where = url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.url, self.timeout, self.private_dir = url, timeout, private_dir
@@ -78,13 +104,18 @@ class DockerEngine:
         self._client_lock = threading.Lock()
         self._control = ThreadPoolExecutor(4, thread_name_prefix="gpuenv-engine-control")
         self._work = ThreadPoolExecutor(8, thread_name_prefix="gpuenv-engine-work")
-        self._pulls = ThreadPoolExecutor(2, thread_name_prefix="gpuenv-engine-pull")
         self._janitor: threading.Thread | None = None
         self._leftovers: queue.Queue[str] = queue.Queue()
         self._thread_lock = threading.Lock()  # flock orders processes; this orders this server's threads
         self._probed: dict[str, tuple[str | None, bool]] = {}
+        self._facts: dict[str, tuple[float, ImageFacts]] = {}  # image reference -> (when asked, its facts)
+        self._holders: dict[str, str] = {}  # namespace holder name -> its container id, as last seen
+        self._no_holder_until: dict[str, float] = {}  # holders that could not be made: not tried again until then
+        self._holder_locks: dict[str, threading.Lock] = {}
         self._gpu_mode: str | None = None
-        self._progress: dict[str, str] = {}
+        self._said: set[str] = set()  # conditions already logged once
+        self.pull_stall_timeout = pull_stall_timeout
+        self._pulls = pulls.Pulls(self._pull, self._pull_journal())
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _client(self) -> docker.DockerClient:
@@ -136,11 +167,14 @@ class DockerEngine:
                 self.log.warning("gpuenv: could not remove container %s (%s); remove it by hand", name_or_id, last)
 
     def close(self) -> None:
-        for pool in (self._control, self._work, self._pulls):
+        for pool in (self._control, self._work):
             pool.shutdown(wait=False, cancel_futures=True)
 
     # -- images ----------------------------------------------------------------------------------------
     async def image_facts(self, image: str, python: str | None = None, env: dict[str, str] | None = None) -> ImageFacts:
+        known = self._known_facts(image, python, env)
+        if known is not None:  # no thread, no engine call: a burst of starts does not queue behind its creates
+            return known
         return await self._call(
             self._work,
             self.timeout * 2 + PROBE_TIMEOUT,
@@ -155,14 +189,38 @@ class DockerEngine:
         try:
             attrs = c.api.inspect_image(image)
         except ImageNotFound:
+            self._facts.pop(image, None)
             return ImageFacts(present=False)
         config = attrs.get("Config") or {}
         image_env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
         cuda = image_env.get("CUDA_VERSION") or (config.get("Labels") or {}).get("com.nvidia.cuda.version")
-        version, has_ipykernel = None, None
-        if python is not None:
-            version, has_ipykernel = self._probe(c, attrs["Id"], image, python, dict(env or {}))
-        return ImageFacts(True, attrs.get("Id"), cuda, version, has_ipykernel)
+        facts = ImageFacts(True, attrs.get("Id"), cuda)
+        self._facts[image] = (time.monotonic(), facts)
+        if python is None:
+            return facts
+        version, has_ipykernel = self._probe(c, attrs["Id"], image, python, dict(env or {}))
+        return dataclasses.replace(facts, python_version=version, has_ipykernel=has_ipykernel)
+
+    def _known_facts(self, image: str, python: str | None, env: dict[str, str] | None) -> ImageFacts | None:
+        """The facts of a present image asked less than IMAGE_FACTS_TTL ago, probe included; else None.
+
+        A missing image is never remembered (a pull may bring it at any moment); one removed meanwhile is
+        noticed when its container cannot be created (``ImageMissing``, and it is asked again).
+        """
+        seen = self._facts.get(image)
+        if seen is None or time.monotonic() - seen[0] >= IMAGE_FACTS_TTL:
+            return None
+        facts = seen[1]
+        if python is None:
+            return facts
+        probed = self._probed.get(self._probe_key(facts.id or "", python, dict(env or {})))
+        if probed is None:
+            return None
+        return dataclasses.replace(facts, python_version=probed[0], has_ipykernel=probed[1])
+
+    @staticmethod
+    def _probe_key(image_id: str, python: str, env: dict[str, str]) -> str:
+        return f"{image_id}:{python}:{sorted(env.items())}"
 
     def _probe(self, c, image_id: str, image: str, python: str, env: dict[str, str]) -> tuple[str | None, bool]:
         """Run the image's Python once (cached by image id): its version, and whether it imports ipykernel.
@@ -170,7 +228,7 @@ class DockerEngine:
         The environment's own variables go in too: an image whose ipykernel is on a PYTHONPATH set there has it.
         The probe container is labelled as ours and removed, later if the engine stalls meanwhile.
         """
-        key = f"{image_id}:{python}:{sorted(env.items())}"
+        key = self._probe_key(image_id, python, env)
         if key not in self._probed:
             name = f"gpuenv-probe-{uuid.uuid4().hex[:12]}"
             user = host.current_user()
@@ -182,7 +240,7 @@ class DockerEngine:
                     name=name,
                     user=f"{uid}:{gid}",
                     environment={**env, "HOME": "/tmp"},
-                    labels=labels.probe_labels(user.uid, host.this_server().host),
+                    labels=labels.probe_labels(user.uid, host.this_server().host, os.getpid()),
                     host_config=c.api.create_host_config(network_mode="none", cap_drop=["ALL"]),
                 )
                 c.api.start(name)
@@ -198,34 +256,126 @@ class DockerEngine:
                 self._probed[key] = (None, False)
         return self._probed[key]
 
-    def pull_progress(self, image: str) -> str | None:
-        return self._progress.get(image)
+    # -- pulls ---------------------------------------------------------------------------------------------
+    def _pull_journal(self) -> pulls.PullJournal | None:
+        """Pulls under way, noted in this user's private folder: a restarted server reports one it cut short."""
+        private = self.private_dir
+        if private is None:
+            return None
 
-    async def pull(self, image: str, on_progress: Callable[[str], None]) -> None:
-        loop = asyncio.get_running_loop()
+        def make(path: str) -> None:
+            host.private_folder(private)  # ours, not another user's, before anything goes inside
+            host.private_folder(path)
 
-        def report(line: str) -> None:
-            self._progress[image] = line
-            loop.call_soon_threadsafe(on_progress, line)
+        return pulls.PullJournal(os.path.join(private, "pulls"), make)
 
-        def run() -> None:
-            repository, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
-            self._progress[image] = "starting"
+    def pull_progress(self, image: str) -> pulls.PullProgress | None:
+        return self._pulls.progress(image)
+
+    def pull_failure(self, image: str) -> pulls.PullProgress | None:
+        return self._pulls.failure(image)
+
+    async def pull(self, image: str, on_progress: Callable[[pulls.PullProgress], None] | None = None) -> None:
+        await pulls.wait(self._pulls.start(image), on_progress)
+
+    def cancel_pulls(self) -> None:
+        """The server stops: kernel starts waiting for a pull fail now, and the engine drops those pulls."""
+        self._pulls.cancel_all()
+
+    def _pull(self, pull: pulls.SharedPull) -> None:
+        """One pull, in its own thread: room first, then the engine's event stream folded into ``pull.tally``."""
+        image, stall = pull.image, self.pull_stall_timeout
+        c = self._client()
+        self._check_room(c, pull)
+        repository, tag = image.rsplit("@", 1) if "@" in image else image.rsplit(":", 1)
+        auth = self._credentials(lambda: docker.auth.get_config_header(c.api, pulls.registry_of(image)))
+        with translated(self.where, f"pull {image}"):
+            try:  # the SDK's pull() reads without a timeout and cannot be hung up: its parts, with both
+                response = c.api._post(
+                    c.api._url("/images/create"),
+                    params={"fromImage": repository, "tag": tag},
+                    headers={"X-Registry-Auth": auth} if auth else {},
+                    stream=True,
+                    timeout=stall,
+                )
+                c.api._raise_for_status(response)
+                pull.tally.mark_active(time.monotonic())  # the registry gave the manifest: stalls count from here
+            except APIError as exc:
+                raise pulls.failure(image, str(exc.explanation or exc)) from None
+            except requests.exceptions.ReadTimeout:  # the engine still waits for the registry's manifest
+                raise pulls.stalled(image, stall, pull.tally.progress(time.monotonic())) from None
+            pull.on_cancel = lambda: _hang_up(response)
             try:
-                with translated(self.where, f"pull {image}"):
-                    for event in self._client().api.pull(repository, tag=tag or "latest", stream=True, decode=True):
-                        if "error" in event:
-                            raise PullFailed(f"pulling {image} failed: {event['error']}")
-                        report(" ".join(str(event.get(k)) for k in ("id", "status", "progress") if event.get(k)))
-            except EngineRefused as exc:
-                raise PullFailed(
-                    f"image {image} is not here and pulling it failed ({exc}): pull or build it on the host "
-                    "(docker pull / docker build), then start the kernel again"
-                ) from None
+                if pull.cancelled.is_set():  # cancelled before it could be hung up
+                    return
+                for event in c.api._stream_helper(response, decode=True):
+                    if pull.cancelled.is_set():
+                        return
+                    if "error" in event:
+                        raise pulls.failure(image, str(event["error"]))
+                    now = time.monotonic()
+                    pull.tally.feed(event, now)
+                    if pull.tally.idle_for(now) >= stall:
+                        raise pulls.stalled(image, stall, pull.tally.progress(now))
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError):
+                if pull.cancelled.is_set():
+                    return
+                now = time.monotonic()
+                if pull.tally.idle_for(now) >= stall - 1:  # the read timed out: nothing came for that long
+                    raise pulls.stalled(image, stall, pull.tally.progress(now)) from None
+                raise
             finally:
-                self._progress.pop(image, None)
+                _hang_up(response)  # the engine cancels a pull whose client is gone
+            try:
+                c.api.inspect_image(image)
+            except ImageNotFound:
+                raise PullFailed(f"the Docker engine ended the pull of {image} without the image: try again") from None
+        self.log.info("gpuenv: pulled %s", image)
 
-        await loop.run_in_executor(self._pulls, run)
+    def _check_room(self, c: docker.DockerClient, pull: pulls.SharedPull) -> None:
+        """Layer sizes from the registry, when it tells them; DiskTooSmall when the engine's disk cannot hold them."""
+        with translated(self.where, "ask the engine about itself"):
+            info, version = c.info(), c.version()
+        registry_host = registry.parse(pull.image).host
+        credentials = self._credentials(
+            lambda: docker.auth.load_config().resolve_authconfig(pulls.registry_of(pull.image))
+        )
+        sizes = registry.layer_sizes(
+            pull.image,
+            (str(version.get("Os") or "linux"), str(version.get("Arch") or "amd64")),
+            credentials=credentials,
+            allow_http=_insecure(info, registry_host),
+            timeout=self.timeout,
+        )
+        if not sizes:
+            return
+        pull.tally.expect_layers(sizes)
+        free = self._free_bytes(info.get("DockerRootDir"))
+        download = sum(sizes.values())
+        if free is not None and free < DISK_FACTOR * download:
+            raise DiskTooSmall(
+                f"{pull.image} needs about {pulls.size(DISK_FACTOR * download)} on the Docker engine's disk "
+                f"({pulls.size(download)} to download, then unpacked) and {info.get('DockerRootDir')} has "
+                f"{pulls.size(free)} free: free space there (docker system prune removes unused images), then try again"
+            )
+
+    def _credentials(self, lookup: Callable[[], Any]) -> Any:
+        """The docker CLI's credentials for a registry (config.json, credential helpers); None if they fail."""
+        try:
+            return lookup()
+        except Exception as exc:  # noqa: BLE001 - a broken credential helper: pull as anonymous, and say why
+            self.log.warning("gpuenv: the docker credentials could not be read, pulling without: %s", exc)
+            return None
+
+    def _free_bytes(self, root: str | None) -> int | None:
+        """Free bytes where the engine keeps images, when it is on this machine; None when that cannot be seen."""
+        if not root or not self.where.startswith("unix://"):
+            return None
+        try:
+            st = os.statvfs(root)
+        except OSError:  # an engine in a VM (Docker Desktop), or a folder this user may not look at
+            return None
+        return st.f_bavail * st.f_frsize
 
     # -- kernels ---------------------------------------------------------------------------------------
     async def kernels(self) -> list[labels.KernelContainer]:
@@ -246,8 +396,39 @@ class DockerEngine:
         return await self._call(self._work, budget, "start the kernel container", self._start_kernel, request)
 
     def _start_kernel(self, c: docker.DockerClient, req: KernelRequest) -> Placement:
+        """Create and start; a kernel that joins its user's namespace holder tries again if the holder went
+        meanwhile, and gets a namespace of its own when no holder stays up."""
+        joins = containers.joins_holder(req.environment, req.shared_network_namespace)
+        for attempt in range(3 if joins else 1):
+            holder = self._network_holder(c, req) if joins and attempt < 2 else None
+            container_id, placement = self._create_kernel(c, req, holder)
+            try:
+                c.api.start(container_id)
+            except APIError:
+                # the holder went between our look and this start (removed as unused by another of this user's
+                # servers, or killed): the engine says so in several ways, so ask whether it still runs
+                try:
+                    went = holder is not None and not self._state(c, holder).running
+                except BaseException:
+                    self._remove_later(container_id)
+                    raise
+                if not went:
+                    self._remove_later(container_id)
+                    raise
+                self._holder_went(holder, attempt, req)
+                with suppress(NotFound):
+                    c.api.remove_container(container_id, force=True)
+                continue
+            except BaseException:
+                self._remove_later(container_id)
+                raise
+            return placement
+        raise AssertionError("unreachable: the last attempt joins no holder")
+
+    def _create_kernel(self, c: docker.DockerClient, req: KernelRequest, holder: str | None) -> tuple[str, Placement]:
         env = req.environment
-        with self._lease_lock():
+        # only a GPU choice needs the lock: list, choose and create must not interleave with another start's
+        with self._lease_lock() if env.gpus.wants_gpus else nullcontext():
             gpus: list[containers.AssignedGpu] = []
             if env.gpus.wants_gpus:
                 held = req.held if req.held is not None else labels.holdings(self._kernels(c), excluding=req.kernel_id)
@@ -272,15 +453,93 @@ class DockerEngine:
                 server_env=req.server_env,
                 extra_labels=req.labels,
                 user_volume=req.user_volume,
+                terminal=req.terminal,
+                network_holder=holder,
             )
             spec = containers.spec(env, facts)
-            container_id = self._create(c, spec, req.kernel_id)
-        try:
-            c.api.start(container_id)
-        except BaseException:
-            self._remove_later(container_id)
-            raise
-        return Placement(container_id, mode, tuple(gpus))
+            try:
+                container_id = self._create(c, spec, req.kernel_id)
+            except ImageNotFound:
+                self._facts.pop(env.image, None)
+                raise ImageMissing(
+                    f"image {env.image} was removed from the Docker engine a moment ago: start the kernel again"
+                ) from None
+        return container_id, Placement(container_id, mode, tuple(gpus))
+
+    # -- the user's network namespace holder ------------------------------------------------------------
+    def _network_holder(self, c: docker.DockerClient, req: KernelRequest) -> str | None:
+        """The id of the user's running namespace holder, made if missing; None: the kernel gets its own."""
+        spec = containers.network_holder(req.environment, req.user, req.server.host, req.server.pid)
+        with self._client_lock:
+            lock = self._holder_locks.setdefault(spec.name, threading.Lock())
+        with lock:  # one user's first starts wait for one holder; other users' starts do not wait
+            if time.monotonic() < self._no_holder_until.get(spec.name, 0):
+                return None
+            if spec.name in self._holders:
+                return self._holders[spec.name]
+            try:
+                holder_id = self._ensure_holder(c, spec)
+            except (APIError, EngineRefused) as exc:
+                self._no_holder_until[spec.name] = time.monotonic() + HOLDER_RETRY
+                self._say_once(
+                    spec.name,
+                    "gpuenv: %s's kernels each get a network namespace of their own (a slower start): %s",
+                    req.user.name,
+                    getattr(exc, "explanation", None) or exc,
+                )
+                return None
+            self._holders[spec.name] = holder_id
+            return holder_id
+
+    def _ensure_holder(self, c: docker.DockerClient, spec: containers.ContainerSpec) -> str:
+        for _ in range(3):
+            try:
+                attrs = c.api.inspect_container(spec.name)
+            except NotFound:
+                try:
+                    self._create_once(c, spec)
+                except APIError as exc:
+                    if exc.status_code != 409:  # 409: another server of this user made it just now
+                        raise
+                continue
+            found = (attrs.get("Config") or {}).get("Labels") or {}
+            mine = all(found.get(k) == spec.labels[k] for k in (labels.NETNS, labels.UID, labels.USER))
+            if not mine or (attrs.get("HostConfig") or {}).get("NetworkMode") != "none":
+                raise EngineRefused(
+                    f"a container named {spec.name} is in the way and is not this user's network namespace "
+                    "holder (no network): remove it"
+                )
+            state = attrs.get("State") or {}
+            if state.get("Running"):
+                return attrs["Id"]
+            if state.get("Status") == "created":  # another start made it and is starting it: no harm in both
+                c.api.start(attrs["Id"])
+                return attrs["Id"]
+            with suppress(NotFound):  # it ended (killed from outside): a new one
+                c.api.remove_container(attrs["Id"], force=True)
+        raise EngineRefused(f"the network namespace holder {spec.name} could not be made to run")
+
+    def _holder_went(self, holder_id: str, attempt: int, req: KernelRequest) -> None:
+        """A kernel could not join ``holder_id`` (removed or stopped since): forget it; after two, do without."""
+        with self._client_lock:
+            for name, known in list(self._holders.items()):
+                if known == holder_id:
+                    del self._holders[name]
+                    if attempt >= 1:  # made again and still not joinable: its image's Python does not stay up
+                        self._no_holder_until[name] = time.monotonic() + HOLDER_RETRY
+                        self._say_once(
+                            name,
+                            "gpuenv: the network namespace holder of %s does not stay up (%s, %s): kernels get "
+                            "a namespace of their own",
+                            req.user.name,
+                            req.environment.image,
+                            req.environment.python,
+                        )
+
+    def _say_once(self, condition: str, message: str, *args: Any) -> None:
+        if condition not in self._said:
+            self._said.add(condition)
+            self.log.warning(message, *args)
 
     def _create(self, c: docker.DockerClient, spec: containers.ContainerSpec, kernel_id: str) -> str:
         """Create the container; if that fails half-way, it is looked up by name and removed."""
@@ -289,13 +548,13 @@ class DockerEngine:
         except APIError as exc:
             if exc.status_code != 409:
                 raise
-            # the name is taken: by this same kernel's container from a restart that ran at the same time
-            # (the newest restart wins), else by something that is not ours, which we leave alone
+            # the name is taken: by this same kernel's container (same kernel id, same user) from a restart that
+            # ran at the same time (the newest restart wins), else by something that is not ours, left alone
             try:
-                existing = c.api.inspect_container(spec.name)
+                existing = (c.api.inspect_container(spec.name).get("Config") or {}).get("Labels") or {}
             except NotFound:
-                existing = {"Config": {"Labels": {labels.KERNEL: kernel_id}}}
-            if (existing.get("Config") or {}).get("Labels", {}).get(labels.KERNEL) != kernel_id:
+                existing = {labels.KERNEL: kernel_id, labels.UID: spec.labels.get(labels.UID)}
+            if existing.get(labels.KERNEL) != kernel_id or existing.get(labels.UID) != spec.labels.get(labels.UID):
                 raise
             c.api.remove_container(spec.name, force=True)
             return self._create_once(c, spec)
@@ -312,6 +571,8 @@ class DockerEngine:
             shm_size=spec.shm_size,
             security_opt=spec.security_opt,
             cap_drop=spec.cap_drop,
+            read_only=spec.read_only,
+            pids_limit=spec.pids_limit,
             mem_limit=spec.memory,
             nano_cpus=spec.nano_cpus,
             device_requests=(
@@ -412,16 +673,208 @@ class DockerEngine:
         return last
 
     async def remove_orphans(self, is_orphan: Callable[[labels.KernelContainer], bool]) -> list[labels.KernelContainer]:
-        """Remove the kernel containers ``is_orphan`` names, and probes left behind by this user."""
+        """Remove the kernel containers ``is_orphan`` names, probes left behind by this user, and the network
+        namespace holders ``is_orphan`` names that no container joins any more."""
         return await self._call(self._work, self.timeout * 10, "remove orphans", self._remove_orphans, is_orphan)
+
+    async def remove_unused_holders(self, is_orphan: Callable[[labels.KernelContainer], bool]) -> list[str]:
+        """Remove the namespace holders ``is_orphan`` names (read as containers: whose, made by which server)
+        that no container joins; the names of those removed."""
+        return await self._call(
+            self._work, self.timeout * 4, "remove unused namespace holders", self._remove_unused_holders, is_orphan
+        )
+
+    def _remove_unused_holders(self, c: docker.DockerClient, is_orphan) -> list[str]:
+        holders = [
+            labels.read(h["Id"], (h.get("Names") or [""])[0], h.get("Labels") or {}, h.get("State") == "running")
+            for h in c.api.containers(all=True, filters={"label": labels.NETNS})
+        ]
+        candidates = [h for h in holders if is_orphan(h)]
+        if not candidates:
+            return []
+        # every container on the engine, any user's, running or not: one that joins a holder keeps it
+        joined = {(s.get("HostConfig") or {}).get("NetworkMode") for s in c.api.containers(all=True)}
+        removed = []
+        for h in candidates:
+            if f"container:{h.id}" in joined:
+                continue
+            with suppress(NotFound):
+                c.api.remove_container(h.id, force=True)
+            removed.append(h.name)
+            with self._client_lock:
+                self._holders = {n: i for n, i in self._holders.items() if i != h.id}
+        return removed
 
     def _remove_orphans(self, c: docker.DockerClient, is_orphan) -> list[labels.KernelContainer]:
         removed = [k for k in self._kernels(c) if is_orphan(k)]
         uid = str(os.getuid())
-        probes = c.api.containers(
-            all=True, filters={"label": [labels.PROBE, f"{labels.UID}={uid}"], "status": ["created", "exited", "dead"]}
-        )
+        probes = c.api.containers(all=True, filters={"label": [labels.PROBE, f"{labels.UID}={uid}"]})
+        probes = [p for p in probes if is_orphan(labels.read(p["Id"], "", p.get("Labels") or {}, False))]
         for name_or_id in [k.id for k in removed] + [p["Id"] for p in probes]:
             with suppress(NotFound):
                 c.api.remove_container(name_or_id, force=True)
+        self._remove_unused_holders(c, is_orphan)
         return removed
+
+    # -- terminals -------------------------------------------------------------------------------------
+    async def exec_shell(self, container_id: str, user: str) -> DockerShell:
+        marker = uuid.uuid4().hex
+        exec_id, sock, early = await self._call(
+            self._work, self.timeout * 3 + 1, "open a shell", self._exec_shell, container_id, user, marker
+        )
+        try:  # the engine's hijacked connection, now a plain stream socket: the event loop reads it, no thread
+            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+        except BaseException:
+            sock.close()
+            raise
+        return DockerShell(self, container_id, user, marker, exec_id, reader, writer, early)
+
+    @staticmethod
+    def _exec_shell(c: docker.DockerClient, container_id: str, user: str, marker: str):
+        try:
+            attrs = c.api.inspect_container(container_id)
+        except NotFound:
+            raise UnknownKernel("that container is gone: its kernel or terminal has ended") from None
+        runs_as = (attrs.get("Config") or {}).get("User") or "root"
+        if runs_as.split(":")[0] in ("0", "root"):
+            raise NotPermitted(
+                "this container runs as root (its Jupyter server does), and a terminal never opens a root shell: "
+                "run the server as a normal user"
+            )
+        if user != runs_as:
+            raise NotPermitted(f"a terminal's shell runs as its container's user ({runs_as}), not as {user}")
+        if not (attrs.get("State") or {}).get("Running"):
+            raise CannotStartHere("the container is not running (its kernel is restarting or ended): try again")
+        exec_id = c.api.exec_create(
+            container_id,
+            containers.SHELL_COMMAND,
+            stdin=True,
+            tty=True,
+            user=user,
+            environment={"TERM": "xterm-256color", containers.SHELL_MARKER: marker},
+        )["Id"]
+        stream = c.api.exec_start(exec_id, tty=True, socket=True)
+        raw = getattr(stream, "_sock", stream)
+        try:
+            if not isinstance(raw, socket.socket) or isinstance(raw, ssl.SSLSocket):
+                raise EngineRefused(
+                    "terminals need the Docker engine on a unix socket or plain tcp (not TLS or ssh): "
+                    "set c.GpuEnv.docker_url to its local socket"
+                )
+            raw.setblocking(False)
+            early = _early_bytes(stream)
+            return exec_id, raw.dup(), early
+        except BaseException:
+            with suppress(Exception):
+                c.api.exec_start(
+                    c.api.exec_create(container_id, ["sh", "-c", containers.HANG_UP_SCRIPT, marker], user=user)["Id"]
+                )
+            raise
+        finally:
+            with suppress(Exception):
+                stream.close()
+                raw.close()
+
+    @staticmethod
+    def _resize_shell(c: docker.DockerClient, exec_id: str, rows: int, cols: int) -> None:
+        with suppress(APIError):  # the shell ended meanwhile: nothing to resize
+            c.api.exec_resize(exec_id, height=rows, width=cols)
+
+    @staticmethod
+    def _end_shell(c: docker.DockerClient, container_id: str, user: str, marker: str) -> None:
+        try:
+            exec_id = c.api.exec_create(container_id, ["sh", "-c", containers.HANG_UP_SCRIPT, marker], user=user)["Id"]
+            c.api.exec_start(exec_id)
+        except NotFound:
+            return
+        except APIError as exc:
+            if "is not running" not in str(exc):
+                raise
+
+
+def _hang_up(response: requests.Response) -> None:
+    """Close a streaming response even while another thread is blocked reading it (a shutdown wakes the read)."""
+    sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
+    if sock is not None:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    with suppress(Exception):
+        response.close()
+
+
+def _insecure(info: dict, host_port: str) -> bool:
+    """Whether the engine would pull from this registry over plain http (its insecure registries; 127.0.0.0/8)."""
+    index = ((info.get("RegistryConfig") or {}).get("IndexConfigs") or {}).get(host_port) or {}
+    if index.get("Secure") is False:
+        return True
+    hostname = host_port.rsplit(":", 1)[0] if host_port.count(":") == 1 else host_port
+    if hostname == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(hostname.strip("[]"))
+    except ValueError:
+        return False
+    cidrs = (info.get("RegistryConfig") or {}).get("InsecureRegistryCIDRs") or ["127.0.0.0/8"]
+    return any(address in ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+def _early_bytes(stream: Any) -> bytes:
+    """What the SDK's HTTP reader took in past the upgrade answer (at times the shell's first prompt)."""
+    try:
+        buffered = stream._response.raw._fp.fp
+        return (buffered.peek(1 << 16) or b"") if buffered is not None else b""
+    except (AttributeError, OSError, ValueError):
+        return b""
+
+
+class DockerShell:
+    """A shell exec'd into a container (``Engine.exec_shell``): its terminal's bytes, both ways, on the loop."""
+
+    def __init__(
+        self,
+        engine: DockerEngine,
+        container_id: str,
+        user: str,
+        marker: str,
+        exec_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        early: bytes = b"",
+    ) -> None:
+        self.engine, self.container_id, self.exec_id = engine, container_id, exec_id
+        self.user, self.marker = user, marker
+        self._reader, self._writer, self._early = reader, writer, early
+        self._closed = False
+
+    async def read(self) -> bytes:
+        if self._early:
+            data, self._early = self._early, b""
+            return data
+        try:
+            return await self._reader.read(1 << 16)
+        except (ConnectionError, OSError):
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            return
+        self._writer.write(data)
+        with suppress(ConnectionError, OSError):
+            await self._writer.drain()
+
+    async def resize(self, rows: int, cols: int) -> None:
+        e = self.engine
+        await e._call(e._control, e.timeout + 1, "resize a terminal", e._resize_shell, self.exec_id, rows, cols)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        e = self.engine
+        try:
+            await e._call(
+                e._control, e.timeout * 2 + 1, "end a shell", e._end_shell, self.container_id, self.user, self.marker
+            )
+        except GpuEnvError as exc:
+            e.log.warning("gpuenv: a terminal's shell in container %s may still run: %s", self.container_id[:12], exc)

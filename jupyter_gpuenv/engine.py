@@ -21,6 +21,7 @@ from .environments import Environment
 from .host import Server, User
 from .labels import KernelContainer
 from .nvml import GpuSample
+from .pulls import PullProgress
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class KernelRequest:
     labels: dict[str, str] = field(default_factory=dict)  # recorded on the container besides the kernel's own
     user_volume: str | None = None  # the user's files as a Docker volume (servers in containers)
     held: Holdings | None = None  # who holds which GPU, when the caller keeps that record (the broker's leases)
+    terminal: bool = False  # a container for a terminal alone: it runs containers.TERMINAL_COMMAND, not a kernel
+    shared_network_namespace: bool = False  # join the user's no-network namespace holder (network "none" only)
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,19 @@ class Engine(Protocol):
     async def image_facts(self, image: str, python: str | None = None, env: dict[str, str] | None = None) -> ImageFacts:
         """The image's facts; with ``python``, also its Python version and whether it imports ipykernel."""
 
-    async def pull(self, image: str, on_progress: Callable[[str], None]) -> None:
-        """Pull ``image``; PullFailed when the registry cannot give it."""
+    async def pull(self, image: str, on_progress: Callable[[PullProgress], None] | None = None) -> None:
+        """Pull ``image``, or wait for the pull of it already under way (one per image, for every caller).
 
-    def pull_progress(self, image: str) -> str | None:
-        """The latest progress line of a pull of ``image`` under way, else None (no engine call)."""
+        ``on_progress`` is called about twice a second while waiting. Raises a ``PullFailed`` class (registry
+        unreachable, unknown image, credentials needed, stalled, interrupted) or ``DiskTooSmall``. Cancelling
+        the wait leaves the pull running for the others.
+        """
+
+    def pull_progress(self, image: str) -> PullProgress | None:
+        """The pull of ``image`` under way, else None (no engine call)."""
+
+    def pull_failure(self, image: str) -> PullProgress | None:
+        """How the last pull of ``image`` failed, until the next one starts; else None (no engine call)."""
 
     async def kernels(self) -> list[KernelContainer]:
         """Every kernel container on the engine, running or not."""
@@ -99,6 +110,30 @@ class Engine(Protocol):
     async def remove(self, container_id: str) -> ContainerState | None:
         """Remove it, returning its last state (to tell why it ended); None if it was already gone."""
 
+    async def exec_shell(self, container_id: str, user: str) -> Shell:
+        """An interactive shell with a terminal inside a running container, as ``user`` ("uid:gid").
+
+        The shell gets what the container has (GPUs, mounts, variables, limits, working folder) and nothing
+        more: ``user`` must be the one the container runs as, and never root (NotPermitted). UnknownKernel when
+        the container is gone, CannotStartHere when it is not running.
+        """
+
+
+class Shell(Protocol):
+    """A shell that ``Engine.exec_shell`` opened: its terminal's bytes, both ways (terminals.py owns it)."""
+
+    async def read(self) -> bytes:
+        """What the shell wrote next; ``b""`` once it ended (exited, or its container went)."""
+
+    async def write(self, data: bytes) -> None:
+        """Type ``data`` into the shell's terminal."""
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the terminal's size (the shell's programs get SIGWINCH)."""
+
+    async def close(self) -> None:
+        """End the shell as closing a terminal does (SIGHUP: its jobs end, what runs under tmux or nohup stays)."""
+
 
 _engines: dict[tuple, Engine] = {}
 
@@ -114,8 +149,19 @@ def connect(settings: GpuEnv, log: logging.Logger | None = None) -> Engine:
         return _engines[key]
     from .docker_engine import DockerEngine
 
-    key = (settings.docker_url, settings.docker_timeout, settings.socket_root)
+    key = (settings.docker_url, settings.docker_timeout, settings.socket_root, settings.pull_stall_timeout)
     if key not in _engines:
         private = os.path.join(settings.socket_root, f"gpuenv-{os.getuid()}")
-        _engines[key] = DockerEngine(settings.docker_url, settings.docker_timeout, private, log)
+        _engines[key] = DockerEngine(
+            settings.docker_url, settings.docker_timeout, private, log, pull_stall_timeout=settings.pull_stall_timeout
+        )
     return _engines[key]
+
+
+def cancel_pulls() -> None:
+    """The server stops: kernel starts waiting for a pull fail now instead of holding up its shutdown (the Docker
+    engine drops a pull whose client hung up; the next server reports it as interrupted)."""
+    for each in list(_engines.values()):
+        cancel = getattr(each, "cancel_pulls", None)  # a broker's pulls are the broker's
+        if cancel is not None:
+            cancel()

@@ -14,11 +14,17 @@
     │   ├── ImageMissing           the image is not on the engine and pulling is off
     │   ├── NoKernelRuntime        the image has no ipykernel and no kernel runtime is prepared
     │   ├── NoKernelspec           no kernelspec starts the environment (reported, never raised by a start)
-    │   └── UnsafeFolder           a folder we must own is another user's, or open to others
+    │   ├── UnsafeFolder           a folder we must own is another user's, or open to others
+    │   └── DiskTooSmall           the engine's disk has no room for the image (checked before pulling)
     └── EngineUnavailable (503)    the Docker engine could not do it
         ├── EngineUnreachable      no answer: not running, no permission, or it did not answer in time
         ├── EngineRefused          it answered with an error
         └── PullFailed             the registry could not give the image
+            ├── RegistryUnreachable    the registry does not answer: down, a wrong address, TLS
+            ├── UnknownImage           the registry has no such repository or tag
+            ├── RegistryAuthRequired   the registry wants credentials the server's user has not got
+            ├── PullStalled            no bytes for c.GpuEnv.pull_stall_timeout seconds: abandoned
+            └── PullInterrupted        the process that pulled it stopped (reported after a restart)
 
 The Docker SDK's own exceptions are translated into these in one place (``docker_engine.translated``), and
 ``to_http`` is the one place that turns them into tornado's ``HTTPError``. Nothing a person or an engine can
@@ -93,6 +99,10 @@ class UnsafeFolder(CannotStartHere):
     code = "unsafe-folder"
 
 
+class DiskTooSmall(CannotStartHere):
+    code = "disk-too-small"
+
+
 class EngineUnavailable(GpuEnvError):
     status, code = 503, "engine-unavailable"
 
@@ -107,6 +117,26 @@ class EngineRefused(EngineUnavailable):
 
 class PullFailed(EngineUnavailable):
     code = "pull-failed"
+
+
+class RegistryUnreachable(PullFailed):
+    code = "registry-unreachable"
+
+
+class UnknownImage(PullFailed):
+    code = "unknown-image"
+
+
+class RegistryAuthRequired(PullFailed):
+    code = "registry-auth"
+
+
+class PullStalled(PullFailed):
+    code = "pull-stalled"
+
+
+class PullInterrupted(PullFailed):
+    code = "pull-interrupted"
 
 
 class Refusal(HTTPError):

@@ -6,16 +6,22 @@ import asyncio
 import json
 import math
 
+from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized
-from jupyter_server.base.handlers import APIHandler
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
+from tornado.websocket import WebSocketHandler
 
-from . import engine, ledger, reports
+from . import engine, kernelspecs, ledger, reports
 from .config import GpuEnv
+from .errors import GpuEnvError, to_http
 from .sampler import Sampler
+from .terminals import Terminal, Terminals
 from .usage import UsageTracker
 
 AUTH_RESOURCE = "gpuenv"
+PULL_ANSWER_WITHIN = 1.0  # seconds: a pull that fails this fast answers its error, a longer one 202
 
 
 class GpuEnvHandler(APIHandler):
@@ -65,6 +71,44 @@ class EnvironmentsHandler(GpuEnvHandler):
         self.write_json(report)
 
 
+class PullHandler(GpuEnvHandler):
+    """``POST environments/NAME/pull``: pull an environment's image ahead of its first start (the panel's Prepare).
+
+    202 while it pulls (progress in GET environments), 200 when the image is there; a pull that fails at once
+    (unknown tag, registry down, no room) answers its error. One pull per image, whoever else waits for it.
+    """
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        specs = await asyncio.get_running_loop().run_in_executor(None, self.kernel_spec_manager.get_all_specs)
+        settings = GpuEnv(parent=self.gpuenv.parent)
+        found = [d for d in kernelspecs.defined_environments(settings, specs) if d.name == name]
+        if not found:
+            raise web.HTTPError(404, f"no environment {name!r} on this server: GET environments lists them")
+        env = found[0].environment
+        if env is None:
+            raise to_http(found[0].error)
+        if not settings.pull_missing_images:
+            raise web.HTTPError(
+                409,
+                f"this server does not pull images (c.GpuEnv.pull_missing_images is off): an administrator pulls "
+                f"{env.image} on the host (`jupyter gpuenv pull {name}`)",
+            )
+        docker = engine.connect(settings, self.log)
+        try:
+            if not (await docker.image_facts(env.image)).present:
+                await asyncio.wait_for(docker.pull(env.image), PULL_ANSWER_WITHIN)
+        except asyncio.TimeoutError:
+            self.set_status(202)
+            progress = docker.pull_progress(env.image)
+            self.write_json({"image": env.image, "state": "pulling", "pull_progress": progress and progress.as_dict()})
+            return
+        except GpuEnvError as exc:
+            raise to_http(exc) from None
+        self.write_json({"image": env.image, "state": "present", "pull_progress": None})
+
+
 class KernelsHandler(GpuEnvHandler):
     @web.authenticated
     @authorized
@@ -96,6 +140,120 @@ class UsageHandler(GpuEnvHandler):
         self.write_json(report)
 
 
+class TerminalsHandler(GpuEnvHandler):
+    """``GET terminals``: this server's terminals. ``POST terminals`` opens one: ``{"kernel_id": ID}`` in that
+    kernel's container, ``{"environment": NAME}`` in a container of its own (``terminals.py``).
+
+    It takes what opening a Lab terminal takes (permission to execute terminals); none opens while the
+    server's terminals are off (``c.ServerApp.terminals_enabled = False``).
+    """
+
+    def initialize(self, terminals: Terminals) -> None:
+        self.terminals = terminals
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        self.write_json({"terminals": self.terminals.list()})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        await may_open_terminals(self)
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or sum(isinstance(body.get(k), str) for k in ("kernel_id", "environment")) != 1:
+            raise web.HTTPError(400, 'open a terminal with {"kernel_id": ID} or {"environment": NAME}')
+        try:
+            if "kernel_id" in body:
+                terminal = await self.terminals.open_in_kernel(body["kernel_id"])
+            else:
+                terminal = await self.terminals.open_in_environment(body["environment"])
+        except GpuEnvError as exc:
+            raise to_http(exc) from None
+        self.set_status(201)
+        self.write_json(terminal.model())
+
+
+class TerminalHandler(GpuEnvHandler):
+    """``GET terminals/NAME``: the terminal, 404 once it ended; ``DELETE``: close it (its own container goes)."""
+
+    def initialize(self, terminals: Terminals) -> None:
+        self.terminals = terminals
+
+    @web.authenticated
+    @authorized
+    def get(self, name: str) -> None:
+        terminal = self.terminals.get(name)
+        if terminal is None:
+            raise web.HTTPError(404, f"no terminal {name!r} on this server: it has ended")
+        self.write_json(terminal.model())
+
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str) -> None:
+        if not await self.terminals.close(name):
+            raise web.HTTPError(404, f"no terminal {name!r} on this server: it has ended")
+        self.set_status(204)
+        self.finish()
+
+
+async def may_open_terminals(handler: JupyterHandler) -> None:
+    """403 unless this person may use terminals on this server, as for Lab's own."""
+    if getattr(handler.serverapp, "terminals_enabled", True) is False:
+        raise web.HTTPError(403, "terminals are turned off on this server (c.ServerApp.terminals_enabled = False)")
+    if not await ensure_async(handler.authorizer.is_authorized(handler, handler.current_user, "execute", "terminals")):
+        raise web.HTTPError(403, "you may not open terminals on this server")
+
+
+class TerminalSocket(WebSocketMixin, JupyterHandler, WebSocketHandler):
+    """``terminals/NAME/websocket``: terminado's protocol, so Lab's terminal widget draws the shell.
+
+    In: ``["stdin", text]``, ``["set_size", rows, cols, ...]``. Out: ``["setup", {}]``, ``["stdout", text]``,
+    ``["disconnect", 1]`` when the shell ended. Authenticated and authorized before the upgrade, as
+    jupyter_server_terminals' own ``TermSocket``.
+    """
+
+    auth_resource = "terminals"
+
+    def initialize(self, terminals: Terminals) -> None:
+        self.terminals = terminals
+        self.terminal: Terminal | None = None
+
+    async def get(self, name: str) -> None:
+        if not self.current_user:
+            raise web.HTTPError(403)
+        await may_open_terminals(self)
+        self.terminal = self.terminals.get(name)
+        if self.terminal is None:
+            raise web.HTTPError(404, f"no terminal {name!r} on this server: it has ended")
+        await ensure_async(super().get(name))
+
+    def open(self, name: str) -> None:
+        super().open(name)
+        self.terminal.attach(self)
+
+    async def on_message(self, message: str | bytes) -> None:
+        try:
+            kind, *content = json.loads(message)
+        except (ValueError, TypeError):
+            return
+        if kind == "stdin" and content and isinstance(content[0], str):
+            await self.terminal.type(content[0])
+        elif kind == "set_size" and len(content) >= 2 and all(isinstance(v, int) for v in content[:2]):
+            await self.terminal.set_size(self, content[0], content[1])
+
+    def on_close(self) -> None:
+        if self.terminal is not None:
+            self.terminal.detach(self)
+
+    def send(self, message: list) -> None:
+        if self.ws_connection is not None and not self.ws_connection.is_closing():
+            self.write_message(json.dumps(message))
+
+
 class NotFoundHandler(GpuEnvHandler):
     """Anything else under the API answers a JSON 404, after authentication so it reveals nothing."""
 
@@ -107,14 +265,18 @@ class NotFoundHandler(GpuEnvHandler):
     post = put = patch = delete = get
 
 
-def api_handlers(sampler: Sampler, settings: GpuEnv, usage: UsageTracker) -> list:
+def api_handlers(sampler: Sampler, settings: GpuEnv, usage: UsageTracker, terminals: Terminals | None = None) -> list:
     """The route table, relative to the server's base URL."""
     prefix = "gpuenv/api"
     return [
         (rf"{prefix}/gpus", GpusHandler, {"sampler": sampler}),
         (rf"{prefix}/gpus/history", HistoryHandler, {"sampler": sampler}),
         (rf"{prefix}/environments", EnvironmentsHandler, {"sampler": sampler, "settings": settings}),
+        (rf"{prefix}/environments/([^/]+)/pull", PullHandler, {"settings": settings}),
         (rf"{prefix}/kernels", KernelsHandler, {"sampler": sampler}),
         (rf"{prefix}/usage", UsageHandler, {"usage": usage}),
+        (rf"{prefix}/terminals", TerminalsHandler, {"terminals": terminals}),
+        (rf"{prefix}/terminals/([0-9a-f]+)", TerminalHandler, {"terminals": terminals}),
+        (rf"{prefix}/terminals/([0-9a-f]+)/websocket", TerminalSocket, {"terminals": terminals}),
         (rf"{prefix}(/.*)?", NotFoundHandler),
     ]

@@ -24,6 +24,9 @@ EXCLUSIVE = f"{PREFIX}.exclusive"
 SOCKETS = f"{PREFIX}.socket-dir"
 PROBE = f"{PREFIX}.probe"  # a short-lived container that asks an image about its Python
 BROKER = f"{PREFIX}.broker"  # started by the shared-host broker, which keeps its lease
+TERMINAL = f"{PREFIX}.terminal"  # started for a terminal alone (terminals.py), removed when it closes
+NETNS = f"{PREFIX}.netns"  # holds one user's no-network namespace, which their kernels join
+USER = f"{PREFIX}.user"  # whose namespace holder (one uid may serve several people behind a broker)
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,14 @@ def kernel_labels(
     }
 
 
-def probe_labels(uid: int, server_host: str) -> dict[str, str]:
-    return {PROBE: "true", UID: str(uid), SERVER_HOST: server_host}
+def probe_labels(uid: int, server_host: str, server_pid: int) -> dict[str, str]:
+    """A probe is its process's (a server's, or the broker's): only a dead one's are swept by others."""
+    return {PROBE: "true", UID: str(uid), SERVER_HOST: server_host, SERVER_PID: str(server_pid)}
+
+
+def holder_labels(uid: int, user: str, server_host: str, server_pid: int) -> dict[str, str]:
+    """A network namespace holder's: whose it is, and which server made it (to remove it once unused)."""
+    return {NETNS: "true", UID: str(uid), USER: user, SERVER_HOST: server_host, SERVER_PID: str(server_pid)}
 
 
 def read(container_id: str, name: str, labels: dict[str, str], active: bool) -> KernelContainer:

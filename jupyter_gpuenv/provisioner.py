@@ -9,18 +9,20 @@ per-kernel folder mounted into the container; the connection key stays in a 0600
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import shutil
 import signal
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import KernelProvisionerBase
 
-from . import engine, host, kernelspecs, nvml, preflight, runtime
+from . import engine, host, kernelspecs, nvml, preflight, pulls, runtime
 from .config import GpuEnv
 from .containers import AssignedGpu, check_cwd
 from .environments import Environment
@@ -33,6 +35,7 @@ _BASE_KWARGS = {"kernel_id", "kernel_spec", "parent", "config", "log"}
 _KERNEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # the one log line of a refused start (the quiet-refusals log filter knows it by this format)
 REFUSAL_FORMAT = "gpuenv: kernel %s not started (%d %s): %s"
+LISTEN_WAIT = 30.0  # seconds a launch waits at most for the kernel's sockets (a large image's first start: ~4 s)
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,9 @@ class DockerKernelProvisioner(KernelProvisionerBase):
             if self.placement is not None:  # a restart that ran at the same time started it already
                 return self.connection_info
             self._launching = True
+            for path in self._socket_paths():  # a restart: the previous kernel's, which no one listens on
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             try:
                 self.placement = await self.engine.start_kernel(await self._request(kwargs))
             except GpuEnvError as exc:
@@ -233,19 +239,50 @@ class DockerKernelProvisioner(KernelProvisionerBase):
             [g.index for g in p.gpus] or "none",
             p.gpu_mode,
         )
+        await self._until_listening()
         return self.connection_info
+
+    def _socket_paths(self) -> list[str]:
+        km = self.parent
+        if getattr(km, "transport", None) != "ipc":
+            return []
+        ports = (km.shell_port, km.iopub_port, km.stdin_port, km.control_port, km.hb_port)
+        return [f"{km.ip}-{port}" for port in ports]
+
+    async def _until_listening(self) -> None:
+        """Return once the kernel's ipc sockets exist, so that the first connection of each client succeeds at
+        once: one made earlier fails and is retried only ZMQ's reconnect interval (0.1 s) later. Also return when
+        the container stops (looked at each second) or after LISTEN_WAIT seconds: the client's timeouts rule then.
+        """
+        paths = self._socket_paths()
+        started = time.monotonic()
+        looked = started
+        while not all(os.path.exists(path) for path in paths):
+            now = time.monotonic()
+            if self.placement is None or now - started > LISTEN_WAIT:
+                return
+            if now - looked >= 1.0:
+                looked = now
+                try:
+                    if not (await self.engine.state(self.placement.container_id)).running:
+                        return
+                except GpuEnvError:
+                    return
+            await asyncio.sleep(0.005 if now - started < 1.0 else 0.02)  # soon after a start, most bind
 
     async def _request(self, kwargs: dict[str, Any]) -> engine.KernelRequest:
         """Check that it can start (pulling the image first if allowed), then say what to start."""
         env, user = self.environment, host.current_user()
         cwd = os.path.abspath(str(kwargs.get("cwd") or self._root_dir))
         check_cwd(cwd, self._root_dir, user.home)
-        snapshot = await asyncio.get_running_loop().run_in_executor(None, self._inventory)
+        if env.gpus.wants_gpus:
+            snapshot = await asyncio.get_running_loop().run_in_executor(None, self._inventory)
+        else:  # no GPU to choose or check: NVML is not asked (outside a server that is a driver load per start)
+            snapshot = Snapshot(available=False, reason="no GPU asked for")
         # with a broker, the broker checks (its images, its GPUs, its runtimes) when it starts the kernel
         verdict = preflight.Verdict(preflight.READY, True) if self.settings.broker else await self._verdict(snapshot)
         if verdict.can_start and verdict.state in (preflight.IMAGE_MISSING, preflight.PULLING):
-            self.log.info("gpuenv: pulling %s for kernel %s", env.image, self.kernel_id)
-            await self.engine.pull(env.image, lambda line: self.log.debug("gpuenv: pull %s: %s", env.image, line))
+            await self._pull(env.image)
             verdict = await self._verdict(snapshot)
         verdict.raise_if_refused()
         runtime_dir = runtime.runtime_path(self.settings.kernel_runtime_dir, verdict.runtime_version)
@@ -262,7 +299,24 @@ class DockerKernelProvisioner(KernelProvisionerBase):
             keep_gpus=[g.uuid for g in self.placement_gpus],
             runtime_dir=runtime_dir if verdict.runtime_version else None,
             server_env=dict(kwargs.get("env") or {}),
+            shared_network_namespace=self.settings.shared_network_namespace,
         )
+
+    async def _pull(self, image: str) -> None:
+        """Wait for the image: one pull for every kernel that needs it, however long, while bytes keep coming.
+
+        The start waits as long as the pull moves (the engine abandons one that stalls); the panel and GET
+        environments show its progress meanwhile, the log a line every half minute.
+        """
+        self.log.info("gpuenv: kernel %s waits for %s to be pulled", self.kernel_id, image)
+        last = [time.monotonic()]
+
+        def note(progress: pulls.PullProgress) -> None:
+            if time.monotonic() - last[0] >= 30:
+                last[0] = time.monotonic()
+                self.log.info("gpuenv: pulling %s: %s", image, pulls.describe(progress))
+
+        await self.engine.pull(image, note)
 
     async def _verdict(self, snapshot: Snapshot) -> preflight.Verdict:
         env = self.environment

@@ -14,6 +14,7 @@ from .config import GpuEnv
 from .engine import Engine
 from .errors import EngineUnavailable
 from .nvml import Snapshot
+from .pulls import PullProgress
 
 
 async def environment_report(settings: GpuEnv, specs: dict[str, Any], snapshot: Snapshot, engine: Engine) -> dict:
@@ -24,7 +25,7 @@ async def environment_report(settings: GpuEnv, specs: dict[str, Any], snapshot: 
     engine_error: EngineUnavailable | None = None
     rows = []
     for item in kernelspecs.defined_environments(settings, specs):
-        env, image = item.environment, None
+        env, image, progress, failure = item.environment, None, None, None
         if env is None:
             verdict = preflight.invalid(item.error)
         else:
@@ -34,12 +35,15 @@ async def environment_report(settings: GpuEnv, specs: dict[str, Any], snapshot: 
                     image = await engine.image_facts(env.image, probe, dict(env.env))
                 except EngineUnavailable as exc:
                     engine_error = exc
+            progress = engine.pull_progress(env.image)
+            if progress is None and not (image and image.present):  # why the last pull failed, while it matters
+                failure = engine.pull_failure(env.image)
             situation = preflight.Situation(
                 image=image,
                 snapshot=snapshot,
                 prepared_runtimes=prepared,
                 pull_allowed=settings.pull_missing_images,
-                pulling=engine.pull_progress(env.image) is not None,
+                pulling=progress is not None,
                 has_kernelspec=item.kernelspec is not None,
                 engine_error=engine_error,
             )
@@ -54,7 +58,8 @@ async def environment_report(settings: GpuEnv, specs: dict[str, Any], snapshot: 
                 "gpus": str(env.gpus) if env else None,
                 "image_present": image.present if image else None,
                 "cuda_version": (env.cuda_version or (image.cuda_version if image else None)) if env else None,
-                "pull_progress": engine.pull_progress(env.image) if env else None,
+                "pull_progress": _progress_row(progress) if progress else None,
+                "pull_error": {"message": failure.error, "code": failure.error_code} if failure else None,
                 "state": verdict.state,
                 "can_start": verdict.can_start,
                 "compatible": verdict.state not in (preflight.INVALID, preflight.UNAVAILABLE, preflight.INCOMPATIBLE),
@@ -85,13 +90,20 @@ async def broker_report(specs: dict[str, Any], broker) -> dict:
     out = []
     for row in rows:
         row = {k: v for k, v in row.items() if k != "definition"}
-        row.update({"kernelspec": starts.get(row["name"]), "source": "the GPU broker", "pull_progress": None})
+        row.update({"kernelspec": starts.get(row["name"]), "source": "the GPU broker"})
         row.update({"image_present": None, "cuda_version": None, "compatible": row["state"] != preflight.INCOMPATIBLE})
         if row["kernelspec"] is None and row["can_start"]:
             row.update({"can_start": False, "state": preflight.UNAVAILABLE, "reason_code": "no-kernelspec"})
             row["reason"] = f"no kernelspec here names {row['name']!r}: `jupyter gpuenv add {row['name']} --broker`"
         out.append(row)
     return {"docker": {"available": True, "reason": None}, "environments": out}
+
+
+def _progress_row(progress: PullProgress) -> dict[str, Any]:
+    """What the panel shows of a pull under way: bytes done and total, percent, rate, time left, layers."""
+    row = progress.as_dict()
+    del row["error"], row["error_code"]  # a pull under way has none; a failed one is pull_error
+    return row
 
 
 def kernel_rows(kernel_manager, snapshot: Snapshot) -> list[dict[str, Any]]:

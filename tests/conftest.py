@@ -5,7 +5,7 @@ import pytest
 
 from jupyter_gpuenv import nvml as nvml_module
 
-pytest_plugins = ["pytest_jupyter.jupyter_server", "container_harness"]
+pytest_plugins = ["pytest_jupyter.jupyter_server", "container_harness", "registry_harness"]
 
 
 @pytest.fixture

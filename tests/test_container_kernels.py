@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ from container_harness import (
     start,
     start_error,
 )
+from tornado.httpclient import HTTPClientError
 
 from jupyter_gpuenv.labels import KERNEL as L_KERNEL
 from jupyter_gpuenv.labels import SERVER_HOST as L_SERVER_HOST
@@ -54,15 +57,19 @@ async def test_code_runs_in_a_container_with_the_users_files(
     out, error = await execute(
         jp_serverapp,
         kernel_id,
-        """
+        f"""
 import os, socket
 print(socket.gethostname(), os.getcwd(), os.getuid(), os.getgid(), bool(os.environ.get('HOME')))
 open('written-in-the-container.txt', 'w').write('hello')
+open('/tmp/only-in-{kernel_id}', 'w').write('here')
 """,
     )
     assert error is None
     hostname, cwd, uid, gid, has_home = out.split()
-    assert container_id.startswith(hostname)  # the kernel runs inside that container
+    container.get_archive(f"/tmp/only-in-{kernel_id}")  # the kernel runs inside that container (its own /tmp)
+    # it joined its user's no-network namespace, whose holder gave it its hostname: not the host's
+    holder = docker_client.containers.get(container.attrs["HostConfig"]["NetworkMode"].removeprefix("container:"))
+    assert holder.id.startswith(hostname) and hostname != socket.gethostname()
     assert cwd == str(jp_root_dir / "project")  # working directory as a local kernel would have it
     assert (int(uid), int(gid)) == (os.getuid(), os.getgid()) and has_home == "True"
     written = jp_root_dir / "project" / "written-in-the-container.txt"
@@ -74,7 +81,9 @@ async def test_no_tcp_port_no_network_no_secrets(jp_fetch, jp_serverapp, kernels
     kernel_id = await start(jp_fetch, kernelspec)
     km = jp_serverapp.kernel_manager.get_kernel(kernel_id)
     attrs = docker_client.api.inspect_container(provisioner(jp_serverapp, kernel_id).placement.container_id)
-    assert km.transport == "ipc" and attrs["HostConfig"]["NetworkMode"] == "none"
+    holder = docker_client.api.inspect_container(attrs["HostConfig"]["NetworkMode"].removeprefix("container:"))
+    assert km.transport == "ipc" and holder["HostConfig"]["NetworkMode"] == "none"  # the namespace it joined
+    assert holder["Config"]["Labels"][L_UID] == str(os.getuid()) and not holder["HostConfig"]["CapAdd"]
     assert not attrs["NetworkSettings"]["Ports"] and not attrs["HostConfig"]["PortBindings"]
     assert attrs["HostConfig"]["Init"] is True and attrs["HostConfig"]["ShmSize"] == 2 * 1024**3
     everything = json.dumps(attrs)
@@ -360,3 +369,209 @@ async def test_tcp_transport_listens_on_loopback_only(jp_fetch, jp_serverapp, jp
         if line.split()[3] == "0A"
     }  # 0A: LISTEN
     assert ports[km.shell_port] == "0100007F"  # 127.0.0.1, not 0.0.0.0
+
+
+# -- the network namespace: one per user, loopback only ------------------------------------------------------
+INSIDE_NETWORK = """
+import os, socket
+print(sorted(line.split(':')[0].strip() for line in open('/proc/net/dev').read().splitlines()[2:]))
+print(sorted(os.listdir({parent!r})), os.path.exists({other!r}))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect({other_socket!r})
+    print('connected')
+except OSError as exc:
+    print(type(exc).__name__)
+tables = open('/proc/net/tcp').read().splitlines()[1:] + open('/proc/net/tcp6').read().splitlines()[1:]
+print(sorted(set(line.split()[1].split(':')[0] for line in tables if line.split()[3] == '0A')))
+try:
+    socket.create_connection(('1.1.1.1', 53), timeout=2)
+    print('reached')
+except OSError:
+    print('unreachable')
+"""
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-namespace", "namespace-each"])
+async def test_a_kernel_has_loopback_only_and_reaches_no_other_kernels_sockets(
+    shared, jp_fetch, jp_serverapp, kernelspec, docker_client
+):
+    jp_serverapp.config.GpuEnv.shared_network_namespace = shared
+    first, second = await asyncio.gather(start(jp_fetch, kernelspec), start(jp_fetch, kernelspec))
+    mine, other = provisioner(jp_serverapp, first), provisioner(jp_serverapp, second)
+    other_km = jp_serverapp.kernel_manager.get_kernel(second)
+    await execute(jp_serverapp, second, "pass")  # its sockets are bound
+    code = INSIDE_NETWORK.format(
+        parent=os.path.dirname(mine.socket_dir),
+        other=other.socket_dir,
+        other_socket=f"{other_km.ip}-{other_km.shell_port}",
+    )
+    out, error = await execute(jp_serverapp, first, code)
+    assert error is None, out
+    interfaces, folders, reached, listening, internet = out.strip().splitlines()
+    assert interfaces == "['lo']"  # no interface but loopback
+    # only its own socket folder is mounted: another kernel's folder and sockets are not there
+    assert folders == f"[{os.path.basename(mine.socket_dir)!r}] False"
+    assert reached == "FileNotFoundError" and os.path.exists(f"{other_km.ip}-{other_km.shell_port}")
+    # the kernel protocol is on ipc sockets; what listens on TCP (ipykernel's IOPub pipe for forked processes)
+    # listens on loopback, which is all there is
+    assert listening in ("[]", "['0100007F']")
+    assert internet == "unreachable"
+    modes = {
+        docker_client.api.inspect_container(p.placement.container_id)["HostConfig"]["NetworkMode"]
+        for p in (mine, other)
+    }
+    if shared:  # one user's kernels: one namespace, held by a container of its own
+        (mode,) = modes
+        assert mode.startswith("container:")
+    else:
+        assert modes == {"none"}
+
+
+async def test_a_namespace_holder_removed_from_outside_is_made_again(jp_fetch, jp_serverapp, kernelspec, docker_client):
+    first = await start(jp_fetch, kernelspec)
+    inspect = docker_client.api.inspect_container
+    holder = inspect(provisioner(jp_serverapp, first).placement.container_id)["HostConfig"]["NetworkMode"]
+    docker_client.api.remove_container(holder.removeprefix("container:"), force=True)
+    second = await start(jp_fetch, kernelspec)
+    again = inspect(provisioner(jp_serverapp, second).placement.container_id)["HostConfig"]["NetworkMode"]
+    assert again.startswith("container:") and again != holder
+    for kernel_id in (first, second):  # the first keeps the namespace it had: still loopback only
+        out, error = await execute(jp_serverapp, kernel_id, "print(open('/proc/net/dev').read().count(':'))")
+        assert (out.strip(), error) == ("1", None)
+
+
+async def test_another_users_kernels_never_share_a_namespace(docker_client, tmp_path):
+    """Per uid, and per name: a broker in hub-token mode runs every person's kernels with one uid."""
+    from jupyter_gpuenv.docker_engine import DockerEngine
+    from jupyter_gpuenv.engine import KernelRequest
+    from jupyter_gpuenv.environments import parse_environment
+    from jupyter_gpuenv.host import Server, User
+    from jupyter_gpuenv.labels import USER as L_USER
+
+    env = parse_environment("test", {"image": IMAGE, "gpus": "none"}, "test")
+    engine = DockerEngine(None, 10.0)
+    alice, bob = User("gpuenv-alice", 61001, 61001, str(tmp_path)), User("gpuenv-bob", 61002, 61002, str(tmp_path))
+    carol = User("gpuenv-carol", 61001, 61001, str(tmp_path))  # alice's uid, another person
+    users, placements, tag = [alice, bob, carol, alice], [], secrets.token_hex(4)
+    try:
+        for i, user in enumerate(users):
+            folder = tmp_path / f"k{i}"
+            folder.mkdir()
+            request = KernelRequest(
+                environment=env,
+                kernel_id=f"nstest-{tag}-{i}",
+                user=user,
+                server=Server(socket.gethostname(), os.getpid()),
+                root_dir=str(tmp_path),
+                cwd=str(tmp_path),
+                socket_dir=str(folder),
+                connection_file=str(folder / "connection.json"),
+                terminal=True,  # a container that only waits: enough to see its namespace
+                shared_network_namespace=True,
+            )
+            placements.append(await engine.start_kernel(request))
+        modes = [docker_client.api.inspect_container(p.container_id)["HostConfig"]["NetworkMode"] for p in placements]
+        assert modes[0] == modes[3] and len(set(modes[:3])) == 3  # alice's two share; alice, bob, carol do not
+        for mode, user in zip(modes, users, strict=True):
+            holder = docker_client.api.inspect_container(mode.removeprefix("container:"))
+            assert holder["HostConfig"]["NetworkMode"] == "none" and holder["State"]["Running"]
+            assert holder["Config"]["User"] == f"{user.uid}:{user.gid}"
+            assert (
+                holder["Config"]["Labels"][L_UID] == str(user.uid) and holder["Config"]["Labels"][L_USER] == user.name
+            )
+    finally:
+        for p in placements:
+            await engine.remove(p.container_id)
+        await engine.remove_unused_holders(lambda h: h.uid in ("61001", "61002") and h.server_pid == str(os.getpid()))
+        engine.close()
+    left = docker_client.containers.list(all=True, filters={"label": f"{L_UID}=61001"})
+    assert left == []
+
+
+@pytest.fixture
+def left_holders(docker_client):
+    """Two namespace holders of this user, made by a server that is gone: one a container still joins, one not."""
+    from jupyter_gpuenv.containers import HOLDER_COMMAND
+    from jupyter_gpuenv.host import current_user
+    from jupyter_gpuenv.labels import holder_labels
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    user, made = current_user(), []
+
+    def holder(tag: str, which: str):
+        return docker_client.containers.run(
+            IMAGE,
+            ["python3", "-c", HOLDER_COMMAND],
+            name=f"gpuenv-test-netns-{tag}-{which}",
+            detach=True,
+            network_mode="none",
+            labels=holder_labels(user.uid, user.name, socket.gethostname(), dead.pid),
+        )
+
+    # a server that another test started may still be sweeping orphans: a holder it takes before our container
+    # joins it is made again
+    for _ in range(5):
+        tag = secrets.token_hex(4)
+        made = [holder(tag, "unused"), holder(tag, "used")]
+        try:
+            made.append(
+                docker_client.containers.run(
+                    IMAGE,
+                    ["sleep", "600"],
+                    name=f"gpuenv-test-join-{tag}",
+                    detach=True,
+                    network_mode=f"container:{made[1].id}",
+                )
+            )
+            break
+        except docker.errors.APIError:
+            for name in (f"gpuenv-test-join-{tag}", made[1].id, made[0].id):
+                with contextlib.suppress(docker.errors.NotFound):
+                    docker_client.api.remove_container(name, force=True)
+    yield made[0], made[1]
+    for container in reversed(made):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+
+async def test_a_starting_server_removes_the_namespace_holders_nothing_joins(left_holders, jp_serverapp, docker_client):
+    unused, used = left_holders
+    wait_for(lambda: not docker_client.containers.list(all=True, filters={"id": unused.id}), timeout=20)
+    assert docker_client.containers.get(used.id).status == "running"  # a container still joins it
+
+
+async def test_starts_reuse_what_the_engine_said_of_the_image(
+    jp_fetch, jp_data_dir, jp_serverapp, docker_client, monkeypatch
+):
+    """One inspection serves the starts that follow it; an image removed meanwhile is a 409 that says so."""
+    doomed = f"gpuenv-test-doomed:{secrets.token_hex(4)}"
+    docker_client.images.get(IMAGE).tag(doomed)
+    asked = []
+    inspect_image = docker.APIClient.inspect_image
+    monkeypatch.setattr(
+        docker.APIClient, "inspect_image", lambda self, image: asked.append(image) or inspect_image(self, image)
+    )
+    try:
+        name = install_spec(jp_data_dir, "doomed", {"image": doomed})
+        for _ in range(2):
+            await start(jp_fetch, name)
+        assert asked.count(doomed) <= 1
+        docker_client.images.remove(doomed)
+        code, message = await start_error(jp_fetch, name)
+        assert code == 409 and "was removed from the Docker engine a moment ago" in message
+        code, message = await start_error(jp_fetch, name)  # asked again: now the image is known to be missing
+        assert code == 409 and "is not on the Docker engine and pulling is off" in message
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(doomed)
+
+
+async def test_a_kernel_that_dies_at_once_does_not_hold_up_its_start(jp_fetch, jp_data_dir, docker_client):
+    """A start waits for the kernel's sockets, but not for those of a kernel whose container has ended."""
+    name = install_spec(jp_data_dir, "dies", {"python": "/bin/false", "kernel_runtime": "image"})
+    started = time.monotonic()
+    with contextlib.suppress(HTTPClientError):
+        await start(jp_fetch, name)
+    assert time.monotonic() - started < 10

@@ -92,3 +92,45 @@ def test_working_directory_outside_the_mounted_folders_is_refused(tmp_path, cwd)
     env = parse_environment("t", {"image": "img", "gpus": "none"}, "t")
     with pytest.raises(OutsideRoot, match="outside the server's root"):
         containers.spec(env, facts(tmp_path, cwd=cwd))
+
+
+def test_a_kernel_without_network_joins_its_users_namespace_holder(tmp_path):
+    env = parse_environment("t", {"image": "img", "gpus": "none"}, "t")
+    assert containers.joins_holder(env, True) and not containers.joins_holder(env, False)
+    assert not containers.joins_holder(parse_environment("h", {"image": "img", "network": "host"}, "t"), True)
+    spec = containers.spec(env, facts(tmp_path, network_holder="abc123"))
+    assert spec.network_mode == "container:abc123"
+    assert spec.cap_drop == ["ALL"] and spec.security_opt == ["no-new-privileges"]  # the kernel's own, unchanged
+
+
+def test_the_namespace_holder_has_no_network_and_nothing_else(tmp_path):
+    env = parse_environment("t", {"image": "img", "python": "/opt/py/bin/python3", "gpus": "none"}, "t")
+    alice = User("alice", 1000, 100, str(tmp_path))
+    holder = containers.network_holder(env, alice, "host-a", 42)
+    assert holder.network_mode == "none" and holder.mounts == [] and holder.environment == {}
+    assert holder.user == "1000:100" and holder.cap_drop == ["ALL"] and holder.security_opt == ["no-new-privileges"]
+    assert holder.read_only and holder.pids_limit and holder.memory and holder.init is False
+    assert holder.image == "img" and holder.command[0] == "/opt/py/bin/python3"
+    assert holder.command[-1] == containers.HOLDER_COMMAND
+    assert holder.labels == {
+        labels.NETNS: "true",
+        labels.UID: "1000",
+        labels.USER: "alice",
+        labels.SERVER_HOST: "host-a",
+        labels.SERVER_PID: "42",
+    }
+    assert labels.KERNEL not in holder.labels  # never listed or counted as a kernel
+    root = containers.network_holder(env, User("root", 0, 0, "/root"), "host-a", 42)
+    assert root.user == "65534:65534"  # nobody, when the server is root's
+
+
+def test_one_holder_per_user_never_shared():
+    """Per uid and name: behind a broker's hub-token mode every user's kernels run with the same uid."""
+    names = {
+        containers.holder_name(h, User(n, uid, 100, "/home/x"))
+        for h, n, uid in [("a", "alice", 1000), ("a", "bob", 1000), ("a", "alice", 1001), ("b", "alice", 1000)]
+    }
+    assert len(names) == 4
+    assert containers.holder_name("a", User("alice", 1000, 5, "/x")) == containers.holder_name(
+        "a", User("alice", 1000, 100, "/home/alice")
+    )

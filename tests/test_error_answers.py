@@ -37,6 +37,9 @@ class Refusing:
     def pull_progress(self, image):
         return None
 
+    def pull_failure(self, image):
+        return None
+
     async def kernels(self):
         raise self.error
 

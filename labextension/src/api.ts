@@ -3,17 +3,34 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { ApiError, IEnvironmentsReply, IGpuApi, IGpusReply, IHistoryReply, IKernelsReply } from './tokens';
+import {
+  ApiError,
+  IEnvironmentsReply,
+  IGpuApi,
+  IGpusReply,
+  IHistoryReply,
+  IKernelsReply,
+  IPullAnswer,
+  ITerminalApi,
+  ITerminalModel,
+  TerminalTarget
+} from './tokens';
 
 const TIMEOUT = 10_000; // ms: a request that hangs becomes an error the panel shows, not a spinner
 
-async function requestAPI<T>(path: string, settings: ServerConnection.ISettings): Promise<T> {
+async function requestAPI<T>(
+  path: string,
+  settings: ServerConnection.ISettings,
+  method = 'GET',
+  body?: unknown
+): Promise<T> {
   const url = URLExt.join(settings.baseUrl, 'gpuenv/api', path);
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), TIMEOUT);
   let response: Response;
   try {
-    response = await ServerConnection.makeRequest(url, { signal: abort.signal }, settings);
+    const init = { method, signal: abort.signal, body: body === undefined ? undefined : JSON.stringify(body) };
+    response = await ServerConnection.makeRequest(url, init, settings);
   } catch (error) {
     throw new ApiError(0, abort.signal.aborted ? `no answer within ${TIMEOUT / 1000} s` : String(error));
   } finally {
@@ -38,6 +55,24 @@ export function createApi(settings: ServerConnection.ISettings = ServerConnectio
     history: (since?: number) =>
       requestAPI<IHistoryReply>(since === undefined ? 'gpus/history' : `gpus/history?since=${since}`, settings),
     environments: () => requestAPI<IEnvironmentsReply>('environments', settings),
-    kernels: () => requestAPI<IKernelsReply>('kernels', settings)
+    kernels: () => requestAPI<IKernelsReply>('kernels', settings),
+    pull: (name: string) => requestAPI<IPullAnswer>(`environments/${encodeURIComponent(name)}/pull`, settings, 'POST')
+  };
+}
+
+/** Terminals in an environment: opened, read and closed over REST; their bytes over a websocket. */
+export function createTerminalApi(
+  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+): ITerminalApi {
+  const path = (name: string) => `terminals/${encodeURIComponent(name)}`;
+  return {
+    open: (target: TerminalTarget) => requestAPI<ITerminalModel>('terminals', settings, 'POST', target),
+    get: (name: string) => requestAPI<ITerminalModel>(path(name), settings),
+    close: (name: string) => requestAPI<void>(path(name), settings, 'DELETE'),
+    socketUrl: (name: string) => {
+      const url = URLExt.join(settings.wsUrl, 'gpuenv/api', path(name), 'websocket');
+      // as Lab's own terminals: a token in the address only where cookies do not authenticate websockets
+      return settings.appendToken && settings.token ? `${url}?token=${encodeURIComponent(settings.token)}` : url;
+    }
   };
 }

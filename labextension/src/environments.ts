@@ -14,6 +14,21 @@ const FALLBACK: Record<ReasonCode, string> = {
   'no-kernel-runtime': 'the image has no ipykernel and no kernel runtime was prepared for it'
 };
 
+/** The environment whose image the notebook in focus waits for: Lab is starting its kernel and that image is
+ * being pulled. Matched by the kernel's display name; with one pull under way, that one. */
+export function pullingFor(envs: IEnvironment[], current: ICurrentNotebook | null): IEnvironment | null {
+  if (!current?.starting) {
+    return null;
+  }
+  const pulling = envs.filter(e => e.state === 'pulling' && e.pull_progress);
+  return pulling.find(e => e.display_name === current.starting) ?? (pulling.length === 1 ? pulling[0] : null);
+}
+
+/** Whether "Prepare" (pull the image now) is offered: the image is missing and this server pulls images. */
+export function canPrepare(env: IEnvironment, dockerDown: boolean): boolean {
+  return !dockerDown && env.state === 'image-missing' && env.can_start && !!env.image;
+}
+
 /** Why "Use for this notebook" cannot be pressed, or null when it can. The server decides `can_start`. */
 export function whyNot(env: IEnvironment, current: ICurrentNotebook | null, dockerDown: boolean): string | null {
   if (dockerDown) {

@@ -1,4 +1,5 @@
 /** How numbers read in the panel. Pure: no DOM, no Lab imports. */
+import type { IPullProgress } from './tokens';
 
 const GIB = 1024 ** 3;
 const MIB = 1024 ** 2;
@@ -114,6 +115,56 @@ export function environmentState(state: string | null, canStart: boolean): strin
     default:
       return 'unavailable';
   }
+}
+
+/** Sizes as registries and `docker pull` count them: "361 MB", "7.6 GB". */
+export function size(value: number | null | undefined): string {
+  if (!isNum(value)) {
+    return '–';
+  }
+  return value >= 1e9 ? `${(value / 1e9).toFixed(1)} GB` : `${Math.round(value / 1e6)} MB`;
+}
+
+/** "3 s", "2 min 5 s", "1 h 3 min" */
+export function duration(seconds: number): string {
+  const s = Math.round(seconds);
+  if (s < 60) {
+    return `${s} s`;
+  }
+  if (s < 3600) {
+    return s % 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s / 60} min`;
+  }
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+/** A pull in one line: "48 / 115 MB · 19.6 MB/s · 3 s left", or what it is doing when bytes do not tell. */
+export function pullSummary(p: IPullProgress): string {
+  if (p.phase === 'resolving') {
+    return 'asking the registry…';
+  }
+  if (p.phase === 'extracting') {
+    return `unpacking · ${size(p.bytes_total ?? p.bytes_done)} downloaded`;
+  }
+  const parts = [p.bytes_total !== null ? `${sizeOf(p.bytes_done, p.bytes_total)}` : size(p.bytes_done)];
+  if (isNum(p.rate_bytes_per_s) && p.rate_bytes_per_s > 0) {
+    parts.push(`${size(p.rate_bytes_per_s)}/s`);
+  }
+  if (isNum(p.eta_s)) {
+    parts.push(`${duration(p.eta_s)} left`);
+  }
+  return parts.join(' · ');
+}
+
+/** "48 / 115 MB" in the unit of the total. */
+function sizeOf(done: number, total: number): string {
+  return total >= 1e9
+    ? `${(done / 1e9).toFixed(1)} / ${(total / 1e9).toFixed(1)} GB`
+    : `${Math.round(done / 1e6)} / ${Math.round(total / 1e6)} MB`;
+}
+
+/** "layers 2 of 5", or '' before the engine named them. */
+export function pullLayers(p: IPullProgress): string {
+  return p.layers_total ? `layers ${p.layers_done} of ${p.layers_total}` : '';
 }
 
 /** "in 4 s" */

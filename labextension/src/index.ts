@@ -1,22 +1,26 @@
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, showErrorMessage } from '@jupyterlab/apputils';
+import { ICommandPalette, showErrorMessage, WidgetTracker } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
-import { createApi } from './api';
+import { createApi, createTerminalApi } from './api';
 import { GpuPanel } from './components/Panel';
+import { PullStatusItem, waitingFor } from './components/PullStatus';
 import { GpuStatusItem } from './components/StatusItem';
 import { gpuIcon } from './icon';
 import { DEFAULT_SETTINGS, GpuModel } from './model';
 import { followCurrentNotebook, useKernelspec } from './notebook';
-import { IEnvironment, IGpuModel } from './tokens';
+import { labTerminalOptions } from './terminalInfo';
+import { openTerminal, TerminalWidget } from './terminals';
+import { IEnvironment, IGpuModel, TerminalTarget } from './tokens';
 
 const PLUGIN_ID = 'jupyter-gpuenv:plugin';
 
 namespace CommandIDs {
   export const open = 'gpuenv:open';
   export const refresh = 'gpuenv:refresh';
+  export const openTerminal = 'gpuenv:open-terminal';
 }
 
 /** The model (one poll for every view) and the side panel. */
@@ -48,7 +52,10 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
         showErrorMessage(`Could not start ${env.display_name ?? env.name}`, error)
       );
     };
-    const panel = new GpuPanel(model, onUse);
+    const onTerminal = (target: TerminalTarget): void => {
+      void app.commands.execute(CommandIDs.openTerminal, target);
+    };
+    const panel = new GpuPanel(model, onUse, onTerminal);
     panel.title.icon = gpuIcon;
     let side: 'left' | 'right' = 'right';
     app.shell.add(panel, side, { rank: 600 });
@@ -92,7 +99,7 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
 /** The notebook's GPU memory in the status bar. */
 const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-gpuenv:status',
-  description: 'The GPU memory of the notebook in focus, in the status bar.',
+  description: 'The GPU memory of the notebook in focus, and the image pull its kernel waits for, in the status bar.',
   autoStart: true,
   requires: [IGpuModel],
   optional: [IStatusBar],
@@ -107,7 +114,100 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
       isActive: () => model.kernelMemory(model.current?.kernelId ?? null) > 0,
       activeStateChanged: model.changed
     });
+    // while the notebook's kernel waits for its image: the pull, next to Lab's kernel status
+    statusBar.registerStatusItem('jupyter-gpuenv:pull', {
+      item: new PullStatusItem(model),
+      align: 'left',
+      rank: 5,
+      isActive: () => waitingFor(model) !== null,
+      activeStateChanged: model.changed
+    });
   }
 };
 
-export default [panelPlugin, statusPlugin];
+/** Terminals inside an environment: from the panel, the notebook's context menu and the command palette. */
+const terminalPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'jupyter-gpuenv:terminals',
+  description: "Terminals whose shell runs in a notebook's container environment.",
+  autoStart: true,
+  requires: [IGpuModel],
+  optional: [ILayoutRestorer, ISettingRegistry, ICommandPalette, INotebookTracker],
+  activate: (
+    app: JupyterFrontEnd,
+    model: IGpuModel,
+    restorer: ILayoutRestorer | null,
+    registry: ISettingRegistry | null,
+    palette: ICommandPalette | null,
+    notebooks: INotebookTracker | null
+  ): void => {
+    const tracker = new WidgetTracker<TerminalWidget>({ namespace: 'gpuenv-terminal' });
+    let labSettings: Partial<Record<string, unknown>> = {};
+    registry
+      ?.load('@jupyterlab/terminal-extension:plugin')
+      .then(settings => {
+        const read = (): void => {
+          labSettings = settings.composite as Partial<Record<string, unknown>>;
+          tracker.forEach(w =>
+            Object.entries(labTerminalOptions(labSettings)).forEach(([k, v]) => w.content.setOption(k as any, v))
+          );
+        };
+        read();
+        settings.changed.connect(read);
+      })
+      .catch(() => undefined); // no terminal settings (terminals off in Lab): xterm's defaults
+    const options = {
+      app,
+      api: createTerminalApi(app.serviceManager.serverSettings),
+      serverSettings: app.serviceManager.serverSettings,
+      tracker,
+      labOptions: () => labTerminalOptions(labSettings),
+      notebookOf: (kernelId: string) => model.notebookOf(kernelId),
+      displayName: (name: string) => environmentName(model, name)
+    };
+    const currentKernel = (): string | null => {
+      const id = model.current?.kernelId ?? null;
+      return id && model.kernels.some(k => k.kernel_id === id && k.container_id) ? id : null;
+    };
+    app.commands.addCommand(CommandIDs.openTerminal, {
+      label: args =>
+        args.environment
+          ? `Open Terminal in a New ${environmentName(model, String(args.environment))} Container`
+          : "Open Terminal in the Notebook's Environment",
+      caption: "A shell in the notebook kernel's container: its GPUs, files and user",
+      icon: args => (args.name || args.kernel_id || args.environment ? undefined : gpuIcon),
+      isEnabled: args => !!(args.name || args.kernel_id || args.environment) || currentKernel() !== null,
+      isVisible: args => !!(args.name || args.kernel_id || args.environment) || currentKernel() !== null,
+      execute: async args => {
+        const target = args.name
+          ? { name: String(args.name) }
+          : args.environment
+            ? { environment: String(args.environment) }
+            : { kernel_id: String(args.kernel_id ?? currentKernel()) };
+        try {
+          return await openTerminal(options, target);
+        } catch (error) {
+          if ('name' in target) {
+            throw error; // a restored tab whose shell has ended: the restorer forgets it
+          }
+          await showErrorMessage('Could not open a terminal', error as Error);
+        }
+      }
+    });
+    palette?.addItem({ command: CommandIDs.openTerminal, category: 'GPU' });
+    if (notebooks) {
+      app.contextMenu.addItem({ command: CommandIDs.openTerminal, selector: '.jp-Notebook', rank: 90 });
+    }
+    restorer?.restore(tracker, {
+      command: CommandIDs.openTerminal,
+      args: widget => ({ name: widget.content.session.name }),
+      name: widget => widget.content.session.name
+    });
+  }
+};
+
+function environmentName(model: IGpuModel, name: string): string {
+  const envs = model.environments.kind === 'ready' ? (model.environments.reply.environments ?? []) : [];
+  return envs.find(e => e.name === name)?.display_name ?? name;
+}
+
+export default [panelPlugin, statusPlugin, terminalPlugin];

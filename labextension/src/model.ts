@@ -2,7 +2,8 @@
  * The one source of data for every widget: a single Poll (standby while the tab is hidden, back-off on
  * errors), so any number of views costs one GPU request per interval. Steady state: GET gpus; the
  * history is read once at start and after a gap, kernels every KERNELS_EVERY seconds, environments every
- * ENVIRONMENTS_EVERY seconds (every tick while an image is being pulled).
+ * ENVIRONMENTS_EVERY seconds (every tick while an image is being pulled, or the notebook in focus waits for a
+ * kernel, whose image may be the one being pulled).
  */
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
@@ -20,6 +21,7 @@ import {
   IGpusReply,
   IKernel,
   IKernelExit,
+  IPrepareState,
   ISeries,
   ISessionSource,
   ISettings
@@ -90,10 +92,43 @@ export class GpuModel implements IGpuModel {
 
   set current(value: ICurrentNotebook | null) {
     const old = this._current;
-    if (old?.path !== value?.path || old?.kernelId !== value?.kernelId || old?.kernelName !== value?.kernelName) {
+    if (
+      old?.path !== value?.path ||
+      old?.kernelId !== value?.kernelId ||
+      old?.kernelName !== value?.kernelName ||
+      (old?.starting ?? null) !== (value?.starting ?? null)
+    ) {
+      const startsNow = !!value?.starting && !old?.starting;
       this._current = value;
       this._changed.emit();
+      if (startsNow && !this.isDisposed) {
+        void this.refresh(); // its kernel may wait for an image: show the pull without waiting for the next read
+      }
     }
+  }
+
+  async prepare(name: string): Promise<void> {
+    if (this.prepareState(name).busy) {
+      return;
+    }
+    this._prepares.set(name, { busy: true, error: null });
+    this._changed.emit();
+    try {
+      this._requests++;
+      await this._api.pull(name);
+      this._prepares.delete(name);
+    } catch (error) {
+      this._prepares.set(name, { busy: false, error: messageOf(error) });
+    }
+    this._environmentsAt = null; // read them now: the pull's progress, or the image that is there
+    this._changed.emit();
+    if (!this.isDisposed) {
+      await this.refresh();
+    }
+  }
+
+  prepareState(name: string): IPrepareState {
+    return this._prepares.get(name) ?? { busy: false, error: null };
   }
 
   series(index: number): ISeries {
@@ -225,6 +260,9 @@ export class GpuModel implements IGpuModel {
     if (env.kind === 'ready' && (env.reply.environments ?? []).some(e => e.state === 'pulling')) {
       return true;
     }
+    if (this._current?.starting) {
+      return true;
+    }
     return now - this._environmentsAt >= ENVIRONMENTS_EVERY * 1000;
   }
 
@@ -258,6 +296,7 @@ export class GpuModel implements IGpuModel {
   private _lastTick: number | null = null;
   private _retryIn: number | null = null;
   private _current: ICurrentNotebook | null = null;
+  private _prepares = new Map<string, IPrepareState>();
   private _requests = 0;
 }
 

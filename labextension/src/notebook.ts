@@ -7,15 +7,19 @@ function describe(panel: NotebookPanel | null): ICurrentNotebook | null {
   if (!panel) {
     return null;
   }
-  const session = panel.sessionContext.session;
+  const context = panel.sessionContext;
+  const session = context.session;
+  const starting = ['starting', 'initializing', 'restarting'].includes(context.kernelDisplayStatus);
   return {
     path: panel.context.path,
     kernelId: session?.kernel?.id ?? null,
-    kernelName: session?.kernel?.name ?? null
+    kernelName: session?.kernel?.name ?? null,
+    starting: starting ? context.kernelDisplayName : null
   };
 }
 
-/** Keep `model.current` on the notebook in focus and its kernel (which changes on restart or switch). */
+/** Keep `model.current` on the notebook in focus and its kernel (which changes on restart or switch), and say
+ * while Lab starts one (a kernel whose image is pulled waits for it). */
 export function followCurrentNotebook(tracker: INotebookTracker, model: IGpuModel): void {
   const update = (): void => {
     model.current = describe(tracker.currentWidget);
@@ -24,9 +28,11 @@ export function followCurrentNotebook(tracker: INotebookTracker, model: IGpuMode
   const follow = (): void => {
     watched?.sessionContext.kernelChanged.disconnect(update);
     watched?.sessionContext.sessionChanged.disconnect(update);
+    watched?.sessionContext.statusChanged.disconnect(update);
     watched = tracker.currentWidget;
     watched?.sessionContext.kernelChanged.connect(update);
     watched?.sessionContext.sessionChanged.connect(update);
+    watched?.sessionContext.statusChanged.connect(update);
     update();
   };
   tracker.currentChanged.connect(follow);

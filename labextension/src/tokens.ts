@@ -98,6 +98,33 @@ export type ReasonCode =
   | 'no-gpu'
   | 'no-kernel-runtime';
 
+/** A pull under way (GET environments' `pull_progress`): the engine's per-layer events, added up. */
+export interface IPullProgress {
+  image: string;
+  phase: 'resolving' | 'downloading' | 'extracting' | 'done' | 'failed';
+  bytes_done: number;
+  bytes_total: number | null; // null until the registry or the engine told every layer's size
+  percent: number | null;
+  rate_bytes_per_s: number | null;
+  eta_s: number | null;
+  layers_done: number;
+  layers_total: number | null;
+  started_at: number; // seconds since the epoch
+}
+
+/** Why the last pull of an environment's image failed (until the next one starts). */
+export interface IPullError {
+  message: string;
+  code: string; // registry-unreachable, unknown-image, registry-auth, pull-stalled, pull-interrupted, disk-too-small, ...
+}
+
+/** What POST environments/NAME/pull answers: 202 "pulling", or 200 "present" when there is nothing to pull. */
+export interface IPullAnswer {
+  image: string;
+  state: 'pulling' | 'present';
+  pull_progress: IPullProgress | null;
+}
+
 export interface IEnvironment {
   name: string;
   display_name: string | null;
@@ -109,7 +136,8 @@ export interface IEnvironment {
   gpus: string | null;
   kernelspec: string | null; // null: configured, but no kernelspec starts it
   state: EnvironmentState | null;
-  pull_progress: string | null;
+  pull_progress: IPullProgress | null; // set while its image is being pulled
+  pull_error?: IPullError | null; // the last pull failed, and the image is still missing
   /** The server's verdict: "Use for this notebook" is offered exactly when this is true. */
   can_start: boolean;
   reason_code: ReasonCode | null; // null when it can start
@@ -151,6 +179,8 @@ export interface IGpuApi {
   history(since?: number): Promise<IHistoryReply>;
   environments(): Promise<IEnvironmentsReply>;
   kernels(): Promise<IKernelsReply>;
+  /** Pull an environment's image now ("Prepare"). */
+  pull(name: string): Promise<IPullAnswer>;
 }
 
 /** A failed request: `status` is the HTTP status, 0 when the server could not be reached. */
@@ -196,6 +226,14 @@ export interface ICurrentNotebook {
   path: string;
   kernelId: string | null;
   kernelName: string | null;
+  /** Lab is starting (or changing to) a kernel for it; the display name of that kernel. */
+  starting?: string | null;
+}
+
+/** "Prepare" pressed on an environment: the request under way, or why it was refused. */
+export interface IPrepareState {
+  busy: boolean;
+  error: string | null;
 }
 
 export interface ISettings {
@@ -219,6 +257,9 @@ export interface IGpuModel {
   readonly kernels: IKernel[];
   /** How a kernel's previous container ended, when it was restarted after ending on its own; else null. */
   lastExit(kernelId: string | null): IKernelExit | null;
+  /** Pull an environment's image ahead of its first start; progress then comes with the environments. */
+  prepare(name: string): Promise<void>;
+  prepareState(name: string): IPrepareState;
   /** Seconds until the next attempt after an error, or null. */
   readonly retryIn: number | null;
   refresh(): Promise<void>;
@@ -229,3 +270,27 @@ export const IGpuModel = new Token<IGpuModel>(
   'jupyter-gpuenv:IGpuModel',
   'GPU usage and container environments, refreshed by one poll.'
 );
+
+// -- terminals in an environment (GET/POST {base}gpuenv/api/terminals) ------------------------------------
+
+/** Where a terminal's shell runs: a kernel's container, or a new container of an environment. */
+export type TerminalTarget = { kernel_id: string } | { environment: string };
+
+export interface ITerminalModel {
+  name: string;
+  environment: string | null;
+  kernel_id: string | null; // null: a container of its own, removed when the terminal closes
+  container_id: string;
+  ends_with: 'kernel' | 'terminal';
+  notice: string; // the server's sentence on what ends the shell
+  clients: number;
+  created: number;
+}
+
+/** The terminals' REST client and websocket address; `api.ts` implements it, tests pass a fake. */
+export interface ITerminalApi {
+  open(target: TerminalTarget): Promise<ITerminalModel>;
+  get(name: string): Promise<ITerminalModel>;
+  close(name: string): Promise<void>;
+  socketUrl(name: string): string;
+}

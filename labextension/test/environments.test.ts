@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { whyNot } from '../src/environments';
+import { canPrepare, pullingFor, whyNot } from '../src/environments';
+import { pullProgress } from './fixtures';
 import type { IEnvironment } from '../src/tokens';
 
 const env = (over: Partial<IEnvironment> = {}): IEnvironment => ({
@@ -85,4 +86,23 @@ test('the button says why it cannot be pressed', () => {
   assert.equal(whyNot(env(), { ...nb, kernelName: 'gpuenv-pytorch' }, false), 'This notebook already uses it.');
   assert.equal(whyNot(env(), nb, true), 'Docker is not available.');
   assert.equal(whyNot(env({ can_start: false, reason: 'boom' }), nb, true), 'Docker is not available.');
+});
+
+test('Prepare is offered exactly for a missing image this server pulls', () => {
+  const missing = env({ state: 'image-missing', image_present: false });
+  assert.equal(canPrepare(missing, false), true);
+  assert.equal(canPrepare({ ...missing, can_start: false, reason_code: 'image-missing' }, false), false); // pulling off
+  assert.equal(canPrepare(missing, true), false); // Docker down
+  assert.equal(canPrepare(env(), false), false); // present already
+  assert.equal(canPrepare(env({ state: 'pulling', pull_progress: pullProgress() }), false), false);
+});
+
+test('the pull a starting notebook waits for: by its kernel name, or the only one under way', () => {
+  const pulling = env({ state: 'pulling', image_present: false, pull_progress: pullProgress() });
+  const other = env({ name: 'jax', display_name: 'JAX', state: 'pulling', pull_progress: pullProgress() });
+  const starting = { ...nb, starting: 'PyTorch 2.6 / CUDA 12.4' };
+  assert.equal(pullingFor([other, pulling], starting), pulling);
+  assert.equal(pullingFor([other], { ...nb, starting: 'Python 3' }), other); // the one pull there is
+  assert.equal(pullingFor([other, pulling], { ...nb, starting: 'Python 3' }), null); // cannot tell
+  assert.equal(pullingFor([pulling], nb), null); // the notebook is not starting a kernel
 });

@@ -1,5 +1,5 @@
 /** Replies shaped like the server's, with the numbers of tests/recordings/h100x2.json. */
-import type { IGpu, IGpusReply, IHistoryReply } from '../src/tokens';
+import type { IGpu, IGpusReply, IHistoryReply, IPullProgress } from '../src/tokens';
 
 export function gpu(index: number, overrides: Partial<IGpu> = {}): IGpu {
   return {
@@ -74,5 +74,22 @@ export function historyReply(times: number[]): IHistoryReply {
         }
       ]
     }))
+  };
+}
+
+/** A pull under way as GET environments reports it: 48 of 115 MB at 19.6 MB/s. */
+export function pullProgress(overrides: Partial<IPullProgress> = {}): IPullProgress {
+  return {
+    image: '127.0.0.1:5000/team/torch:2.6',
+    phase: 'downloading',
+    bytes_done: 48_000_000,
+    bytes_total: 115_000_000,
+    percent: 41.7,
+    rate_bytes_per_s: 19_600_000,
+    eta_s: 3.4,
+    layers_done: 2,
+    layers_total: 5,
+    started_at: 1_700_000_000,
+    ...overrides
   };
 }

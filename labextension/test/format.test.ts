@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import * as f from '../src/format';
+import { pullProgress } from './fixtures';
 
 test('memory reads like nvidia-smi, in GiB with one decimal', () => {
   assert.equal(f.memoryUsage(6966738944, 85520809984), '6.5 / 79.6 GiB');
@@ -60,4 +61,19 @@ test('basename and sentence', () => {
   assert.equal(f.basename('top.ipynb'), 'top.ipynb');
   assert.equal(f.sentence('docker not running'), 'Docker not running.');
   assert.equal(f.sentence('Done!'), 'Done!');
+});
+
+test('a pull reads as bytes, rate and time left; its phases in words', () => {
+  assert.equal(f.pullSummary(pullProgress()), '48 / 115 MB · 20 MB/s · 3 s left');
+  assert.equal(
+    f.pullSummary(pullProgress({ bytes_done: 1.2e9, bytes_total: 3.4e9, rate_bytes_per_s: null, eta_s: 125 })),
+    '1.2 / 3.4 GB · 2 min 5 s left'
+  );
+  assert.equal(f.pullSummary(pullProgress({ bytes_total: null, eta_s: null, rate_bytes_per_s: null })), '48 MB');
+  assert.equal(f.pullSummary(pullProgress({ phase: 'resolving' })), 'asking the registry…');
+  assert.equal(f.pullSummary(pullProgress({ phase: 'extracting' })), 'unpacking · 115 MB downloaded');
+  assert.equal(f.pullLayers(pullProgress()), 'layers 2 of 5');
+  assert.equal(f.pullLayers(pullProgress({ layers_total: null })), '');
+  assert.deepEqual([3, 60, 3720].map(f.duration), ['3 s', '1 min', '1 h 2 min']);
+  assert.equal(f.size(7.6e9), '7.6 GB');
 });

@@ -4,14 +4,23 @@ import { test } from 'node:test';
 import { Signal } from '@lumino/signaling';
 
 import { GpuModel } from '../src/model';
-import { ApiError, IEnvironmentsReply, IGpuApi, IGpusReply, IKernelsReply, ISessionSource } from '../src/tokens';
-import { gpusReply, historyReply } from './fixtures';
+import {
+  ApiError,
+  IEnvironmentsReply,
+  IGpuApi,
+  IGpusReply,
+  IKernelsReply,
+  IPullAnswer,
+  ISessionSource
+} from '../src/tokens';
+import { gpusReply, historyReply, pullProgress } from './fixtures';
 
 class FakeApi implements IGpuApi {
   calls: string[] = [];
   gpuReply: IGpusReply | Error = gpusReply(100);
   envReply: IEnvironmentsReply | Error = new ApiError(404, 'no such gpuenv API endpoint');
   kernelsReply: IKernelsReply | Error = { kernels: [] };
+  pullReply: IPullAnswer | Error = { image: 'x', state: 'pulling', pull_progress: null };
 
   async gpus(): Promise<IGpusReply> {
     this.calls.push('gpus');
@@ -37,6 +46,13 @@ class FakeApi implements IGpuApi {
       throw this.kernelsReply;
     }
     return this.kernelsReply;
+  }
+  async pull(name: string): Promise<IPullAnswer> {
+    this.calls.push(`pull:${name}`);
+    if (this.pullReply instanceof Error) {
+      throw this.pullReply;
+    }
+    return this.pullReply;
   }
   count(name: string): number {
     return this.calls.filter(c => c.startsWith(name)).length;
@@ -124,7 +140,7 @@ test('environments refresh every 30 s, and every tick while an image is pulled',
         gpus: 'all',
         kernelspec: 'gpuenv-pt',
         state: 'pulling',
-        pull_progress: '40 %',
+        pull_progress: pullProgress(),
         can_start: false,
         reason_code: 'pulling'
       }
@@ -280,5 +296,45 @@ test('settings change the interval and the history length', async () => {
   await model.tick();
   model.configure({ historyLength: 2, refreshInterval: 5 });
   assert.equal(model.series(0).memory.length, 2);
+  model.dispose();
+});
+
+test('Prepare asks the server to pull, then reads the environments at once; a refusal stays on the row', async () => {
+  const { api, model, advance } = setup();
+  await model.tick();
+  const environments = api.count('environments');
+  const states: boolean[] = [];
+  model.changed.connect(() => states.push(model.prepareState('pt').busy));
+  await model.prepare('pt');
+  assert.equal(api.count('pull:pt'), 1);
+  assert.equal(states[0], true); // the button shows the request under way
+  assert.deepEqual(model.prepareState('pt'), { busy: false, error: null });
+  advance(2000);
+  await model.tick(); // not 30 s later: the progress shows now
+  assert.equal(api.count('environments'), environments + 1);
+  api.pullReply = new ApiError(409, 'this server does not pull images (c.GpuEnv.pull_missing_images is off)');
+  await model.prepare('pt');
+  assert.deepEqual(model.prepareState('pt'), {
+    busy: false,
+    error: 'The server answered 409: this server does not pull images (c.GpuEnv.pull_missing_images is off)'
+  });
+  model.dispose();
+});
+
+test('while the notebook in focus starts a kernel, environments are read every tick', async () => {
+  const { api, model, advance } = setup();
+  await model.tick();
+  const before = api.count('environments');
+  model.current = { path: 'a.ipynb', kernelId: null, kernelName: null, starting: 'PyTorch' };
+  for (let i = 0; i < 3; i++) {
+    advance(2000);
+    await model.tick();
+  }
+  assert.ok(api.count('environments') >= before + 3);
+  model.current = { path: 'a.ipynb', kernelId: 'k', kernelName: 'gpuenv-pt', starting: null };
+  const settled = api.count('environments');
+  advance(2000);
+  await model.tick();
+  assert.equal(api.count('environments'), settled); // back to every 30 s
   model.dispose();
 });

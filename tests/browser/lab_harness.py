@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import shutil
 import socket
@@ -42,9 +43,25 @@ def free_port() -> int:
 class LabServer:
     """``python launch_lab.py`` in a subprocess: 127.0.0.1, a free port, a token, a temporary root."""
 
-    def __init__(self, workdir: Path, recording: str | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        recording: str | None = None,
+        extra_args: list[str] | None = None,
+        user: str | None = None,
+    ) -> None:
+        """``user``: run the server as that Unix account (``setpriv``), in ``workdir`` made theirs, as a person
+        does; ``workdir`` must be a folder that account can reach (not under root's pytest folders)."""
         self.root = workdir / "root"
         self.root.mkdir(parents=True)
+        env = {**os.environ, "JUPYTER_CONFIG_DIR": str(workdir / "config")}
+        prefix: list[str] = []
+        if user is not None:
+            account = pwd.getpwnam(user)
+            for path in (workdir, self.root):
+                os.chown(path, account.pw_uid, account.pw_gid)
+            prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"]
+            env["HOME"] = str(workdir)
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.recording: Path | None = None
@@ -65,11 +82,11 @@ class LabServer:
         self.log = workdir / "server.log"
         self._log = self.log.open("w")
         self.proc = subprocess.Popen(
-            cmd + (extra_args or []),
+            prefix + cmd + (extra_args or []),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            env={**os.environ, "JUPYTER_CONFIG_DIR": str(workdir / "config")},
+            env=env,
         )
         self._wait_ready()
 

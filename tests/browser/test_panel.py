@@ -241,7 +241,18 @@ ENVIRONMENTS = {
             "gpus": "all",
             "kernelspec": "gpuenv-jax",
             "state": "pulling",
-            "pull_progress": "1.2 / 3.4 GB",
+            "pull_progress": {
+                "image": "ghcr.io/nvidia/jax:jax",
+                "phase": "downloading",
+                "bytes_done": 1.2e9,
+                "bytes_total": 3.4e9,
+                "percent": 35.3,
+                "rate_bytes_per_s": 41e6,
+                "eta_s": 54,
+                "layers_done": 3,
+                "layers_total": 9,
+                "started_at": 1.7e9,
+            },
             "can_start": False,
             "reason_code": "pulling",
         },
@@ -284,11 +295,11 @@ def test_environments_show_state_policy_and_why_they_cannot_start(page: Page, gp
     expect(ready.get_by_role("button", name="Use for this notebook")).to_be_enabled()
     pulling = environment_item(page, "jax")
     expect(pulling).to_contain_text("1.2 / 3.4 GB")
-    expect(pulling.get_by_role("button")).to_be_disabled()
+    expect(pulling.get_by_role("button", name="Use for this notebook")).to_be_disabled()
     expect(pulling).to_contain_text("The image is being downloaded.")
     incompatible = environment_item(page, "legacy")
     expect(incompatible).to_contain_text("incompatible")
-    expect(incompatible.get_by_role("button")).to_be_disabled()
+    expect(incompatible.get_by_role("button", name="Use for this notebook")).to_be_disabled()
     expect(incompatible).to_contain_text("The image needs CUDA 13.1; the driver supports up to 13.0.")
 
 
@@ -307,7 +318,9 @@ def test_dark_theme_and_screenshots(page: Page, gpu_lab, notebook_on_gpu, screen
             card = gpu_card(page, 0)
             expect(card.locator("svg[role=img]")).to_be_visible()
             expect(card.locator('tr[aria-current="true"]')).to_contain_text("analysis.ipynb")
-            expect(environment_item(page, "pytorch").get_by_role("button")).to_be_enabled()
+            expect(
+                environment_item(page, "pytorch").get_by_role("button", name="Use for this notebook")
+            ).to_be_enabled()
             page.wait_for_timeout(500)  # bar transitions
             colors[name] = card.evaluate("e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).color]")
             panel.locator(".jp-GpuEnv-body").screenshot(path=str(screenshot_dir / f"panel-{name}.png"))

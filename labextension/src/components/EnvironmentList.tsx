@@ -1,14 +1,20 @@
 import React from 'react';
 
-import { whyNot } from '../environments';
+import { canPrepare, whyNot } from '../environments';
 import { environmentState, gpuPolicy, sentence } from '../format';
 import type { ICurrentNotebook, IEnvironment, IGpuModel } from '../tokens';
+import { EnvironmentTerminals, OpenTerminal } from './EnvironmentTerminals';
+import { PullBar } from './PullBar';
 import { StateMessage } from './StateMessage';
 
 export type UseEnvironment = (env: IEnvironment) => void;
 
 /** The container environments, each with "Use for this notebook". */
-export function EnvironmentList(props: { model: IGpuModel; onUse: UseEnvironment }): JSX.Element {
+export function EnvironmentList(props: {
+  model: IGpuModel;
+  onUse: UseEnvironment;
+  onTerminal?: OpenTerminal;
+}): JSX.Element {
   const { model } = props;
   const status = model.environments;
   switch (status.kind) {
@@ -56,10 +62,12 @@ export function EnvironmentList(props: { model: IGpuModel; onUse: UseEnvironment
               {envs.map(env => (
                 <Environment
                   key={env.name}
+                  model={model}
                   env={env}
                   current={model.current}
                   dockerDown={dockerDown}
                   onUse={props.onUse}
+                  onTerminal={props.onTerminal}
                 />
               ))}
             </ul>
@@ -71,10 +79,12 @@ export function EnvironmentList(props: { model: IGpuModel; onUse: UseEnvironment
 }
 
 function Environment(props: {
+  model: IGpuModel;
   env: IEnvironment;
   current: ICurrentNotebook | null;
   dockerDown: boolean;
   onUse: UseEnvironment;
+  onTerminal?: OpenTerminal;
 }): JSX.Element {
   const { env, current } = props;
   const blocked = whyNot(env, current, props.dockerDown);
@@ -95,12 +105,18 @@ function Environment(props: {
         {gpuPolicy(env.gpus)}
         {env.cuda_version ? ` · CUDA ${env.cuda_version}` : ''}
         {env.availability ? ` · ${env.availability}` : ''}
-        {state === 'pulling' && env.pull_progress ? ` · ${env.pull_progress}` : ''}
       </div>
-      {/* a startable environment's reason is a note (e.g. the first start pulls the image); else it is the why */}
-      {env.can_start && env.reason && state !== 'ready' ? (
+      {env.pull_progress ? <PullBar progress={env.pull_progress} label="Pulling" /> : null}
+      {env.pull_error && !env.pull_progress ? (
+        <div className="jp-GpuEnv-pullError" role="alert">
+          {sentence(`the last pull failed: ${env.pull_error.message}`)}
+        </div>
+      ) : null}
+      {/* a startable environment's reason is a note (e.g. the first start pulls the image; a bar says it better) */}
+      {env.can_start && env.reason && state !== 'ready' && !env.pull_progress ? (
         <div className="jp-GpuEnv-envReason">{sentence(env.reason)}</div>
       ) : null}
+      {canPrepare(env, props.dockerDown) ? <Prepare model={props.model} env={env} /> : null}
       <button
         className="jp-GpuEnv-use jp-mod-styled jp-mod-accept"
         disabled={blocked !== null}
@@ -115,6 +131,37 @@ function Environment(props: {
           {blocked}
         </div>
       ) : null}
+      {props.onTerminal ? (
+        <EnvironmentTerminals
+          model={props.model}
+          env={env}
+          dockerDown={props.dockerDown}
+          onTerminal={props.onTerminal}
+        />
+      ) : null}
     </li>
+  );
+}
+
+/** "Prepare": pull the image now, so the first start does not wait for it. */
+function Prepare(props: { model: IGpuModel; env: IEnvironment }): JSX.Element {
+  const { model, env } = props;
+  const request = model.prepareState(env.name);
+  return (
+    <>
+      <button
+        className="jp-GpuEnv-prepare jp-mod-styled"
+        disabled={request.busy}
+        title={`Pull ${env.image} now, so that the first start does not wait for it`}
+        onClick={() => void model.prepare(env.name)}
+      >
+        {request.busy ? 'Preparing…' : 'Prepare'}
+      </button>
+      {request.error ? (
+        <div className="jp-GpuEnv-pullError" role="alert">
+          {sentence(request.error)}
+        </div>
+      ) : null}
+    </>
   );
 }

@@ -3,6 +3,7 @@ import React from 'react';
 
 import type { IGpuModel } from '../tokens';
 import { EnvironmentList, UseEnvironment } from './EnvironmentList';
+import type { OpenTerminal } from './EnvironmentTerminals';
 import { GpuSection } from './GpuSection';
 import { KernelNotices } from './KernelNotices';
 import { useModel } from './useModel';
@@ -11,7 +12,8 @@ import { useModel } from './useModel';
 export class GpuPanel extends ReactWidget {
   constructor(
     private _model: IGpuModel,
-    private _onUse: UseEnvironment
+    private _onUse: UseEnvironment,
+    private _onTerminal?: OpenTerminal
   ) {
     super();
     this.id = 'jupyter-gpuenv-panel';
@@ -20,11 +22,11 @@ export class GpuPanel extends ReactWidget {
   }
 
   protected render(): JSX.Element {
-    return <PanelBody model={this._model} onUse={this._onUse} />;
+    return <PanelBody model={this._model} onUse={this._onUse} onTerminal={this._onTerminal} />;
   }
 }
 
-function PanelBody(props: { model: IGpuModel; onUse: UseEnvironment }): JSX.Element {
+function PanelBody(props: { model: IGpuModel; onUse: UseEnvironment; onTerminal?: OpenTerminal }): JSX.Element {
   const { model } = props;
   useModel(model);
   const reply = model.status.kind === 'ready' ? model.status.reply : null;
@@ -45,7 +47,7 @@ function PanelBody(props: { model: IGpuModel; onUse: UseEnvironment }): JSX.Elem
         <header className="jp-GpuEnv-sectionHeader">
           <h2 id="jp-GpuEnv-envsTitle">Environments</h2>
         </header>
-        <EnvironmentList model={model} onUse={props.onUse} />
+        <EnvironmentList model={model} onUse={props.onUse} onTerminal={props.onTerminal} />
       </section>
     </div>
   );
