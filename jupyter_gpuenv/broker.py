@@ -489,8 +489,7 @@ class BrokerDaemon:
         return self.environments[name]
 
     async def _verdict(self, env: Environment) -> preflight.Verdict:
-        probe = None if env.kernel_runtime == "image" else env.python
-        image = await self.docker.image_facts(env.image, probe, dict(env.env))
+        image = await preflight.image_facts(self.docker, env)
         situation = preflight.Situation(
             image=image,
             snapshot=self.sampler.latest,

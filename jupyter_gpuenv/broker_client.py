@@ -10,12 +10,11 @@ import asyncio
 import json
 import os
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any
 
 from . import errors
 from .containers import AssignedGpu
-from .engine import ContainerState, ImageFacts, KernelRequest, Placement
+from .engine import ContainerState, ImageFacts, KernelRequest, Placement, StreamShell
 from .environments import Environment, parse_environment
 from .labels import KernelContainer
 
@@ -170,26 +169,14 @@ class BrokerClient:
         return BrokerShell(self, answer["result"]["shell"], reader, writer)
 
 
-class BrokerShell:
+class BrokerShell(StreamShell):
     """A terminal's shell that the broker opened: its bytes on the request's own connection (``Engine.Shell``)."""
 
     def __init__(
         self, client: BrokerClient, shell_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        self.client, self.shell_id, self._reader, self._writer = client, shell_id, reader, writer
-
-    async def read(self) -> bytes:
-        try:
-            return await self._reader.read(1 << 16)
-        except (ConnectionError, OSError):
-            return b""
-
-    async def write(self, data: bytes) -> None:
-        if self._writer.is_closing():
-            return
-        self._writer.write(data)
-        with suppress(ConnectionError, OSError):
-            await self._writer.drain()
+        super().__init__(reader, writer)
+        self.client, self.shell_id = client, shell_id
 
     async def resize(self, rows: int, cols: int) -> None:
         await self.client.call("shell_resize", {"shell": self.shell_id, "rows": rows, "cols": cols})

@@ -34,7 +34,7 @@ from docker.types import DeviceRequest
 from docker.types import Mount as DockerMount
 
 from . import allocation, containers, host, labels, pulls, registry
-from .engine import ContainerState, ImageFacts, KernelRequest, Placement
+from .engine import ContainerState, ImageFacts, KernelRequest, Placement, StreamShell
 from .errors import (
     CannotStartHere,
     DiskTooSmall,
@@ -827,7 +827,7 @@ def _early_bytes(stream: Any) -> bytes:
         return b""
 
 
-class DockerShell:
+class DockerShell(StreamShell):
     """A shell exec'd into a container (``Engine.exec_shell``): its terminal's bytes, both ways, on the loop."""
 
     def __init__(
@@ -841,26 +841,17 @@ class DockerShell:
         writer: asyncio.StreamWriter,
         early: bytes = b"",
     ) -> None:
+        super().__init__(reader, writer)
         self.engine, self.container_id, self.exec_id = engine, container_id, exec_id
         self.user, self.marker = user, marker
-        self._reader, self._writer, self._early = reader, writer, early
+        self._early = early  # what the SDK read past the HTTP upgrade: the shell's first bytes
         self._closed = False
 
     async def read(self) -> bytes:
         if self._early:
             data, self._early = self._early, b""
             return data
-        try:
-            return await self._reader.read(1 << 16)
-        except (ConnectionError, OSError):
-            return b""
-
-    async def write(self, data: bytes) -> None:
-        if self._writer.is_closing():
-            return
-        self._writer.write(data)
-        with suppress(ConnectionError, OSError):
-            await self._writer.drain()
+        return await super().read()
 
     async def resize(self, rows: int, cols: int) -> None:
         e = self.engine

@@ -8,9 +8,11 @@ Every method is a coroutine that answers within its engine's timeout or raises o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -133,6 +135,27 @@ class Shell(Protocol):
 
     async def close(self) -> None:
         """End the shell as closing a terminal does (SIGHUP: its jobs end, what runs under tmux or nohup stays)."""
+
+
+class StreamShell:
+    """The byte half of a ``Shell`` whose terminal is one stream connection (the engine's exec socket, or the
+    broker's request connection): reads end with ``b""`` and writes stop once the other side is gone."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+
+    async def read(self) -> bytes:
+        try:
+            return await self._reader.read(1 << 16)
+        except (ConnectionError, OSError):
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            return
+        self._writer.write(data)
+        with suppress(ConnectionError, OSError):
+            await self._writer.drain()
 
 
 _engines: dict[tuple, Engine] = {}

@@ -1,7 +1,8 @@
 """Can this environment start here, now? One verdict, read by the provisioner and by GET environments.
 
-Pure: the caller gathers the facts (what the engine says of the image, the GPU snapshot, which kernel
-runtimes are prepared, whether pulling is allowed) and :func:`check` decides. The provisioner raises the
+:func:`check` is pure: the caller gathers the facts (what the engine says of the image, asked the one way
+:func:`image_facts` asks it; the GPU snapshot; which kernel runtimes are prepared; whether pulling is
+allowed) and it decides. The provisioner raises the
 verdict's error; ``GET environments`` reports its state, ``can_start`` and reason, so the panel never offers
 what the provisioner would refuse.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import errors
-from .engine import ImageFacts
+from .engine import Engine, ImageFacts
 from .environments import Environment, cuda_compatibility
 from .nvml import Snapshot
 
@@ -57,6 +58,13 @@ class Verdict:
     def raise_if_refused(self) -> None:
         if not self.can_start and self.error is not None:
             raise self.error
+
+
+async def image_facts(engine: Engine, env: Environment) -> ImageFacts:
+    """The one question every verdict asks the engine: its image, and its Python unless its own ipykernel is
+    trusted (``kernel_runtime: image``). The rest of this module decides from the answer without I/O."""
+    probe = None if env.kernel_runtime == "image" else env.python
+    return await engine.image_facts(env.image, probe, dict(env.env))
 
 
 def _refused(state: str, error: errors.GpuEnvError) -> Verdict:

@@ -320,8 +320,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
 
     async def _verdict(self, snapshot: Snapshot) -> preflight.Verdict:
         env = self.environment
-        probe = None if env.kernel_runtime == "image" else env.python
-        image = await self.engine.image_facts(env.image, probe, dict(env.env))
+        image = await preflight.image_facts(self.engine, env)
         situation = preflight.Situation(
             image=image,
             snapshot=snapshot,

@@ -31,8 +31,7 @@ async def environment_report(settings: GpuEnv, specs: dict[str, Any], snapshot: 
         else:
             if engine_error is None:
                 try:
-                    probe = None if env.kernel_runtime == "image" else env.python
-                    image = await engine.image_facts(env.image, probe, dict(env.env))
+                    image = await preflight.image_facts(engine, env)
                 except EngineUnavailable as exc:
                     engine_error = exc
             progress = engine.pull_progress(env.image)

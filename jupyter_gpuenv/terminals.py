@@ -283,8 +283,7 @@ class Terminals:
         if item.environment is None:
             raise item.error
         env = item.environment
-        probe = None if env.kernel_runtime == "image" else env.python
-        image = await self.engine.image_facts(env.image, probe, dict(env.env))
+        image = await preflight.image_facts(self.engine, env)
         situation = preflight.Situation(
             image=image,
             snapshot=self.sampler.latest,

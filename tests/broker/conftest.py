@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub.conftest import free_port, processes_with_marker
+from hub.conftest import free_port, hub_request, page, processes_with_marker  # noqa: F401 - page: a fixture, the hub tests' own
 
 HERE = Path(__file__).resolve().parent
 WIRE = HERE / "wire.py"
@@ -172,14 +172,8 @@ class Site:
 
     # -- HTTP through the hub's proxy ------------------------------------------------------------------------
     def request(self, method: str, path: str, token: str | None = None, **kwargs):
-        import requests
-
-        headers = kwargs.pop("headers", {})
-        if token:
-            headers["Authorization"] = f"token {token}"
-        kwargs.setdefault("timeout", 60)
-        kwargs.setdefault("allow_redirects", False)
-        return requests.request(method, self.url + path, headers=headers, **kwargs)
+        kwargs.setdefault("timeout", 60)  # four servers and a broker on two cores
+        return hub_request(self.url, method, path, token, **kwargs)
 
     def api(self, method: str, path: str, **kwargs):
         """The hub's REST API with the test service's admin token."""

@@ -4,24 +4,13 @@ broker down, the panel says so, naming it."""
 
 from __future__ import annotations
 
-import pytest
 from browser.lab_harness import environment_item, open_gpu_panel, use_environment
-from hub.test_hub_lab import LAB_TIMEOUT_MS, log_in
+from hub.test_hub_lab import log_in
 from playwright.sync_api import expect
 
 from .conftest import wait_until
 
 NOTEBOOK = "broker-switch.ipynb"
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(LAB_TIMEOUT_MS)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
 
 
 def test_alice_switches_a_notebook_to_the_broker_environment_from_the_panel(clean_site, page):

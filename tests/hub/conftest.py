@@ -27,6 +27,30 @@ USERS = ("alice", "bob")
 START_TIMEOUT = 60  # hub answering its API
 SPAWN_TIMEOUT = 90  # both single-user servers ready (spawned in parallel)
 STOP_TIMEOUT = 30
+LAB_TIMEOUT_MS = 60_000  # Lab's first load on a slow, busy 2-core machine
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context (no cookies from other tests) and its page, patient as Lab behind a hub needs."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(LAB_TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def hub_request(base: str, method: str, path: str, token: str | None = None, **kwargs):
+    """HTTP through a hub's proxy at ``base``, with a hub token; redirects are the caller's to follow."""
+    import requests
+
+    headers = kwargs.pop("headers", {})
+    if token:
+        headers["Authorization"] = f"token {token}"
+    kwargs.setdefault("timeout", 15)
+    kwargs.setdefault("allow_redirects", False)
+    return requests.request(method, base + path, headers=headers, **kwargs)
 
 
 def free_port() -> int:
@@ -58,14 +82,7 @@ class Hub:
     tokens: dict[str, str] = field(default_factory=dict)
 
     def request(self, method: str, path: str, token: str | None = None, **kwargs):
-        import requests
-
-        headers = kwargs.pop("headers", {})
-        if token:
-            headers["Authorization"] = f"token {token}"
-        kwargs.setdefault("timeout", 15)
-        kwargs.setdefault("allow_redirects", False)
-        return requests.request(method, self.url + path, headers=headers, **kwargs)
+        return hub_request(self.url, method, path, token, **kwargs)
 
     def api(self, method: str, path: str, **kwargs):
         """The hub's REST API with the test service's admin token."""

@@ -3,23 +3,10 @@ Lab loads under her prefix with the jupyter-gpuenv labextension, and its GPU pan
 
 from __future__ import annotations
 
-import pytest
 from browser.lab_harness import open_gpu_panel
 from playwright.sync_api import expect
 
-LAB_TIMEOUT_MS = 60_000  # Lab's first load on a slow, busy 2-core machine
 PANEL = "#jupyter-gpuenv-panel"
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh browser context (no cookies from other tests) and its page."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(LAB_TIMEOUT_MS)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
 
 
 def log_in(page, hub, user: str) -> None:
