@@ -17,6 +17,7 @@ from .errors import GpuEnvError, Refusal
 from .handlers import api_handlers
 from .ledger import Ledger
 from .nvml import Snapshot
+from .parker import ServerParking
 from .provisioner import REFUSAL_FORMAT, refuse_reserved_keys
 from .sampler import Sampler
 from .terminals import Terminals
@@ -106,6 +107,15 @@ class GpuEnvApp(ExtensionApp):
             log=self.serverapp.log,
         )
         self.usage.start()
+        # -- park and resume (parker.py): its background round runs on the server's loop --
+        self.parking = ServerParking(
+            self.gpuenv,
+            self.sampler,
+            kernel_manager,
+            engine.connect(self.gpuenv, self.serverapp.log),
+            self.serverapp.log,
+        )
+        self.parking.start()
         if self.gpuenv.prometheus_metrics:
             metrics.export(self.usage)
         quiet = QuietRefusals()
@@ -145,7 +155,7 @@ class GpuEnvApp(ExtensionApp):
             self.serverapp.log.warning("gpuenv: removed %s, left by an earlier server that is gone", container_name)
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(api_handlers(self.sampler, self.gpuenv, self.usage, self.terminals))
+        self.handlers.extend(api_handlers(self.sampler, self.gpuenv, self.usage, self.terminals, self.parking))
 
     async def stop_extension(self) -> None:
         engine.cancel_pulls()  # kernel starts waiting for a pull fail now, or the server's shutdown waits for them
@@ -153,3 +163,4 @@ class GpuEnvApp(ExtensionApp):
         await self.usage.stop()  # writes what the ledger has not got yet
         self.sampler.stop()
         await self.terminals.close_all()  # their shells hung up, the terminals' own containers removed
+        self.parking.stop()  # parked kernels stay parked: a kernel that outlives its server keeps its state

@@ -91,6 +91,21 @@ class BrokerClient:
     async def socket_folder(self, kernel_id: str) -> str:
         return (await self.call("socket_folder", {"kernel_id": kernel_id}))["path"]
 
+    async def park(self, container_id: str) -> dict[str, Any]:
+        """Park one of this user's kernels (the broker acts on its process); its park row. Takes as long as the
+        driver does, hence no answer time limit (the broker's own c.Broker.park_timeout bounds it)."""
+        return await self.call("park", {"container_id": container_id}, progress=lambda line: None)
+
+    async def resume(self, container_id: str) -> dict[str, Any]:
+        return await self.call("resume", {"container_id": container_id}, progress=lambda line: None)
+
+    async def kernel_rows(self) -> list[dict[str, Any]]:
+        """This user's kernels as the broker's lease book has them, each with its park row."""
+        return await self.call("kernels")
+
+    async def parking(self) -> dict[str, Any]:
+        return await self.call("parking")
+
     # -- the Engine interface ----------------------------------------------------------------------------
     async def image_facts(self, image: str, python: str | None = None, env: dict[str, str] | None = None) -> ImageFacts:
         raise errors.NotPermitted("with a broker, the broker checks images (GET environments says what it found)")

@@ -179,6 +179,23 @@ class GpuEnv(Configurable):
         "that grows is compacted to one record per kernel and hour, so the ledger stays small.",
     )
 
+    park_idle_minutes = Float(
+        0.0,
+        config=True,
+        help="Park a kernel idle this many minutes whose GPUs did no work meanwhile (its GPU memory moves to host "
+        "memory, its variables stay, running a cell resumes it). 0: never park by itself (the default on one "
+        "person's machine; on a shared host the broker's c.Broker.park_idle_minutes applies to its kernels).",
+    )
+    park_min_gpu_memory_gib = Float(
+        1.0, config=True, help="The idle policy parks only kernels holding at least this much GPU memory (GiB)."
+    )
+    park_timeout = Float(
+        300.0,
+        config=True,
+        help="Seconds a park or resume may take before it is reported as failed (a checkpoint moves about "
+        "1-3 GiB/s). A restore that does not finish in time is reported, and the kernel offered a restart.",
+    )
+
     @validate("usage_flush_interval", "usage_retention_days")
     def _positive_usage_setting(self, proposal):
         if proposal["value"] <= 0:
@@ -186,11 +203,22 @@ class GpuEnv(Configurable):
         return proposal["value"]
 
     @validate(
-        "sample_interval", "driver_retry_interval", "docker_timeout", "pull_stall_timeout", "terminal_grace_period"
+        "sample_interval",
+        "driver_retry_interval",
+        "docker_timeout",
+        "pull_stall_timeout",
+        "terminal_grace_period",
+        "park_timeout",
     )
     def _positive_interval(self, proposal):
         if proposal["value"] <= 0:
             raise ValueError(f"{proposal['trait'].name} must be a positive number of seconds")
+        return proposal["value"]
+
+    @validate("park_idle_minutes", "park_min_gpu_memory_gib")
+    def _not_negative(self, proposal):
+        if proposal["value"] < 0:
+            raise ValueError(f"{proposal['trait'].name} must be 0 or more")
         return proposal["value"]
 
     @validate("history_length")

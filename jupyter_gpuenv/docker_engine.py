@@ -47,6 +47,7 @@ from .errors import (
     PullFailed,
     UnknownKernel,
 )
+from .parking import ParkBook
 
 # One line of Python run in an image (as the kernel's user, no network) to learn what a kernel needs of it.
 PROBE = (
@@ -431,7 +432,7 @@ class DockerEngine:
         with self._lease_lock() if env.gpus.wants_gpus else nullcontext():
             gpus: list[containers.AssignedGpu] = []
             if env.gpus.wants_gpus:
-                held = req.held if req.held is not None else labels.holdings(self._kernels(c), excluding=req.kernel_id)
+                held = req.held if req.held is not None else self._holdings(c, req.kernel_id)
                 chosen = allocation.choose(env.gpus, req.inventory, held, keep=req.keep_gpus or None)
                 gpus = [containers.AssignedGpu(g.index, g.uuid, g.minor_number) for g in chosen]
             mode = "none" if not gpus else (self._engine_gpu_mode(c) if env.gpu_mode == "auto" else env.gpu_mode)
@@ -465,6 +466,13 @@ class DockerEngine:
                     f"image {env.image} was removed from the Docker engine a moment ago: start the kernel again"
                 ) from None
         return container_id, Placement(container_id, mode, tuple(gpus))
+
+    def _holdings(self, c: docker.DockerClient, kernel_id: str) -> allocation.Holdings:
+        """What this user's running kernels hold, as their labels say, less what parked kernels released."""
+        released = (
+            ParkBook(os.path.join(self.private_dir, "parked.json")).released_containers() if self.private_dir else set()
+        )
+        return labels.holdings([k for k in self._kernels(c) if k.id not in released], excluding=kernel_id)
 
     # -- the user's network namespace holder ------------------------------------------------------------
     def _network_holder(self, c: docker.DockerClient, req: KernelRequest) -> str | None:

@@ -15,7 +15,8 @@
     │   ├── NoKernelRuntime        the image has no ipykernel and no kernel runtime is prepared
     │   ├── NoKernelspec           no kernelspec starts the environment (reported, never raised by a start)
     │   ├── UnsafeFolder           a folder we must own is another user's, or open to others
-    │   └── DiskTooSmall           the engine's disk has no room for the image (checked before pulling)
+    │   ├── DiskTooSmall           the engine's disk has no room for the image (checked before pulling)
+    │   └── CannotPark             this kernel cannot be parked now (busy, nothing on a GPU, no checkpoint API)
     └── EngineUnavailable (503)    the Docker engine could not do it
         ├── EngineUnreachable      no answer: not running, no permission, or it did not answer in time
         ├── EngineRefused          it answered with an error
@@ -25,6 +26,7 @@
             ├── RegistryAuthRequired   the registry wants credentials the server's user has not got
             ├── PullStalled            no bytes for c.GpuEnv.pull_stall_timeout seconds: abandoned
             └── PullInterrupted        the process that pulled it stopped (reported after a restart)
+    └── DriverFailed (503)         the NVIDIA driver could not park or resume a kernel (parking.py)
 
 The Docker SDK's own exceptions are translated into these in one place (``docker_engine.translated``), and
 ``to_http`` is the one place that turns them into tornado's ``HTTPError``. Nothing a person or an engine can
@@ -103,6 +105,10 @@ class DiskTooSmall(CannotStartHere):
     code = "disk-too-small"
 
 
+class CannotPark(CannotStartHere):
+    code = "cannot-park"
+
+
 class EngineUnavailable(GpuEnvError):
     status, code = 503, "engine-unavailable"
 
@@ -137,6 +143,10 @@ class PullStalled(PullFailed):
 
 class PullInterrupted(PullFailed):
     code = "pull-interrupted"
+
+
+class DriverFailed(GpuEnvError):
+    status, code = 503, "driver-failed"
 
 
 class Refusal(HTTPError):

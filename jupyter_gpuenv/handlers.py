@@ -16,6 +16,7 @@ from tornado.websocket import WebSocketHandler
 from . import engine, kernelspecs, ledger, reports
 from .config import GpuEnv
 from .errors import GpuEnvError, to_http
+from .parker import ServerParking
 from .sampler import Sampler
 from .terminals import Terminal, Terminals
 from .usage import UsageTracker
@@ -110,10 +111,37 @@ class PullHandler(GpuEnvHandler):
 
 
 class KernelsHandler(GpuEnvHandler):
+    def initialize(self, sampler: Sampler, parking: ServerParking) -> None:
+        self.sampler, self.parking = sampler, parking
+
     @web.authenticated
     @authorized
-    def get(self) -> None:
-        self.write_json(reports.kernel_report(self.kernel_manager, self.sampler.latest))
+    async def get(self) -> None:
+        report = reports.kernel_report(self.kernel_manager, self.sampler.latest, self.parking)
+        report["parking"] = await self.parking.summary()
+        self.write_json(report)
+
+
+class ParkHandler(GpuEnvHandler):
+    """``POST kernels/ID/park`` and ``…/resume``: move a kernel's GPU memory to host memory and back (parker.py).
+
+    200 with the kernel's row; 404 for a kernel this server does not run; 409 with the reason when it cannot be
+    parked now (busy, nothing on a GPU, no checkpoint API) or its GPU is taken; 503 when the driver failed.
+    """
+
+    def initialize(self, sampler: Sampler, parking: ServerParking) -> None:
+        self.sampler, self.parking = sampler, parking
+
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str, action: str) -> None:
+        try:
+            await (self.parking.park(kernel_id) if action == "park" else self.parking.resume(kernel_id))
+        except GpuEnvError as exc:
+            raise to_http(exc) from None
+        rows = [r for r in reports.kernel_rows(self.kernel_manager, self.sampler.latest, self.parking)
+                if r["kernel_id"] == kernel_id]  # fmt: skip
+        self.write_json(rows[0] if rows else {"kernel_id": kernel_id})
 
 
 class UsageHandler(GpuEnvHandler):
@@ -265,7 +293,13 @@ class NotFoundHandler(GpuEnvHandler):
     post = put = patch = delete = get
 
 
-def api_handlers(sampler: Sampler, settings: GpuEnv, usage: UsageTracker, terminals: Terminals | None = None) -> list:
+def api_handlers(
+    sampler: Sampler,
+    settings: GpuEnv,
+    usage: UsageTracker,
+    terminals: Terminals | None = None,
+    parking: ServerParking | None = None,
+) -> list:
     """The route table, relative to the server's base URL."""
     prefix = "gpuenv/api"
     return [
@@ -273,7 +307,8 @@ def api_handlers(sampler: Sampler, settings: GpuEnv, usage: UsageTracker, termin
         (rf"{prefix}/gpus/history", HistoryHandler, {"sampler": sampler}),
         (rf"{prefix}/environments", EnvironmentsHandler, {"sampler": sampler, "settings": settings}),
         (rf"{prefix}/environments/([^/]+)/pull", PullHandler, {"settings": settings}),
-        (rf"{prefix}/kernels", KernelsHandler, {"sampler": sampler}),
+        (rf"{prefix}/kernels", KernelsHandler, {"sampler": sampler, "parking": parking}),
+        (rf"{prefix}/kernels/([^/]+)/(park|resume)", ParkHandler, {"sampler": sampler, "parking": parking}),
         (rf"{prefix}/usage", UsageHandler, {"usage": usage}),
         (rf"{prefix}/terminals", TerminalsHandler, {"terminals": terminals}),
         (rf"{prefix}/terminals/([0-9a-f]+)", TerminalHandler, {"terminals": terminals}),

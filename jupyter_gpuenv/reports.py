@@ -105,8 +105,9 @@ def _progress_row(progress: PullProgress) -> dict[str, Any]:
     return row
 
 
-def kernel_rows(kernel_manager, snapshot: Snapshot) -> list[dict[str, Any]]:
-    """Every running kernel: its environment, container, GPUs and the GPU memory its processes hold."""
+def kernel_rows(kernel_manager, snapshot: Snapshot, parking=None) -> list[dict[str, Any]]:
+    """Every running kernel: its environment, container, GPUs, the GPU memory its processes hold, and whether it
+    is parked (with ``parking``, the server's ``ServerParking``)."""
     memory: dict[str, int] = {}
     used_gpus: dict[str, set[int]] = {}
     for gpu in snapshot.gpus:
@@ -135,10 +136,11 @@ def kernel_rows(kernel_manager, snapshot: Snapshot) -> list[dict[str, Any]]:
                 "gpus": assigned or sorted(used_gpus.get(kernel_id, ())),
                 "gpu_memory": memory.get(kernel_id) if snapshot.available else None,
                 "last_exit": asdict(last_exit) if last_exit else None,
+                "park": parking.row(kernel_id, snapshot) if parking is not None else None,
             }
         )
     return rows
 
 
-def kernel_report(kernel_manager, snapshot: Snapshot) -> dict[str, Any]:
-    return {"kernels": kernel_rows(kernel_manager, snapshot)}
+def kernel_report(kernel_manager, snapshot: Snapshot, parking=None) -> dict[str, Any]:
+    return {"kernels": kernel_rows(kernel_manager, snapshot, parking)}

@@ -1,0 +1,454 @@
+"""Park and resume kernels: the driver's checkpoint calls, the lease they release and take again, auto-resume.
+
+``Parker`` is the part a server and the broker share: it runs the blocking driver calls in threads of its own
+with a time limit (a restore that wedges becomes a sentence, not a hang), keeps what is under way, records a
+parked kernel in a ``Store`` (which releases its GPU lease) and resumes it when a cell is run in it.
+``ServerParking`` fits it to one Jupyter server: its kernel manager, its sampler, its kernels' connection
+files, the idle policy, and the broker for container kernels on a shared host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from tornado.ioloop import PeriodicCallback
+from tornado.web import HTTPError
+
+from . import checkpoint, host, labels
+from .activity import KernelActivity, iopub_address
+from .allocation import Holdings
+from .errors import CannotPark, DriverFailed, GpuEnvError, NoFreeGpu, UnknownKernel
+from .nvml import GpuSample, Snapshot
+from .parking import (
+    BY_PERSON,
+    BY_POLICY,
+    FAILED,
+    PARKED,
+    IdlePolicy,
+    KernelFacts,
+    ParkBook,
+    ParkRecord,
+    idle_to_park,
+    resume_blocker,
+    why_not_park,
+)
+
+PARKING, RESUMING, RUNNING = "parking", "resuming", "running"
+
+
+class Store(Protocol):
+    """Where parked kernels are recorded, so that their GPUs count as free for everyone who allocates."""
+
+    def get(self, kernel_id: str) -> ParkRecord | None: ...
+
+    def all(self) -> list[ParkRecord]: ...
+
+    def put(self, record: ParkRecord) -> None: ...
+
+    def drop(self, kernel_id: str) -> None: ...
+
+    def locked(self) -> contextlib.AbstractAsyncContextManager:
+        """The allocation lock: no kernel chooses GPUs while a lease is released or taken again."""
+
+    async def others(self, kernel_id: str) -> Holdings:
+        """What every other kernel holds now (a parked one holds nothing)."""
+
+
+class Parker:
+    def __init__(self, store: Store, *, timeout: float, log: logging.Logger, driver: Any = None) -> None:
+        self.store = store
+        self.timeout = timeout
+        self.log = log
+        self._driver = driver
+        self.under_way: dict[str, str] = {}  # kernel id -> PARKING or RESUMING
+        self.waiting: dict[str, str] = {}  # kernel id -> why a cell waits for its GPU (auto-resume refused)
+        self.watches: dict[str, KernelActivity] = {}
+        self.resumed_at: dict[str, float] = {}  # a resume counts as activity: the idle policy waits again
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="gpuenv-checkpoint")
+        self._unavailable: str | None | bool = False  # False: not asked yet
+
+    @property
+    def driver(self) -> Any:
+        """The checkpoint driver, loaded at the first park (a server that never parks never loads libcuda)."""
+        if self._driver is None:
+            self._driver = checkpoint.load_driver()
+        return self._driver
+
+    async def _blocking(self, doing: str, fn: Callable, *args: Any) -> Any:
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.wait_for(future, self.timeout)
+        except asyncio.TimeoutError:
+            raise DriverFailed(
+                f"the NVIDIA driver did not {doing} within {self.timeout:.0f} s (c.GpuEnv.park_timeout)"
+            ) from None
+
+    async def unavailable(self) -> str | None:
+        """Why parking cannot work on this machine at all (asked of the driver once), or None."""
+        if self._unavailable is False:
+            self._unavailable = await self._blocking("answer", self.driver.unavailable)
+        return self._unavailable  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for watch in self.watches.values():
+            watch.stop()
+        self.watches.clear()
+        self._pool.shutdown(wait=False)
+
+    # -- park ------------------------------------------------------------------------------------------
+    async def park(
+        self, facts: KernelFacts, *, gpus: list[str], exclusive: bool, container_id: str, by: str = BY_PERSON
+    ) -> ParkRecord:
+        kid = facts.kernel_id
+        if kid in self.under_way:
+            raise CannotPark(f"the kernel is {self.under_way[kid]} already")
+        reason = why_not_park(facts, await self.unavailable())
+        if reason:
+            raise CannotPark(reason)
+        self.under_way[kid] = PARKING
+        started = time.monotonic()
+        try:
+            outcome = await self._blocking("park the kernel", checkpoint.park, self.driver, list(facts.pids))
+            if outcome.error is not None:
+                if outcome.rolled_back:
+                    raise DriverFailed(f"the kernel could not be parked, and runs as it was: {outcome.error}")
+                raise DriverFailed(f"the kernel could not be parked and may not run on: {outcome.error}; restart it")
+            record = ParkRecord(
+                kernel_id=kid,
+                pids=list(facts.pids),
+                gpus=list(gpus),
+                exclusive=exclusive,
+                container_id=container_id,
+                host_memory=facts.gpu_memory,
+                since=time.time(),
+                by=by,
+            )
+            async with self.store.locked():
+                self.store.put(record)  # from here its GPUs are free for the next kernel
+        finally:
+            self.under_way.pop(kid, None)
+        self.log.info(
+            "gpuenv: kernel %s parked by %s: %.2f GiB to host memory in %.1f s",
+            kid,
+            by,
+            facts.gpu_memory / 2**30,
+            time.monotonic() - started,
+        )
+        return record
+
+    # -- resume ----------------------------------------------------------------------------------------
+    async def resume(self, kernel_id: str, inventory: list[GpuSample]) -> None:
+        record = self.store.get(kernel_id)
+        if record is None or record.state != PARKED:
+            if record is not None:  # failed: its GPU state is gone
+                raise DriverFailed(record.message or "the kernel's GPU state could not be restored: restart it")
+            raise CannotPark("the kernel is not parked")
+        if kernel_id in self.under_way:
+            raise CannotPark(f"the kernel is {self.under_way[kernel_id]} already")
+        self.under_way[kernel_id] = RESUMING
+        started = time.monotonic()
+        try:
+            async with self.store.locked():
+                blocker = resume_blocker(record, await self.store.others(kernel_id), inventory)
+                if blocker is not None:
+                    raise blocker
+                try:
+                    outcome = await self._blocking("restore the kernel", checkpoint.resume, self.driver, record.pids)
+                    error = outcome.error
+                except DriverFailed as exc:
+                    error = exc
+                if error is not None:
+                    record.state = FAILED
+                    record.message = (
+                        f"its GPU state could not be restored ({error}): restart the kernel; its variables are lost"
+                    )
+                    self.store.put(record)
+                    raise DriverFailed(record.message)
+                self.store.drop(kernel_id)  # it holds its GPUs again
+        finally:
+            self.under_way.pop(kernel_id, None)
+        self.waiting.pop(kernel_id, None)
+        self.resumed_at[kernel_id] = time.time()
+        self.unwatch(kernel_id)
+        self.log.info("gpuenv: kernel %s resumed in %.1f s", kernel_id, time.monotonic() - started)
+
+    # -- a cell run in a parked kernel resumes it -------------------------------------------------------
+    def watch(self, kernel_id: str, address: str, inventory: Callable[[], list[GpuSample]]) -> None:
+        if kernel_id in self.watches:
+            return
+
+        def cell_started() -> None:
+            record = self.store.get(kernel_id)
+            if record is not None and record.state == PARKED and kernel_id not in self.under_way:
+                self.waiting.setdefault(kernel_id, "resuming for the cell that was run")
+                asyncio.ensure_future(self.resume_for_cell(kernel_id, inventory()))
+
+        self.watches[kernel_id] = watch = KernelActivity(address, cell_started, self.log)
+        watch.start()
+
+    def unwatch(self, kernel_id: str) -> None:
+        watch = self.watches.pop(kernel_id, None)
+        if watch is not None:
+            watch.stop()
+
+    async def resume_for_cell(self, kernel_id: str, inventory: list[GpuSample]) -> None:
+        """The cell waits inside the driver until the kernel is resumed; when its GPU is taken it waits on (the
+        reason is on the kernel's row) and ``retry_waiting`` tries again."""
+        try:
+            await self.resume(kernel_id, inventory)
+        except NoFreeGpu as exc:
+            self.waiting[kernel_id] = f"a cell waits for this kernel's GPU: {exc}"
+        except GpuEnvError as exc:
+            self.waiting.pop(kernel_id, None)
+            self.log.warning("gpuenv: kernel %s was not resumed for its cell: %s", kernel_id, exc)
+
+    async def retry_waiting(self, inventory: list[GpuSample]) -> None:
+        for kernel_id in list(self.waiting):
+            if kernel_id not in self.under_way:
+                await self.resume_for_cell(kernel_id, inventory)
+
+    def forget(self, kernel_id: str) -> None:
+        """The kernel ended or restarted: its record goes (its processes, and what they held, are gone)."""
+        self.unwatch(kernel_id)
+        self.waiting.pop(kernel_id, None)
+        self.resumed_at.pop(kernel_id, None)
+        if self.store.get(kernel_id) is not None:
+            self.store.drop(kernel_id)
+
+    # -- what the panel shows --------------------------------------------------------------------------
+    def row(self, kernel_id: str, cannot: str | None) -> dict[str, Any]:
+        record = self.store.get(kernel_id)
+        state = self.under_way.get(kernel_id) or (record.state if record else RUNNING)
+        message = self.waiting.get(kernel_id) or (record.message if record else None)
+        if record is not None and record.by == BY_POLICY and message is None and record.state == PARKED:
+            message = "parked by the idle policy: running a cell resumes it"
+        return {
+            "state": state,
+            "can_park": state == RUNNING and cannot is None,
+            "reason": cannot if state == RUNNING else None,
+            "host_memory": record.host_memory if record else None,
+            "since": record.since if record else None,
+            "by": record.by if record else None,
+            "message": message,
+        }
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FileStore:
+    """One person's machine: parked kernels in a private file, under the allocation lock the engine uses."""
+
+    def __init__(self, private_dir: str, kernels: Callable[[], Any]) -> None:
+        self.private_dir = private_dir
+        self._kernels = kernels  # the engine's kernel containers (a coroutine function)
+        self.book = ParkBook(os.path.join(private_dir, "parked.json"))
+        self._records: dict[str, ParkRecord] | None = None
+
+    def _all(self) -> dict[str, ParkRecord]:
+        if self._records is None:
+            host.private_folder(self.private_dir)
+            self._records = self.book.load()
+        return self._records
+
+    def get(self, kernel_id: str) -> ParkRecord | None:
+        return self._all().get(kernel_id)
+
+    def all(self) -> list[ParkRecord]:
+        return list(self._all().values())
+
+    def put(self, record: ParkRecord) -> None:
+        self._all()[record.kernel_id] = record
+        self.book.save(self._all())
+
+    def drop(self, kernel_id: str) -> None:
+        if self._all().pop(kernel_id, None) is not None:
+            self.book.save(self._all())
+
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        path = os.path.join(host.private_folder(self.private_dir), "allocation.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    async def others(self, kernel_id: str) -> Holdings:
+        released = {r.container_id for r in self.all() if r.container_id}
+        return labels.holdings([c for c in await self._kernels() if c.id not in released], excluding=kernel_id)
+
+
+def _epoch(value: Any) -> float:
+    if value is None:
+        return time.time()
+    timestamp = getattr(value, "timestamp", None)
+    return timestamp() if timestamp else float(value)
+
+
+class ServerParking:
+    """Parking for one Jupyter server's kernels (local and container), and its idle policy.
+
+    With a broker, container kernels are parked by the broker (it holds the host's leases and the rights to act
+    on any user's process); this server forwards the person's requests and shows the broker's record.
+    """
+
+    def __init__(self, settings: Any, sampler: Any, kernel_manager: Any, engine: Any, log: logging.Logger) -> None:
+        self.settings, self.sampler, self.kernel_manager, self.engine, self.log = (
+            settings,
+            sampler,
+            kernel_manager,
+            engine,
+            log,
+        )
+        private = os.path.join(settings.socket_root, f"gpuenv-{os.getuid()}")
+        self.parker = Parker(FileStore(private, engine.kernels), timeout=settings.park_timeout, log=log)
+        self.policy = IdlePolicy(settings.park_idle_minutes, int(settings.park_min_gpu_memory_gib * 2**30))
+        self.brokered: dict[str, dict] = {}  # with a broker: container id -> the broker's park row
+        self._callback: PeriodicCallback | None = None
+
+    @property
+    def broker(self) -> bool:
+        return bool(self.settings.broker)
+
+    def start(self) -> None:
+        """Tend each sample interval, on the server's loop (a callback that may be set up before it runs)."""
+        interval = max(self.settings.sample_interval, 0.5) * 1000
+        self._callback = PeriodicCallback(self._round, interval)
+        self._callback.start()
+
+    def stop(self) -> None:
+        if self._callback is not None:
+            self._callback.stop()
+        self.parker.close()
+
+    # -- facts -----------------------------------------------------------------------------------------
+    def _manager(self, kernel_id: str) -> Any:
+        try:
+            return self.kernel_manager.get_kernel(kernel_id)
+        except (KeyError, HTTPError):  # jupyter_server's manager answers 404 itself
+            raise UnknownKernel(f"no kernel {kernel_id!r} on this server") from None
+
+    def facts(self, kernel_id: str, snapshot: Snapshot | None = None) -> KernelFacts:
+        km = self._manager(kernel_id)
+        snapshot = snapshot or self.sampler.latest
+        procs = [(g, p) for g in snapshot.gpus for p in g.processes if p.kernel_id == kernel_id]
+        record = self.parker.store.get(kernel_id)
+        return KernelFacts(
+            kernel_id=kernel_id,
+            execution_state=str(getattr(km, "execution_state", "idle")),
+            last_activity=max(_epoch(getattr(km, "last_activity", None)), self.parker.resumed_at.get(kernel_id, 0)),
+            pids=tuple(sorted({p.pid for _, p in procs})),
+            gpu_memory=sum(p.used_memory or 0 for _, p in procs),
+            gpus=tuple(sorted({g.uuid for g, _ in procs if g.uuid})),
+            parked=record is not None,
+        )
+
+    def _brokered(self, km: Any) -> str | None:
+        """The container id of a kernel the broker parks (with a broker, container kernels); None otherwise."""
+        placement = getattr(km.provisioner, "placement", None)
+        return placement.container_id if self.broker and placement is not None else None
+
+    # -- the person's requests -------------------------------------------------------------------------
+    async def park(self, kernel_id: str, by: str = BY_PERSON) -> None:
+        km = self._manager(kernel_id)
+        container = self._brokered(km)
+        if container is not None:
+            if getattr(km, "execution_state", "idle") == "busy":
+                raise CannotPark("the kernel is running a cell: park it once the cell has finished")
+            self.brokered[container] = await self.engine.park(container)
+            return
+        facts = self.facts(kernel_id)
+        placement = getattr(km.provisioner, "placement", None)
+        environment = getattr(km.provisioner, "environment", None)
+        await self.parker.park(
+            facts,
+            gpus=[g.uuid for g in placement.gpus] if placement else list(facts.gpus),
+            exclusive=bool(environment and placement and environment.gpus.kind == "exclusive"),
+            container_id=placement.container_id if placement else "",
+            by=by,
+        )
+        info = {"transport": km.transport, "ip": km.ip, "iopub_port": km.iopub_port}
+        self.parker.watch(kernel_id, iopub_address(info), lambda: list(self.sampler.latest.gpus))
+
+    async def resume(self, kernel_id: str) -> None:
+        km = self._manager(kernel_id)
+        container = self._brokered(km)
+        if container is not None:
+            self.brokered[container] = await self.engine.resume(container)
+            return
+        await self.parker.resume(kernel_id, list(self.sampler.latest.gpus))
+
+    # -- what GET kernels shows ------------------------------------------------------------------------
+    async def summary(self) -> dict[str, Any]:
+        """Whether kernels can be parked here: with a broker, as the broker says (it parks container kernels)."""
+        if self.broker:
+            try:
+                return await self.engine.parking()
+            except GpuEnvError as exc:
+                return {"available": False, "reason": str(exc), "auto_park": None}
+        reason = await self.parker.unavailable()
+        return {"available": reason is None, "reason": reason, "auto_park": self.policy.as_dict()}
+
+    def row(self, kernel_id: str, snapshot: Snapshot) -> dict[str, Any]:
+        try:
+            km = self._manager(kernel_id)
+        except UnknownKernel:
+            return {}
+        container = self._brokered(km)
+        if container is not None:
+            return self.brokered.get(container) or {"state": RUNNING, "can_park": True, "reason": None}
+        unavailable = self.parker._unavailable if isinstance(self.parker._unavailable, str) else None
+        return self.parker.row(kernel_id, why_not_park(self.facts(kernel_id, snapshot), unavailable))
+
+    # -- in the background -----------------------------------------------------------------------------
+    async def _round(self) -> None:
+        try:
+            await self.tend()
+        except Exception:  # a bug: log it, and keep tending
+            self.log.exception("gpuenv: parking's background round failed")
+
+    async def tend(self) -> None:
+        """Forget ended kernels, try again for cells that wait, apply the idle policy; refresh the broker's rows."""
+        running = set(self.kernel_manager.list_kernel_ids())
+        for record in self.parker.store.all():
+            if record.kernel_id not in running or not all(process_alive(p) for p in record.pids):
+                self.parker.forget(record.kernel_id)
+        inventory = list(self.sampler.latest.gpus)
+        await self.parker.retry_waiting(inventory)
+        if self.broker:
+            with contextlib.suppress(GpuEnvError):
+                self.brokered = {k["container_id"]: k["park"] for k in await self.engine.kernel_rows() if "park" in k}
+        if not self.policy.on:
+            return
+        candidates = []
+        for kernel_id in running:
+            with contextlib.suppress(UnknownKernel):
+                km = self._manager(kernel_id)
+                if self._brokered(km) is None:  # the broker applies its own policy to its kernels
+                    candidates.append(self.facts(kernel_id))
+        unavailable = await self.parker.unavailable()
+        for facts in idle_to_park(time.time(), candidates, self.policy, self.sampler.history(), unavailable):
+            try:
+                await self.park(facts.kernel_id, by=BY_POLICY)
+            except GpuEnvError as exc:
+                self.log.warning("gpuenv: idle kernel %s was not parked: %s", facts.kernel_id, exc)
+
+
+__all__ = ["PARKED", "Parker", "ServerParking", "FileStore"]

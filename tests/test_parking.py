@@ -1,0 +1,359 @@
+"""Park and resume: the rules (pure), the driver's call sequence, and the REST API on real container kernels.
+
+No GPU here: NVML is replayed (two H100s) and the checkpoint API is ``fake_cuda.FakeCheckpoint``, which acts on
+what that NVML reports. The kernels, their containers, the allocation of GPUs and the leases are real.
+tests/gpu/prove_parking.py runs the same REST calls against the real driver on a GPU machine.
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+import fake_cuda
+import pytest
+from container_harness import execute, install_spec, provisioner, start, start_error
+from tornado.httpclient import HTTPClientError
+
+from jupyter_gpuenv import checkpoint
+from jupyter_gpuenv.allocation import Holdings
+from jupyter_gpuenv.checkpoint import CHECKPOINTED, LOCKED, RUNNING
+from jupyter_gpuenv.nvml import GpuSample
+from jupyter_gpuenv.parking import (
+    BY_POLICY,
+    IdlePolicy,
+    KernelFacts,
+    ParkBook,
+    ParkRecord,
+    idle_to_park,
+    resume_blocker,
+    why_not_park,
+)
+
+GIB = 1 << 30
+
+
+# -- the rules -----------------------------------------------------------------------------------------------
+def facts(**kw):
+    base = dict(kernel_id="k", execution_state="idle", last_activity=0.0, pids=(11,), gpu_memory=4 * GIB, gpus=("A",))
+    return KernelFacts(**{**base, **kw})
+
+
+def test_why_a_kernel_cannot_be_parked_is_a_sentence():
+    assert why_not_park(facts(), None) is None
+    assert "570" in why_not_park(facts(), "parking needs display driver 570 or newer")
+    assert "running a cell" in why_not_park(facts(execution_state="busy"), None)
+    assert "nothing to park" in why_not_park(facts(pids=()), None)
+    assert "parked already" in why_not_park(facts(parked=True), None)
+    assert "restarting" in why_not_park(facts(execution_state="restarting"), None)
+    assert why_not_park(facts(execution_state="starting"), None) is None  # no client has asked it anything yet
+
+
+def history(*utilizations, uuid="A", start=0.0, step=60.0):
+    return [{"t": start + i * step, "gpus": [{"uuid": uuid, "utilization_gpu": u}]} for i, u in enumerate(utilizations)]
+
+
+def test_the_idle_policy_parks_only_idle_kernels_holding_enough_on_gpus_at_rest():
+    policy = IdlePolicy(idle_minutes=10, min_gpu_memory=2 * GIB)
+    now = 1200.0
+    quiet = history(0, 0, 1, 0, 3, 0, 0, 0, 0, 0, 0, start=600)  # the last 10 minutes, at rest
+    assert [k.kernel_id for k in idle_to_park(now, [facts()], policy, quiet, None)] == ["k"]
+    assert idle_to_park(now, [facts(last_activity=700)], policy, quiet, None) == []  # idle 8.3 minutes
+    assert idle_to_park(now, [facts(gpu_memory=GIB)], policy, quiet, None) == []  # holds too little
+    assert idle_to_park(now, [facts(execution_state="busy")], policy, quiet, None) == []
+    assert idle_to_park(now, [facts(parked=True)], policy, quiet, None) == []
+    worked = history(0, 0, 0, 60, 0, start=900)  # its GPU computed 5 minutes ago (a background thread)
+    assert idle_to_park(now, [facts()], policy, worked, None) == []
+    other_gpu = history(0, 90, 0, uuid="B", start=900)  # another GPU's work is not this kernel's
+    assert len(idle_to_park(now, [facts()], policy, other_gpu, None)) == 1
+    old_work = history(99, start=100)  # before the window
+    assert len(idle_to_park(now, [facts()], policy, old_work, None)) == 1
+    assert idle_to_park(now, [facts()], IdlePolicy(0), quiet, None) == []  # off
+    assert idle_to_park(now, [facts()], policy, quiet, "no driver") == []
+
+
+def gpu(index, uuid):
+    return GpuSample(index=index, uuid=uuid)
+
+
+def test_a_kernel_resumes_only_when_no_one_took_its_gpu_as_its_policy_needs():
+    record = ParkRecord("k", [11], ["A"], exclusive=True)
+    free = Holdings()
+    assert resume_blocker(record, free, [gpu(0, "A")]) is None
+    shared = Holdings()
+    shared.add("A", "other", exclusive=False)
+    shared.names = {"other": "bob"}
+    refusal = resume_blocker(record, shared, [gpu(0, "A")])  # exclusive: anyone on it is too many
+    assert refusal.status == 409 and "GPU 0 held by bob" in str(refusal)
+    sharing = ParkRecord("k", [11], ["A"], exclusive=False)
+    assert resume_blocker(sharing, shared, [gpu(0, "A")]) is None  # sharing: others may share it
+    taken = Holdings()
+    taken.add("A", "other", exclusive=True)
+    assert "restart this kernel" in str(resume_blocker(sharing, taken, [gpu(0, "A")]))
+
+
+def test_the_park_book_is_private_and_names_the_containers_it_released(tmp_path):
+    book = ParkBook(str(tmp_path / "parked.json"))
+    assert book.load() == {} and book.released_containers() == set()
+    book.save({"k": ParkRecord("k", [11], ["A"], container_id="c1"), "l": ParkRecord("l", [12], ["B"])})
+    assert os.stat(tmp_path / "parked.json").st_mode & 0o777 == 0o600
+    assert book.released_containers() == {"c1"}  # the local kernel "l" holds no container lease
+    assert book.load()["k"].gpus == ["A"]
+
+
+# -- the driver's call sequence -----------------------------------------------------------------------------
+class Nvml:
+    def __init__(self, pids):
+        self.recording = {"devices": [{"nvmlDeviceGetComputeRunningProcesses": [{"pid": p, "usedGpuMemory": GIB}
+                                                                                 for p in pids]}]}  # fmt: skip
+
+
+def test_a_failed_checkpoint_leaves_every_process_running_as_it_was():
+    me, parent = os.getpid(), os.getppid()
+    driver = fake_cuda.FakeCheckpoint(Nvml([me, parent]))
+    driver.fail["checkpoint"] = "CUDA_ERROR_NOT_SUPPORTED"
+    outcome = checkpoint.park(driver, [me, parent])
+    assert outcome.error.code == "CUDA_ERROR_NOT_SUPPORTED" and outcome.rolled_back
+    assert driver.state(me) == RUNNING and driver.state(parent) == RUNNING
+    assert len(driver.nvml.recording["devices"][0]["nvmlDeviceGetComputeRunningProcesses"]) == 2
+    assert [c for c, _ in driver.calls] == ["lock", "lock", "checkpoint", "unlock", "unlock"]
+
+
+def test_park_then_resume_moves_the_memory_off_and_back_and_a_retry_is_harmless():
+    me = os.getpid()
+    driver = fake_cuda.FakeCheckpoint(Nvml([me]))
+    assert checkpoint.park(driver, [me]).error is None
+    assert driver.state(me) == CHECKPOINTED
+    assert driver.nvml.recording["devices"][0]["nvmlDeviceGetComputeRunningProcesses"] == []
+    assert checkpoint.resume(driver, [me]).error is None
+    assert driver.state(me) == RUNNING
+    assert checkpoint.resume(driver, [me]).error is None  # running already: nothing to do
+    driver.states[me] = LOCKED  # a restore that got half way (restored, not unlocked)
+    assert checkpoint.resume(driver, [me]).error is None and driver.state(me) == RUNNING
+
+
+def test_without_libcuda_parking_says_why():
+    driver = checkpoint.LibCuda()
+    reason = driver.unavailable()
+    if reason is None:
+        pytest.skip("this machine has a CUDA driver with the checkpoint API")
+    assert "libcuda.so.1" in reason or "570" in reason
+    with pytest.raises(checkpoint.CheckpointError):
+        driver.lock(os.getpid(), 100)
+
+
+# -- the REST API on real container kernels ------------------------------------------------------------------
+@pytest.fixture
+def recording():
+    """Two H100s (recorded on one): GPU uuids of their own, so the broker tests' kernels never hold these."""
+    return "h100-real"
+
+
+@pytest.fixture
+def fake_driver(fake_nvml, monkeypatch):
+    driver = fake_cuda.FakeCheckpoint(fake_nvml)
+    monkeypatch.setattr(checkpoint, "load_driver", lambda: driver)
+    return driver
+
+
+@pytest.fixture
+def jp_server_config(jp_server_config):
+    socket_root = tempfile.mkdtemp(prefix="gp")  # short: unix socket paths stay under ~100 bytes; its own park book
+    yield {
+        "ServerApp": {"jpserver_extensions": {"jupyter_gpuenv": True}},
+        "GpuEnv": {"sample_interval": 0.05, "driver_retry_interval": 0.05, "socket_root": socket_root},
+    }
+    shutil.rmtree(socket_root, ignore_errors=True)
+
+
+@pytest.fixture
+def gpu_spec(jp_data_dir, docker_client):
+    return install_spec(jp_data_dir, "gpu", {"gpus": "exclusive:1", "gpu_mode": "none"})
+
+
+async def until(predicate, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+class Site:
+    """A server with the fake driver: start GPU kernels, put their container on its GPU in NVML, park, resume."""
+
+    def __init__(self, jp_fetch, jp_serverapp, fake_nvml, docker_client, sampler):
+        self.fetch, self.app, self.nvml, self.docker, self.sampler = (
+            jp_fetch,
+            jp_serverapp,
+            fake_nvml,
+            docker_client,
+            sampler,
+        )
+
+    async def gpu_kernel(self, spec, memory=4 * GIB):
+        """A kernel whose container NVML shows on its GPU with ``memory`` bytes (its init process stands for it)."""
+        await until(lambda: self.sampler.latest.gpus, what="the sampler reading the replayed NVML")
+        kernel_id = await start(self.fetch, spec)
+        placement = provisioner(self.app, kernel_id).placement
+        pid = self.docker.containers.get(placement.container_id).attrs["State"]["Pid"]
+        index = placement.gpus[0].index
+        device = self.nvml.recording["devices"][index]
+        device["nvmlDeviceGetComputeRunningProcesses"] = [{"pid": pid, "usedGpuMemory": memory}]
+        await until(lambda: self.on_gpu(kernel_id), what=f"kernel {kernel_id} attributed on GPU {index}")
+        return kernel_id
+
+    def on_gpu(self, kernel_id):
+        return [g.index for g in self.sampler.latest.gpus for p in g.processes if p.kernel_id == kernel_id]
+
+    async def rows(self):
+        return json.loads((await self.fetch("gpuenv", "api", "kernels")).body)
+
+    async def row(self, kernel_id):
+        return next(r for r in (await self.rows())["kernels"] if r["kernel_id"] == kernel_id)
+
+    async def post(self, kernel_id, action):
+        response = await self.fetch("gpuenv", "api", "kernels", kernel_id, action, method="POST", body="")
+        return json.loads(response.body)
+
+    async def refused(self, kernel_id, action):
+        with pytest.raises(HTTPClientError) as err:
+            await self.post(kernel_id, action)
+        return err.value.code, json.loads(err.value.response.body)["message"]
+
+
+@pytest.fixture
+def site(fake_nvml, fake_driver, jp_fetch, jp_serverapp, docker_client, gpuenv_sampler):
+    return Site(jp_fetch, jp_serverapp, fake_nvml, docker_client, gpuenv_sampler)
+
+
+async def test_a_parked_kernel_frees_its_gpu_for_another_exclusive_kernel_and_resumes_after_it(site, gpu_spec):
+    first = await site.gpu_kernel(gpu_spec)
+    second = await site.gpu_kernel(gpu_spec)  # the machine's two GPUs are both held exclusively now
+    code, message = await start_error(site.fetch, gpu_spec)
+    assert code == 409 and "free GPU" in message
+
+    summary = await site.rows()
+    assert summary["parking"] == {"available": True, "reason": None, "auto_park": None}
+    assert (await site.row(first))["park"]["can_park"] is True
+    parked = await site.post(first, "park")
+    assert parked["park"]["state"] == "parked" and parked["park"]["by"] == "you"
+    assert parked["park"]["host_memory"] == 4 * GIB
+    await until(lambda: not site.on_gpu(first), what="the parked kernel gone from its GPU")
+    freed = provisioner(site.app, first).placement.gpus[0].index
+
+    third = await site.gpu_kernel(gpu_spec)  # takes the GPU the parked kernel gave back
+    assert provisioner(site.app, third).placement.gpus[0].index == freed
+    code, message = await site.refused(first, "resume")
+    assert code == 409 and f"GPU {freed} held by kernel(s) {third[:8]}" in message
+    assert (await site.row(first))["park"]["state"] == "parked"  # still parked, nothing lost
+
+    await site.fetch("api", "kernels", third, method="DELETE")
+    resumed = await site.post(first, "resume")
+    assert resumed["park"]["state"] == "running"
+    await until(lambda: site.on_gpu(first) == [freed], what="the resumed kernel back on its GPU")
+    code, message = await start_error(site.fetch, gpu_spec)  # it holds its GPU again (and the second kernel its own)
+    assert code == 409 and second
+
+
+async def test_running_a_cell_in_a_parked_kernel_resumes_it_and_the_cell_runs(site, gpu_spec):
+    kernel_id = await site.gpu_kernel(gpu_spec)
+    await site.post(kernel_id, "park")
+    out, error = await execute(site.app, kernel_id, "print(6 * 7)")
+    assert (out, error) == ("42\n", None)
+    row = await until(lambda: _state(site, kernel_id, "running"), what="the kernel resumed by the cell that was run")
+    assert row["park"]["host_memory"] is None
+
+
+async def _state(site, kernel_id, state):
+    row = await site.row(kernel_id)
+    return row if row["park"]["state"] == state else None
+
+
+async def test_what_cannot_be_parked_or_resumed_answers_why_and_changes_nothing(site, gpu_spec, jp_data_dir):
+    code, message = await site.refused("no-such-kernel", "park")
+    assert code == 404 and "no kernel" in message
+    cpu = await start(site.fetch, install_spec(jp_data_dir, "cpu", {}))
+    code, message = await site.refused(cpu, "park")
+    assert code == 409 and "holds no GPU memory" in message
+    row = await site.row(cpu)
+    assert row["park"]["can_park"] is False and "nothing to park" in row["park"]["reason"]
+
+    kernel_id = await site.gpu_kernel(gpu_spec)
+    code, message = await site.refused(kernel_id, "resume")
+    assert code == 409 and "not parked" in message
+    busy = asyncio.ensure_future(execute(site.app, kernel_id, "import time; time.sleep(3)"))
+    await until(lambda: site.app.kernel_manager.get_kernel(kernel_id).execution_state == "busy", what="busy")
+    code, message = await site.refused(kernel_id, "park")
+    assert code == 409 and "running a cell" in message
+    await busy
+    assert site.on_gpu(kernel_id)  # nothing was done to it
+
+
+async def test_a_failed_park_leaves_the_kernel_running_and_a_failed_restore_offers_a_restart(
+    site, gpu_spec, fake_driver
+):
+    kernel_id = await site.gpu_kernel(gpu_spec)
+    fake_driver.fail["checkpoint"] = "CUDA_ERROR_NOT_SUPPORTED"
+    code, message = await site.refused(kernel_id, "park")
+    assert code == 503 and "runs as it was" in message and "CUDA_ERROR_NOT_SUPPORTED" in message
+    assert (await site.row(kernel_id))["park"]["state"] == "running" and site.on_gpu(kernel_id)
+
+    await site.post(kernel_id, "park")
+    fake_driver.fail["restore"] = "CUDA_ERROR_OUT_OF_MEMORY"
+    code, message = await site.refused(kernel_id, "resume")
+    assert code == 503 and "restart the kernel" in message
+    row = await site.row(kernel_id)
+    assert row["park"]["state"] == "failed" and "CUDA_ERROR_OUT_OF_MEMORY" in row["park"]["message"]
+
+    await site.fetch("api", "kernels", kernel_id, "restart", method="POST", body="")
+    await until(lambda: _state(site, kernel_id, "running"), what="the restarted kernel forgets its failed park")
+
+
+async def test_a_restore_that_hangs_is_reported_within_the_time_limit(site, gpu_spec, fake_driver, jp_serverapp):
+    parking = next(iter(jp_serverapp.extension_manager.extension_apps["jupyter_gpuenv"])).parking
+    parking.parker.timeout = 1.0
+    kernel_id = await site.gpu_kernel(gpu_spec)
+    await site.post(kernel_id, "park")
+    fake_driver.hang["restore"] = threading.Event()
+    try:
+        started = time.monotonic()
+        code, message = await site.refused(kernel_id, "resume")
+        assert code == 503 and "did not restore the kernel within 1 s" in message
+        assert time.monotonic() - started < 10
+        assert (await site.row(kernel_id))["park"]["state"] == "failed"
+    finally:
+        fake_driver.hang["restore"].set()
+
+
+async def test_without_the_checkpoint_api_the_panel_is_told_why(site, gpu_spec, fake_driver):
+    fake_driver.reason = "the NVIDIA driver (CUDA 12.4) has no checkpoint API: parking needs display driver 570"
+    kernel_id = await site.gpu_kernel(gpu_spec)
+    summary = await site.rows()
+    assert summary["parking"]["available"] is False and "570" in summary["parking"]["reason"]
+    code, message = await site.refused(kernel_id, "park")
+    assert code == 409 and "570" in message
+
+
+@pytest.fixture
+def idle_config(jp_server_config):
+    jp_server_config["GpuEnv"].update({"park_idle_minutes": 0.02, "park_min_gpu_memory_gib": 2})
+    return jp_server_config
+
+
+async def test_the_idle_policy_parks_an_idle_kernel_holding_enough(idle_config, site, gpu_spec):
+    big = await site.gpu_kernel(gpu_spec, memory=4 * GIB)
+    small = await site.gpu_kernel(gpu_spec, memory=GIB)
+    row = await until(lambda: _state(site, big, "parked"), what="the idle kernel parked by the policy")
+    assert row["park"]["by"] == BY_POLICY and "running a cell resumes it" in row["park"]["message"]
+    assert (await site.rows())["parking"]["auto_park"] == {"idle_minutes": 0.02, "min_gpu_memory": 2 * GIB}
+    await asyncio.sleep(2)
+    assert (await site.row(small))["park"]["state"] == "running"  # 1 GiB: under the policy's 2
