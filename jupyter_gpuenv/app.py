@@ -116,6 +116,7 @@ class GpuEnvApp(ExtensionApp):
             self.serverapp.log,
         )
         self.parking.start()
+        self.usage.parking = self.parking
         if self.gpuenv.prometheus_metrics:
             metrics.export(self.usage)
         quiet = QuietRefusals()

@@ -34,7 +34,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Enum, Float, Int, Unicode
 from traitlets.config import Configurable
 
-from . import host, labels, preflight, runtime
+from . import broker_metrics, host, labels, preflight, runtime
+from .broker_parking import BrokerParking
 from .containers import check_cwd, within
 from .docker_engine import DockerEngine
 from .engine import KernelRequest
@@ -49,6 +50,7 @@ from .errors import (
     UnknownKernel,
 )
 from .leases import RUNNING, KernelLease, LeaseBook
+from .parking import IdlePolicy
 from .policy import Policy, check_start
 from .sampler import Sampler
 from .visibility import from_environment
@@ -136,6 +138,46 @@ class Broker(Configurable):
         help="hub-token mode: the Docker volume that holds a user's files, as DockerSpawner names it.",
     )
     sample_interval = Float(2.0, config=True, help="Seconds between two reads of the GPUs (NVML).")
+    park_idle_minutes = Float(
+        0.0,
+        config=True,
+        help="Park every user's kernel that has been idle this many minutes while its GPUs did no work: its GPU "
+        "memory moves to host memory, its GPU is free for others, its variables stay, and running a cell resumes "
+        "it. 0: never (users may still park their own).",
+    )
+    park_min_gpu_memory_gib = Float(
+        1.0, config=True, help="The idle policy parks only kernels holding at least this much GPU memory (GiB)."
+    )
+    park_timeout = Float(300.0, config=True, help="Seconds a park or resume may take before it is reported failed.")
+    metrics_port = Int(
+        9839,
+        config=True,
+        help="The port of the broker's Prometheus endpoint, http://<metrics_address>:<port>/metrics: every user's "
+        "kernels and GPU usage on this host, one scrape target for the administrator (docs/metrics.md). 0: off.",
+    )
+    metrics_address = Unicode(
+        "127.0.0.1", config=True, help="Where the endpoint listens: a loopback address, unless metrics_public is True."
+    )
+    metrics_public = Bool(
+        False,
+        config=True,
+        help="Allow a metrics_address that is not loopback, for a Prometheus on another machine. The series name "
+        "every user's notebooks; the token keeps them from other users, but plain HTTP does not hide them on the "
+        "network: use one you trust, or a TLS proxy.",
+    )
+    metrics_token_file = Unicode(
+        "/var/lib/jupyter-gpuenv/metrics.token",
+        config=True,
+        help="The bearer token a scrape must send. Made if missing (64 hex digits, 0600, root's); refused if everyone "
+        "may read it. Give Prometheus a copy, or `chgrp prometheus` it and `chmod 0640`.",
+    )
+    usage_dir = Unicode(
+        "/var/lib/jupyter-gpuenv/usage",
+        config=True,
+        help="The host's usage ledger (every user's kernels; root's, 0700): `sudo jupyter gpuenv usage --dir <it>` "
+        "prints GPU-hours per user without Prometheus. Empty: no ledger.",
+    )
+    usage_flush_interval = Float(60.0, config=True, help="Seconds between two writes of the usage ledger.")
     orphan_interval = Float(
         10.0, config=True, help="Seconds between two looks for kernels whose server is gone (they are removed)."
     )
@@ -213,11 +255,15 @@ class BrokerDaemon:
         self.book = LeaseBook(os.path.join(self.folder, "leases.json"))
         self.sampler = Sampler(
             interval=settings.sample_interval,
-            history_length=2,
+            history_length=2 + int(settings.park_idle_minutes * 60 / settings.sample_interval),  # the idle window
             visibility=from_environment(settings.visible_devices),
+            attribute=lambda snapshot: broker_metrics.attribute(snapshot, self.book),  # GPU memory by container
             log=log,
         )
+        self.metrics = broker_metrics.BrokerMetrics(settings, self.book, self.sampler)
         self.lock = asyncio.Lock()  # one GPU decision at a time, for every user of the host
+        idle = IdlePolicy(settings.park_idle_minutes, int(settings.park_min_gpu_memory_gib * 2**30))
+        self.parking = BrokerParking(self, idle, settings.park_timeout)
         self._tokens: dict[str, tuple[str, tuple[str, ...], float]] = {}
         self.hostname = socket.gethostname()
         self.shells: dict[str, tuple[str, Any]] = {}  # open terminal shells: id -> (their user's name, the shell)
@@ -254,6 +300,7 @@ class BrokerDaemon:
         self.prepare_folders()
         self.sampler.start()
         await self.recover()
+        await self.metrics.start()
         if os.path.exists(self.settings.socket):
             os.unlink(self.settings.socket)
         server = await asyncio.start_unix_server(self.handle, path=self.settings.socket, limit=MAX_REQUEST)
@@ -264,9 +311,12 @@ class BrokerDaemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         sweeper = asyncio.ensure_future(self.sweep_orphans(stop))
+        parking = asyncio.ensure_future(self.parking.tend(stop, self.settings.sample_interval))
         async with server:
             await stop.wait()
         sweeper.cancel()
+        parking.cancel()
+        await self.metrics.stop()
         self.sampler.stop()
         self.docker.close()
 
@@ -346,7 +396,13 @@ class BrokerDaemon:
         if op == "start_kernel":
             return await self.start_kernel(caller, args, progress)
         if op == "kernels":
-            return [asdict(k) for k in self.book.of_user(caller.name)]
+            return [{**asdict(k), "park": self.parking.row(k)} for k in self.book.of_user(caller.name)]
+        if op == "park":
+            return await self.parking.park(caller.name, args.get("container_id"))
+        if op == "resume":
+            return await self.parking.resume(caller.name, args.get("container_id"), caller.groups)
+        if op == "parking":
+            return await self.parking.summary()
         if op == "shell_resize":
             owner, shell = self.shells.get(_arg(args, "shell", str), (None, None))
             if owner != caller.name:
@@ -471,6 +527,10 @@ class BrokerDaemon:
         if owner != caller.uid and not within(real, os.path.realpath(caller.home)):
             raise NotPermitted(f"{what} {path} is not {caller.name}'s: a kernel sees only its user's own folders")
         return real
+
+    def name_of(self, lease: KernelLease) -> str:
+        """How a refusal names another user's kernel, as show_other_users says."""
+        return lease.user if self.settings.show_other_users == "name" else "another user"
 
     def _names(self, caller: Caller) -> dict[str, str]:
         names = {}
@@ -602,6 +662,7 @@ class BrokerDaemon:
             check_start(rule, caller.name, env.name, wanted, sum(len(k.gpus) for k in mine), len(mine))
             lease = KernelLease(kernel_id, caller.uid, caller.name, env.name, socket_dir, server_pid=caller.pid,
                                 server_started=process_start(caller.pid))  # fmt: skip
+            lease.notebook = server_env.get("JPY_SESSION_NAME", "")[:1000]  # the caller's word: a label, nothing more
             self.book.put(lease)
             held = self.book.holdings(excluding=(caller.name, kernel_id))
             held.names = self._names(caller)

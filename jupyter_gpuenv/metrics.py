@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .nvml import GpuSample
-from .usage import KernelUsage, UsageTracker, View
+from .usage import KernelUsage, UsageCounter, View
 
 PREFIX = "jupyter_gpuenv_"
 LABEL_MAX = 200  # characters in a label value
@@ -115,10 +115,10 @@ def families(view: View) -> list[Metric]:
 
 
 class Collector:
-    """The one collector in prometheus_client's registry; it reads whichever tracker was exported last."""
+    """Reads whichever counter was exported last: the one in prometheus_client's registry, or a broker's own."""
 
     def __init__(self) -> None:
-        self.source: UsageTracker | None = None
+        self.source: UsageCounter | None = None
 
     def describe(self) -> list[Metric]:
         return []  # names are not checked at registration: the source may not be there yet
@@ -138,7 +138,7 @@ _collector = Collector()
 _registered = False
 
 
-def export(source: UsageTracker) -> None:
+def export(source: UsageCounter) -> None:
     """Serve ``source``'s metrics on jupyter_server's /metrics."""
     global _registered
     if not _registered:
@@ -147,6 +147,6 @@ def export(source: UsageTracker) -> None:
     _collector.source = source
 
 
-def unexport(source: UsageTracker) -> None:
+def unexport(source: UsageCounter) -> None:
     if _collector.source is source:
         _collector.source = None

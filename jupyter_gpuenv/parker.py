@@ -413,7 +413,8 @@ class ServerParking:
             return {}
         container = self._brokered(km)
         if container is not None:
-            return self.brokered.get(container) or {"state": RUNNING, "can_park": True, "reason": None}
+            unknown = {"state": RUNNING, "can_park": False, "reason": "the GPU broker has not said yet (a moment)"}
+            return self.brokered.get(container) or unknown
         unavailable = self.parker._unavailable if isinstance(self.parker._unavailable, str) else None
         return self.parker.row(kernel_id, why_not_park(self.facts(kernel_id, snapshot), unavailable))
 

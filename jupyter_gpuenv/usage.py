@@ -7,9 +7,10 @@ is not billed) times the GPUs and the GPU memory each kernel holds. The meter's 
 (metrics.py); its pending stretches go to the ledger (ledger.py) every ``usage_flush_interval``, so
 ``jupyter gpuenv usage`` answers without a Prometheus.
 
-The seam for shared hosts: the meter does not care where rows come from. Here they are this server's kernels,
-labelled with this server's user; a broker would feed one meter with every user's kernels on the host, each row
-carrying its owner, and serve the same collector.
+The seam for shared hosts: :class:`UsageCounter` does the counting and does not care where rows come from. For
+:class:`UsageTracker` they are this server's kernels, labelled with this server's user; the broker
+(broker_metrics.py) feeds its own counter with every user's kernels on the host, each row carrying its owner, and
+serves the same series.
 """
 
 from __future__ import annotations
@@ -208,30 +209,24 @@ def server_user() -> str:
         return str(os.getuid())
 
 
-class UsageTracker:
-    """This server's side: each sample, its kernels into the meter; every flush interval, the meter into the ledger."""
+class UsageCounter:
+    """Each sample, the rows of ``usages()`` into the meter and a new :class:`View`; every flush interval, the
+    meter into the ledger. Subclasses say where the rows come from: a server's kernels, or a broker's leases."""
 
     def __init__(
         self,
         *,
         sampler,
-        kernel_manager,
-        session_manager=None,
         ledger: Ledger | None = None,
-        user: str | None = None,
         flush_interval: float = 60.0,
         log: logging.Logger | None = None,
     ) -> None:
-        self.sampler, self.kernel_manager, self.session_manager = sampler, kernel_manager, session_manager
+        self.sampler = sampler
         self.ledger = ledger
-        self.user = user if user is not None else server_user()
         self.flush_interval = flush_interval
         self.log = log or logging.getLogger(__name__)
         self.meter = UsageMeter(max_gap=max(10 * sampler.interval, 30.0))
         self.view = View(snapshot=sampler.latest)
-        self._paths: dict[str, str] = {}  # kernel id -> session path
-        self._paths_known: set[str] = set()  # kernel ids running at the last read of the sessions
-        self._paths_at = -math.inf
         self._last_flush = time.monotonic()
         self._flushing: asyncio.Future | None = None
         self._callback: PeriodicCallback | None = None
@@ -246,6 +241,10 @@ class UsageTracker:
             self._callback.stop()
         await self.flush()
 
+    async def usages(self, snapshot: Snapshot) -> list[KernelUsage]:
+        """Every running kernel and what it holds at ``snapshot`` (on the loop: memory only, or awaited)."""
+        raise NotImplementedError
+
     # -- each sample (on the loop) -------------------------------------------------------------------
     async def tick(self) -> None:
         try:
@@ -255,44 +254,17 @@ class UsageTracker:
 
     async def _tick(self) -> None:
         snapshot = self.sampler.latest
-        rows = reports.kernel_rows(self.kernel_manager, snapshot)
-        running = {row["kernel_id"] for row in rows}
-        if not running <= self._paths_known or time.monotonic() - self._paths_at > PATH_REFRESH:
-            await self._refresh_paths(running)
-        usages = [self._usage(row) for row in rows]
+        usages = await self.usages(snapshot)
         if snapshot.available:
             self.meter.observe(snapshot.sampled_at, usages)  # a sample seen before counts once
         else:
             self.meter.pause()
         now = time.time()
-        self.meter.retire_missing(running, now)
+        self.meter.retire_missing({u.kernel_id for u in usages}, now)
         self.meter.purge(now)
         self.view = View(snapshot, usages, self.meter.totals())
         if time.monotonic() - self._last_flush >= self.flush_interval:
             self._start_flush()
-
-    async def _refresh_paths(self, running: set[str]) -> None:
-        self._paths_at, self._paths_known = time.monotonic(), running
-        if self.session_manager is None:
-            return
-        try:
-            sessions = await self.session_manager.list_sessions()
-        except Exception as exc:
-            self._log_once("sessions", exc, f"gpuenv: could not read the sessions to name notebooks: {exc!r}")
-            return
-        self._paths = {s["kernel"]["id"]: s.get("path") or s.get("name") or "" for s in sessions if s.get("kernel")}
-
-    def _usage(self, row: dict[str, Any]) -> KernelUsage:
-        return KernelUsage(
-            kernel_id=row["kernel_id"],
-            notebook=self._paths.get(row["kernel_id"], ""),
-            environment=row.get("environment") or "",
-            container=(row.get("container_id") or "")[:12],
-            user=self.user,
-            gpus=tuple(row.get("gpus") or ()),
-            gpu_memory=row.get("gpu_memory"),
-            parked=bool(row.get("parked", False)),
-        )
 
     # -- the ledger (worker threads) -----------------------------------------------------------------
     def _start_flush(self) -> None:
@@ -338,6 +310,59 @@ class UsageTracker:
         if condition not in self._logged:
             self._logged.add(condition)
             self.log.warning(message, exc_info=exc_info)
+
+
+class UsageTracker(UsageCounter):
+    """This server's kernels, from its kernel manager, named by their sessions' paths and this server's user."""
+
+    def __init__(
+        self,
+        *,
+        sampler,
+        kernel_manager,
+        session_manager=None,
+        ledger: Ledger | None = None,
+        user: str | None = None,
+        flush_interval: float = 60.0,
+        log: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(sampler=sampler, ledger=ledger, flush_interval=flush_interval, log=log)
+        self.kernel_manager, self.session_manager = kernel_manager, session_manager
+        self.user = user if user is not None else server_user()
+        self._paths: dict[str, str] = {}  # kernel id -> session path
+        self._paths_known: set[str] = set()  # kernel ids running at the last read of the sessions
+        self._paths_at = -math.inf
+        self.parking = None  # the server's ServerParking, once it exists: a parked kernel holds no GPU
+
+    async def usages(self, snapshot: Snapshot) -> list[KernelUsage]:
+        rows = reports.kernel_rows(self.kernel_manager, snapshot, self.parking)
+        running = {row["kernel_id"] for row in rows}
+        if not running <= self._paths_known or time.monotonic() - self._paths_at > PATH_REFRESH:
+            await self._refresh_paths(running)
+        return [self._usage(row) for row in rows]
+
+    async def _refresh_paths(self, running: set[str]) -> None:
+        self._paths_at, self._paths_known = time.monotonic(), running
+        if self.session_manager is None:
+            return
+        try:
+            sessions = await self.session_manager.list_sessions()
+        except Exception as exc:
+            self._log_once("sessions", exc, f"gpuenv: could not read the sessions to name notebooks: {exc!r}")
+            return
+        self._paths = {s["kernel"]["id"]: s.get("path") or s.get("name") or "" for s in sessions if s.get("kernel")}
+
+    def _usage(self, row: dict[str, Any]) -> KernelUsage:
+        return KernelUsage(
+            kernel_id=row["kernel_id"],
+            notebook=self._paths.get(row["kernel_id"], ""),
+            environment=row.get("environment") or "",
+            container=(row.get("container_id") or "")[:12],
+            user=self.user,
+            gpus=tuple(row.get("gpus") or ()),
+            gpu_memory=row.get("gpu_memory"),
+            parked=(row.get("park") or {}).get("state") == "parked",
+        )
 
 
 # -- jupyter gpuenv usage -----------------------------------------------------------------------------

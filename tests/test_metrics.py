@@ -8,11 +8,8 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import os
 import re
-import socket
 import stat
-import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -20,6 +17,7 @@ from urllib.parse import urlencode
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_harness import require_prometheus, running_prometheus
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from jupyter_gpuenv import ledger, metrics, usage
@@ -29,7 +27,6 @@ from jupyter_gpuenv.usage import KernelUsage, UsageMeter, View
 
 GIB = 1024**3
 NOTEBOOK = "projects/analysis.ipynb"
-PROMETHEUS = Path("/usr/bin/prometheus")
 EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
 
 
@@ -326,22 +323,13 @@ def test_usage_query_defaults_and_sentences():
 
 
 # -- a real Prometheus scraping the server -------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def prometheus(fake_nvml, tmp_path, jp_http_port, jp_base_url, jp_serverapp):
     """Debian's prometheus on a free loopback port, scraping the test server every second with its token: once as
     docs/examples/prometheus-single-server.yml says (job "jupyter"), once as prometheus-jupyterhub.yml says, with
     the target list that jupyterhub_prometheus_targets.py makes from the hub's answer (job "jupyterhub-user-servers").
     """
-    if not PROMETHEUS.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{PROMETHEUS} is missing: .ci/install-system.sh installs Debian's prometheus")
-        pytest.skip(f"{PROMETHEUS} is not installed (apt-get install prometheus)")
+    require_prometheus()
     token = tmp_path / "token"
     token.write_text(jp_serverapp.identity_provider.token + "\n")
     token.chmod(0o600)
@@ -359,33 +347,8 @@ def prometheus(fake_nvml, tmp_path, jp_http_port, jp_base_url, jp_serverapp):
     )
     for job in (single, hub):
         job["authorization"]["credentials_file"] = str(token)
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [single, hub],
-    }
-    (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    port = free_port()
-    with open(tmp_path / "prometheus.log", "w") as log:
-        proc = subprocess.Popen(
-            [
-                str(PROMETHEUS),
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "log": tmp_path / "prometheus.log"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_prometheus(tmp_path, [single, hub]) as running:
+        yield running
 
 
 async def promql(prometheus, query: str) -> list:

@@ -16,6 +16,7 @@ import time
 import fake_cuda
 import pytest
 from container_harness import execute, install_spec, provisioner, start, start_error
+from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPClientError
 
 from jupyter_gpuenv import checkpoint
@@ -249,6 +250,8 @@ async def test_a_parked_kernel_frees_its_gpu_for_another_exclusive_kernel_and_re
     assert parked["park"]["host_memory"] == 4 * GIB
     await until(lambda: not site.on_gpu(first), what="the parked kernel gone from its GPU")
     freed = provisioner(site.app, first).placement.gpus[0].index
+    metrics = await until(lambda: _metric(site, "jupyter_gpuenv_kernel_parked", first), what="parked in /metrics")
+    assert metrics == 1.0 and await _metric(site, "jupyter_gpuenv_kernel_gpus", first) == 0.0  # holds no GPU
 
     third = await site.gpu_kernel(gpu_spec)  # takes the GPU the parked kernel gave back
     assert provisioner(site.app, third).placement.gpus[0].index == freed
@@ -271,6 +274,13 @@ async def test_running_a_cell_in_a_parked_kernel_resumes_it_and_the_cell_runs(si
     assert (out, error) == ("42\n", None)
     row = await until(lambda: _state(site, kernel_id, "running"), what="the kernel resumed by the cell that was run")
     assert row["park"]["host_memory"] is None
+
+
+async def _metric(site, name, kernel_id):
+    text = (await site.fetch("metrics")).body.decode()
+    found = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+             if s.name == name and s.labels.get("kernel_id") == kernel_id]  # fmt: skip
+    return found[0] if found and (name != "jupyter_gpuenv_kernel_parked" or found[0]) else None
 
 
 async def _state(site, kernel_id, state):

@@ -3,8 +3,11 @@
     broker_fake_nvml.py --config FILE          the service: keeps one broker running (below)
     broker_fake_nvml.py --run --config FILE    one broker: ``jupyter gpuenv broker --config FILE``, in-process
 
-``--run`` replaces ``jupyter_gpuenv.nvml.load_pynvml`` with ``FakePynvml(load($GPUENV_TEST_RECORDING))``, as
-tests/hub/singleuser_fake_nvml.py does for single-user servers, and runs ``jupyter_gpuenv.cli.main``.
+``--run`` replaces ``jupyter_gpuenv.nvml.load_pynvml`` with ``FakePynvml(load($GPUENV_TEST_RECORDING))`` (and the
+checkpoint API with ``fake_cuda.FakeCheckpoint`` acting on it), as
+tests/hub/singleuser_fake_nvml.py does for single-user servers, and runs ``jupyter_gpuenv.cli.main``. While the
+file $GPUENV_BROKER_GPU_PROCESSES exists (``{"<gpu index>": [{"pid": ..., "usedGpuMemory": ...}]}``), the GPUs it
+names have those processes instead of the recording's: a test puts a real process of a kernel's container on a GPU.
 
 Without ``--run`` it is what systemd's ``Restart=always`` is to a broker unit: it runs ``--run`` as a child
 and starts it again as soon as it ends, so the fault tests can kill the broker (its pid is written to
@@ -16,6 +19,7 @@ environment the hub gives its services (JUPYTERHUB_API_URL, JUPYTERHUB_API_TOKEN
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -28,13 +32,38 @@ STOP_TIMEOUT = 20
 
 def run(argv: list[str]) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for fake_pynvml
+    import fake_cuda
     import fake_pynvml
 
-    from jupyter_gpuenv import cli, nvml
+    from jupyter_gpuenv import checkpoint, cli, nvml
 
     fake = fake_pynvml.FakePynvml(fake_pynvml.load(os.environ.get("GPUENV_TEST_RECORDING", "h100x2")))
+    driver = fake_cuda.FakeCheckpoint(fake)  # parking: the checkpoint API, acting on this NVML
+    placed = os.environ.get("GPUENV_BROKER_GPU_PROCESSES")
+    if placed:
+        fake.nvmlDeviceGetCount = with_placed_processes(fake, Path(placed), parked=lambda: set(driver.saved))
     nvml.load_pynvml = lambda: fake
+    checkpoint.load_driver = lambda: driver
     return cli.main(["broker", *argv])
+
+
+def with_placed_processes(fake, path: Path, parked=set):
+    """nvmlDeviceGetCount (once per sample) that first gives the GPUs the processes ``path`` names, if it exists,
+    less those the fake driver has checkpointed (``parked()``: their pids), as the real driver takes them off."""
+    key = "nvmlDeviceGetComputeRunningProcesses"
+    recorded = [device.get(key, []) for device in fake.recording["devices"]]
+    count = fake.nvmlDeviceGetCount
+
+    def placing() -> int:
+        try:
+            placed = json.loads(path.read_text())
+        except (OSError, ValueError):  # none, or half written: the recording's
+            placed = {}
+        for index, device in enumerate(fake.recording["devices"]):
+            device[key] = [p for p in placed.get(str(index), recorded[index]) if p.get("pid") not in parked()]
+        return count()
+
+    return placing
 
 
 def supervise(argv: list[str]) -> int:

@@ -3,7 +3,8 @@ the GPU broker as a hub-managed service, the real Docker engine, NVML replayed (
 
     users      alice, bob, carol, dave: Unix accounts (`useradd -m`, once; kept); carol is in "gpu-power"
     hub        127.0.0.1, free ports, state in a temporary folder; LocalProcessSpawner (the hub runs as root)
-    broker     the hub service "gpuenv-broker" (broker_fake_nvml.py), socket under /run/gpuenv-test-<random>/
+    broker     the hub service "gpuenv-broker" (broker_fake_nvml.py), socket under /run/gpuenv-test-<random>/;
+               its metrics on a free loopback port, its token and usage ledger in that folder too
     servers    one per user, `--GpuEnv.broker=unix://...`, kernelspecs from `jupyter gpuenv add --broker`
 
 One site serves the whole session (users, hub, four servers: most of the cost). Everything it starts carries
@@ -167,6 +168,10 @@ class Site:
     log_path: Path
     users: dict[str, UnixUser]
     marker: str  # in the environment of every process the hub starts
+    metrics_url: str = ""  # the broker's Prometheus endpoint (c.Broker.metrics_port)
+    metrics_token: Path | None = None  # c.Broker.metrics_token_file
+    usage_dir: Path | None = None  # c.Broker.usage_dir
+    gpu_processes: Path | None = None  # while it exists, the broker's NVML has these processes (broker_fake_nvml.py)
     proc: subprocess.Popen | None = None
     tokens: dict[str, str] = field(default_factory=dict)
 
@@ -412,6 +417,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
 
 
 def write_broker_config(path: Path, socket_path: str, extra: str = "") -> None:
+    """The broker's configuration; its metrics endpoint and usage ledger are off unless ``extra`` turns them on."""
     path.write_text(
         "# c.Broker settings of the broker tests (written by tests/broker/conftest.py)\n"
         f"c.Broker.socket = {socket_path!r}\n"
@@ -419,7 +425,9 @@ def write_broker_config(path: Path, socket_path: str, extra: str = "") -> None:
         f"c.Broker.policy = {POLICY!r}\n"
         'c.Broker.show_other_users = "name"\n'
         "c.Broker.docker_timeout = 15.0\n"  # a busy 2-core machine: creates can take seconds
-        "c.Broker.sample_interval = 0.5\n" + extra
+        "c.Broker.sample_interval = 0.5\n"
+        "c.Broker.metrics_port = 0\n"
+        'c.Broker.usage_dir = ""\n' + extra
     )
     path.chmod(0o600)
 
@@ -477,7 +485,7 @@ def site(unix_users, docker_image, tmp_path_factory):
     os.chmod(root, 0o755)
     socket_path = str(root / "broker" / "broker.sock")
     marker = secrets.token_hex(8)
-    hub_port = free_port()
+    hub_port, metrics_port = free_port(), free_port()
     s = Site(
         url=f"http://127.0.0.1:{free_port()}",
         hub_api=f"http://127.0.0.1:{hub_port}/hub/api",
@@ -490,9 +498,22 @@ def site(unix_users, docker_image, tmp_path_factory):
         log_path=work / "jupyterhub.log",
         users=unix_users,
         marker=marker,
+        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+        metrics_token=root / "metrics.token",
+        usage_dir=root / "usage",
+        gpu_processes=root / "gpu-processes.json",
     )
     try:
-        write_broker_config(root / "broker_config.py", socket_path)
+        write_broker_config(
+            root / "broker_config.py",
+            socket_path,
+            extra=(
+                f"c.Broker.metrics_port = {metrics_port}\n"
+                f"c.Broker.metrics_token_file = {str(s.metrics_token)!r}\n"
+                f"c.Broker.usage_dir = {str(s.usage_dir)!r}\n"
+                "c.Broker.usage_flush_interval = 1.0\n"
+            ),
+        )
         jupyter_path = install_kernelspecs(root / "prefix")
         env = {
             k: v
@@ -511,6 +532,7 @@ def site(unix_users, docker_image, tmp_path_factory):
             GPUENV_BROKER_SOCKET=socket_path,
             GPUENV_BROKER_HOLD=str(s.hold),
             GPUENV_BROKER_PIDFILE=str(s.pidfile),
+            GPUENV_BROKER_GPU_PROCESSES=str(s.gpu_processes),
             GPUENV_BROKER_JUPYTER_PATH=str(jupyter_path),
             GPUENV_HUB_TEST_MARKER=marker,
             PYTHONUNBUFFERED="1",

@@ -56,6 +56,7 @@ c.JupyterHub.services = [
             "GPUENV_TEST_RECORDING": "h100x2",
             "GPUENV_BROKER_HOLD": os.environ["GPUENV_BROKER_HOLD"],
             "GPUENV_BROKER_PIDFILE": os.environ["GPUENV_BROKER_PIDFILE"],
+            "GPUENV_BROKER_GPU_PROCESSES": os.environ["GPUENV_BROKER_GPU_PROCESSES"],
             "GPUENV_HUB_TEST_MARKER": marker,
             "PYTHONUNBUFFERED": "1",
         },
