@@ -171,3 +171,20 @@ export function pullLayers(p: IPullProgress): string {
 export function retryIn(seconds: number | null): string {
   return seconds === null ? '' : seconds <= 1 ? 'retrying now' : `retrying in ${Math.round(seconds)} s`;
 }
+
+/** How long ago a moment was: "just now", "12 min ago", "2 h 5 min ago", "3 days ago". */
+export function ago(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) {
+    return 'just now';
+  }
+  if (s < 3600) {
+    return `${Math.floor(s / 60)} min ago`;
+  }
+  if (s < 86400) {
+    const min = Math.floor((s % 3600) / 60);
+    return `${Math.floor(s / 3600)} h${min ? ` ${min} min` : ''} ago`;
+  }
+  const days = Math.floor(s / 86400);
+  return `${days} day${days === 1 ? '' : 's'} ago`;
+}

@@ -1,16 +1,18 @@
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, showErrorMessage, WidgetTracker } from '@jupyterlab/apputils';
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { ICommandPalette, Notification, showErrorMessage, WidgetTracker } from '@jupyterlab/apputils';
+import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
 import { createApi, createTerminalApi } from './api';
 import { GpuPanel } from './components/Panel';
 import { PullStatusItem, waitingFor } from './components/PullStatus';
-import { GpuStatusItem } from './components/StatusItem';
+import { GpuStatusItem, statusOf } from './components/StatusItem';
 import { gpuIcon } from './icon';
 import { DEFAULT_SETTINGS, GpuModel } from './model';
 import { followCurrentNotebook, useKernelspec } from './notebook';
+import { addParkCommands, openParkMenu } from './parkCommands';
+import { ParkNotices } from './parkNotices';
 import { labTerminalOptions } from './terminalInfo';
 import { openTerminal, TerminalWidget } from './terminals';
 import { IEnvironment, IGpuModel, TerminalTarget } from './tokens';
@@ -96,7 +98,31 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
   }
 };
 
-/** The notebook's GPU memory in the status bar. */
+/** Park and resume the notebook in focus's kernel: commands, and notices in the notebook. */
+const parkPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'jupyter-gpuenv:park',
+  description: "Park a notebook's kernel (its GPU memory to host memory, freeing the GPU) and resume it.",
+  autoStart: true,
+  requires: [IGpuModel],
+  optional: [ICommandPalette, INotebookTracker],
+  activate: (
+    app: JupyterFrontEnd,
+    model: IGpuModel,
+    palette: ICommandPalette | null,
+    notebooks: INotebookTracker | null
+  ): void => {
+    addParkCommands(app.commands, model, palette, message => Notification.error(message, { autoClose: 8000 }));
+    const notices = new ParkNotices(model, Notification);
+    if (notebooks) {
+      NotebookActions.executionScheduled.connect((_, { notebook }) => {
+        const panel = notebooks.find(p => p.content === notebook);
+        notices.cellScheduled(panel?.sessionContext.session?.kernel?.id ?? null);
+      });
+    }
+  }
+};
+
+/** The notebook's GPU memory (or that its kernel is parked) in the status bar; a click parks or resumes. */
 const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-gpuenv:status',
   description: 'The GPU memory of the notebook in focus, and the image pull its kernel waits for, in the status bar.',
@@ -107,11 +133,12 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
     if (!statusBar) {
       return;
     }
+    const menu = (anchor: HTMLElement) => openParkMenu(app.commands, anchor, [CommandIDs.open]);
     statusBar.registerStatusItem('jupyter-gpuenv:status', {
-      item: new GpuStatusItem(model),
+      item: new GpuStatusItem(model, menu),
       align: 'left',
       rank: 4,
-      isActive: () => model.kernelMemory(model.current?.kernelId ?? null) > 0,
+      isActive: () => statusOf(model) !== null,
       activeStateChanged: model.changed
     });
     // while the notebook's kernel waits for its image: the pull, next to Lab's kernel status
@@ -210,4 +237,4 @@ function environmentName(model: IGpuModel, name: string): string {
   return envs.find(e => e.name === name)?.display_name ?? name;
 }
 
-export default [panelPlugin, statusPlugin, terminalPlugin];
+export default [panelPlugin, parkPlugin, statusPlugin, terminalPlugin];

@@ -3,12 +3,14 @@
  * errors), so any number of views costs one GPU request per interval. Steady state: GET gpus; the
  * history is read once at start and after a gap, kernels every KERNELS_EVERY seconds, environments every
  * ENVIRONMENTS_EVERY seconds (every tick while an image is being pulled, or the notebook in focus waits for a
- * kernel, whose image may be the one being pulled).
+ * kernel, whose image may be the one being pulled). While a kernel is parking or resuming, the poll ticks every
+ * SETTLE_INTERVAL and reads the kernels each time (GPUs still once per interval) until it has settled.
  */
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { History, sampleOf } from './history';
+import { parkErrorText, ParkAction, parkState } from './park';
 import { NotebookNames } from './sessions';
 import {
   ApiError,
@@ -21,16 +23,20 @@ import {
   IGpusReply,
   IKernel,
   IKernelExit,
+  IParkRequest,
   IPrepareState,
   ISeries,
   ISessionSource,
-  ISettings
+  ISettings,
+  KernelsStatus
 } from './tokens';
 
 export const DEFAULT_SETTINGS: ISettings = { refreshInterval: 2, historyLength: 60 };
 const ENVIRONMENTS_EVERY = 30; // seconds
 const KERNELS_EVERY = 10; // seconds: how soon a kernel restarted by its memory limit is reported
 const MAX_BACKOFF = 60_000; // ms
+const SETTLE_INTERVAL = 500; // ms: how often a kernel that is parking or resuming is read
+const EXPECT_RESUME_FOR = 15_000; // ms: after a cell runs in a parked kernel, until the server says it resumes
 
 export interface IModelOptions {
   api: IGpuApi;
@@ -40,6 +46,8 @@ export interface IModelOptions {
   now?: () => number;
   /** False in tests that drive `refresh()` themselves. */
   autoStart?: boolean;
+  /** Milliseconds between reads while a kernel parks or resumes; tests shorten it. */
+  settleInterval?: number;
 }
 
 export class GpuModel implements IGpuModel {
@@ -47,6 +55,7 @@ export class GpuModel implements IGpuModel {
     this._api = options.api;
     this._now = options.now ?? Date.now;
     this._settings = { ...DEFAULT_SETTINGS, ...options.settings };
+    this._settleInterval = options.settleInterval ?? SETTLE_INTERVAL;
     this._history = new History(this._settings.historyLength);
     this._names = new NotebookNames(options.sessions ?? null, () => this._changed.emit());
     this._poll = new Poll({
@@ -79,6 +88,11 @@ export class GpuModel implements IGpuModel {
 
   get retryIn(): number | null {
     return this._retryIn;
+  }
+
+  /** Milliseconds until the next tick while all is well: shorter while a kernel parks or resumes. */
+  get interval(): number {
+    return this._poll.frequency.interval;
   }
 
   /** Requests made so far (tests and the bench read it). */
@@ -159,6 +173,40 @@ export class GpuModel implements IGpuModel {
     return this._kernels;
   }
 
+  get kernelsStatus(): KernelsStatus {
+    return this._kernelsStatus;
+  }
+
+  kernel(kernelId: string | null): IKernel | null {
+    return (kernelId && this._kernels.find(k => k.kernel_id === kernelId)) || null;
+  }
+
+  park(kernelId: string): Promise<void> {
+    return this._parkRequest(kernelId, 'park', () => this._api.park(kernelId));
+  }
+
+  resume(kernelId: string): Promise<void> {
+    return this._parkRequest(kernelId, 'resume', () => this._api.resume(kernelId));
+  }
+
+  restart(kernelId: string): Promise<void> {
+    return this._parkRequest(kernelId, 'restart', () => this._api.restart(kernelId));
+  }
+
+  parkRequest(kernelId: string): IParkRequest {
+    return this._parkRequests.get(kernelId) ?? { busy: null, error: null };
+  }
+
+  expectResume(kernelId: string): void {
+    const state = parkState(this.kernel(kernelId));
+    if (state !== 'parked' || this.isDisposed) {
+      return;
+    }
+    this._expecting.set(kernelId, this._now() + EXPECT_RESUME_FOR);
+    this._pace();
+    void this._poll.refresh();
+  }
+
   lastExit(kernelId: string | null): IKernelExit | null {
     return (kernelId && this._kernels.find(k => k.kernel_id === kernelId)?.last_exit) || null;
   }
@@ -166,15 +214,13 @@ export class GpuModel implements IGpuModel {
   configure(settings: Partial<ISettings>): void {
     this._settings = { ...this._settings, ...settings };
     this._history.length = this._settings.historyLength;
-    const interval = this._settings.refreshInterval * 1000;
-    if (interval !== this._poll.frequency.interval) {
-      this._poll.frequency = { ...this._poll.frequency, interval };
-    }
+    this._pace();
     this._changed.emit();
   }
 
   /** Read now (the panel's refresh button); the poll continues from here. */
   refresh(): Promise<void> {
+    this._gpusNow = true;
     return this._poll.refresh();
   }
 
@@ -195,9 +241,29 @@ export class GpuModel implements IGpuModel {
 
   private async _tick(): Promise<void> {
     const now = this._now();
-    // a tick that comes late (the tab was hidden, the server was away) leaves a hole the history fills
-    const late = this._lastTick !== null && now - this._lastTick > 2.5 * this._settings.refreshInterval * 1000;
-    this._lastTick = now;
+    const settling = this._settling(now);
+    if (settling) {
+      await this._readKernels(now); // first: what they say decides whether the GPUs are read again now
+    }
+    if (!settling || this._gpusDue(now)) {
+      await this._readGpus(now);
+    }
+    if (!settling && (this._kernelsAt === null || now - this._kernelsAt >= KERNELS_EVERY * 1000)) {
+      await this._readKernels(now);
+    }
+    if (this._environmentsDue(now)) {
+      await this._readEnvironments(now);
+    }
+    this._pace();
+    this._changed.emit();
+  }
+
+  /** GET gpus; throws its error after recording it, so the Poll backs off. */
+  private async _readGpus(now: number): Promise<void> {
+    // a read that comes late (the tab was hidden, the server was away) leaves a hole the history fills
+    const late = this._gpusAt !== null && now - this._gpusAt > 2.5 * this._settings.refreshInterval * 1000;
+    this._gpusAt = now;
+    this._gpusNow = false;
     let reply: IGpusReply;
     try {
       this._requests++;
@@ -207,6 +273,7 @@ export class GpuModel implements IGpuModel {
       if (this._environmentsDue(now)) {
         await this._readEnvironments(now); // so that section, too, says what is wrong instead of loading
       }
+      this._pace();
       this._changed.emit();
       throw error; // the Poll backs off
     }
@@ -222,23 +289,91 @@ export class GpuModel implements IGpuModel {
       }
       this._names.lookUp(kernelIdsOf(reply));
     }
-    if (this._kernelsAt === null || now - this._kernelsAt >= KERNELS_EVERY * 1000) {
-      await this._readKernels(now);
-    }
-    if (this._environmentsDue(now)) {
-      await this._readEnvironments(now);
-    }
-    this._changed.emit();
   }
 
   private async _readKernels(now: number): Promise<void> {
     this._kernelsAt = now;
     try {
       this._requests++;
-      this._kernels = (await this._api.kernels()).kernels ?? [];
-      this._names.lookUp(this._kernels.filter(k => k.last_exit).map(k => k.kernel_id)); // to name the notices
-    } catch {
-      // kernels only add warnings to the panel: keep the last list, the GPU section reports the server
+      const reply = await this._api.kernels();
+      this._setKernels(reply.kernels ?? []);
+      this._kernelsStatus = { kind: 'ready', parking: reply.parking ?? null };
+      // to name the restart notices and the parked kernels, which no GPU process names
+      this._names.lookUp(this._kernels.filter(k => k.last_exit || k.park).map(k => k.kernel_id));
+    } catch (error) {
+      // keep the last list: the GPU section reports the server, the kernels' section says it is not current
+      const s = this._kernelsStatus;
+      this._kernelsStatus = {
+        kind: 'error',
+        message: messageOf(error),
+        parking: s.kind === 'loading' ? null : s.parking
+      };
+    }
+  }
+
+  /** New rows; a kernel whose park state changed moved its GPU memory, so the GPUs are read again at once. */
+  private _setKernels(kernels: IKernel[]): void {
+    const before = new Map(this._kernels.map(k => [k.kernel_id, parkState(k)]));
+    if (kernels.some(k => before.has(k.kernel_id) && before.get(k.kernel_id) !== parkState(k))) {
+      this._gpusNow = true;
+    }
+    this._kernels = kernels;
+    for (const id of this._parkRequests.keys()) {
+      if (!this._parkRequests.get(id)?.busy && !kernels.some(k => k.kernel_id === id)) {
+        this._parkRequests.delete(id); // the kernel is gone, and its last error with it
+      }
+    }
+  }
+
+  private async _parkRequest(kernelId: string, action: ParkAction, call: () => Promise<IKernel | void>): Promise<void> {
+    const request = this.parkRequest(kernelId);
+    if (request.busy) {
+      return;
+    }
+    this._parkRequests.set(kernelId, { busy: action, error: request.error });
+    this._changed.emit();
+    try {
+      this._requests++;
+      const row = await call();
+      if (row && row.kernel_id === kernelId && row.park) {
+        this._setKernels(this._kernels.map(k => (k.kernel_id === kernelId ? row : k)));
+      }
+      this._parkRequests.delete(kernelId);
+    } catch (error) {
+      this._parkRequests.set(kernelId, { busy: null, error: parkErrorText(action, error) });
+    }
+    // its memory moved (or it restarted): read the GPUs and every kernel now, then often while it settles
+    this._gpusNow = true;
+    this._kernelsAt = null;
+    this._pace();
+    this._changed.emit();
+    if (!this.isDisposed) {
+      await this._poll.refresh();
+    }
+  }
+
+  /** Whether a kernel is parking or resuming, or a cell was just run in a parked one. */
+  private _settling(now: number): boolean {
+    for (const [id, until] of this._expecting) {
+      if (now > until || parkState(this.kernel(id)) !== 'parked') {
+        this._expecting.delete(id);
+      }
+    }
+    return this._expecting.size > 0 || this._kernels.some(k => ['parking', 'resuming'].includes(parkState(k)));
+  }
+
+  /** While settling, the GPUs are still read once per interval, and at once when a kernel's memory moved. */
+  private _gpusDue(now: number): boolean {
+    const interval = this._settings.refreshInterval * 1000;
+    return this._gpusNow || this._gpusAt === null || now - this._gpusAt >= interval - this._settleInterval / 2;
+  }
+
+  /** The poll's interval: short while a kernel settles, the setting's otherwise. */
+  private _pace(): void {
+    const normal = this._settings.refreshInterval * 1000;
+    const interval = this._settling(this._now()) ? Math.min(this._settleInterval, normal) : normal;
+    if (interval !== this._poll.frequency.interval && !this._poll.isDisposed) {
+      this._poll.frequency = { ...this._poll.frequency, interval };
     }
   }
 
@@ -292,8 +427,13 @@ export class GpuModel implements IGpuModel {
   private _environmentsAt: number | null = null;
   private _kernels: IKernel[] = [];
   private _kernelsAt: number | null = null;
+  private _kernelsStatus: KernelsStatus = { kind: 'loading' };
+  private _parkRequests = new Map<string, IParkRequest>();
+  private _expecting = new Map<string, number>(); // kernel id -> until when (ms) a resume is expected
+  private _settleInterval: number;
   private _lastReply: IGpusReply | null = null;
-  private _lastTick: number | null = null;
+  private _gpusAt: number | null = null; // when the GPUs were last read
+  private _gpusNow = false; // read them at the next tick, even while settling
   private _retryIn: number | null = null;
   private _current: ICurrentNotebook | null = null;
   private _prepares = new Map<string, IPrepareState>();

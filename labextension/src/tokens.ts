@@ -156,6 +156,27 @@ export interface IKernelExit {
   message: string; // "the kernel ran out of its 12g memory limit and was restarted"
 }
 
+/** Where a kernel's GPU memory is: on the GPU (running), moving, in host memory (parked), or stuck (failed). */
+export type ParkState = 'running' | 'parking' | 'parked' | 'resuming' | 'failed';
+
+/** A kernel's park state (GET kernels' `park`): parking moves its GPU memory to host memory and frees the GPU. */
+export interface IKernelPark {
+  state: ParkState;
+  can_park: boolean;
+  reason: string | null; // why it cannot be parked now, a sentence
+  host_memory: number | null; // bytes held in host memory while parked
+  since: number | null; // seconds since the epoch when it was parked
+  by: 'you' | 'idle policy' | null;
+  message: string | null; // failed: what went wrong and what to do; parked by the policy: a notice
+}
+
+/** Whether this server can park kernels at all, and its idle policy. */
+export interface IParking {
+  available: boolean;
+  reason: string | null; // why not, a sentence (no GPU, an NVIDIA driver older than 550, ...)
+  auto_park: { idle_minutes: number; min_gpu_memory: number } | null; // null: idle kernels are not parked
+}
+
 export interface IKernel {
   kernel_id: string;
   kernel_name: string | null;
@@ -165,10 +186,12 @@ export interface IKernel {
   gpus: number[] | null;
   gpu_memory: number | null;
   last_exit: IKernelExit | null;
+  park?: IKernelPark | null; // absent from a server that cannot park
 }
 
 export interface IKernelsReply {
   kernels: IKernel[] | null;
+  parking?: IParking | null; // absent from a server that cannot park
 }
 
 // -- what the model needs from the outside (api.ts and Lab's session manager in the app) --------------
@@ -181,6 +204,12 @@ export interface IGpuApi {
   kernels(): Promise<IKernelsReply>;
   /** Pull an environment's image now ("Prepare"). */
   pull(name: string): Promise<IPullAnswer>;
+  /** Move a kernel's GPU memory to host memory; answers its updated row. */
+  park(kernelId: string): Promise<IKernel>;
+  /** Bring a parked kernel's memory back to its GPU; answers its updated row. */
+  resume(kernelId: string): Promise<IKernel>;
+  /** Restart a kernel (Lab's kernels API), e.g. one whose GPU state could not be restored. */
+  restart(kernelId: string): Promise<void>;
 }
 
 /** A failed request: `status` is the HTTP status, 0 when the server could not be reached. */
@@ -210,6 +239,12 @@ export type GpuStatus =
   | { kind: 'no-extension' }
   | { kind: 'error'; message: string; reply: IGpusReply | null };
 
+/** This server's kernels as last read (GET kernels), with its parking verdict; `error` keeps what was known. */
+export type KernelsStatus =
+  | { kind: 'loading' }
+  | { kind: 'ready'; parking: IParking | null }
+  | { kind: 'error'; message: string; parking: IParking | null };
+
 export type EnvironmentsStatus =
   | { kind: 'loading' }
   | { kind: 'ready'; reply: IEnvironmentsReply }
@@ -236,6 +271,12 @@ export interface IPrepareState {
   error: string | null;
 }
 
+/** Park, Resume or Restart pressed on a kernel: the request under way, or why the last one failed. */
+export interface IParkRequest {
+  busy: 'park' | 'resume' | 'restart' | null;
+  error: string | null; // a sentence; cleared by the next request that succeeds
+}
+
 export interface ISettings {
   refreshInterval: number; // seconds
   historyLength: number; // samples kept for the sparkline
@@ -257,6 +298,17 @@ export interface IGpuModel {
   readonly kernels: IKernel[];
   /** How a kernel's previous container ended, when it was restarted after ending on its own; else null. */
   lastExit(kernelId: string | null): IKernelExit | null;
+  /** Whether the kernels were read, and whether this server can park them. */
+  readonly kernelsStatus: KernelsStatus;
+  /** A kernel's row, as last read or as a park/resume request answered; null when unknown. */
+  kernel(kernelId: string | null): IKernel | null;
+  /** Park a kernel (its GPU memory goes to host memory), resume it, or restart it; errors land in parkRequest. */
+  park(kernelId: string): Promise<void>;
+  resume(kernelId: string): Promise<void>;
+  restart(kernelId: string): Promise<void>;
+  parkRequest(kernelId: string): IParkRequest;
+  /** A cell was run in a parked kernel: the server resumes it, so read its state often until it has. */
+  expectResume(kernelId: string): void;
   /** Pull an environment's image ahead of its first start; progress then comes with the environments. */
   prepare(name: string): Promise<void>;
   prepareState(name: string): IPrepareState;

@@ -1,2 +1,3 @@
 import './base.css';
+import './park.css';
 import './terminal.css';

@@ -1,5 +1,5 @@
 /** Replies shaped like the server's, with the numbers of tests/recordings/h100x2.json. */
-import type { IGpu, IGpusReply, IHistoryReply, IPullProgress } from '../src/tokens';
+import type { IGpu, IGpusReply, IHistoryReply, IKernel, IKernelPark, IParking, IPullProgress } from '../src/tokens';
 
 export function gpu(index: number, overrides: Partial<IGpu> = {}): IGpu {
   return {
@@ -93,3 +93,51 @@ export function pullProgress(overrides: Partial<IPullProgress> = {}): IPullProgr
     ...overrides
   };
 }
+
+/** A kernel row as GET kernels reports it: a container kernel on GPU 0 that can be parked. */
+export function kernelRow(overrides: Partial<IKernel> = {}, park: Partial<IKernelPark> = {}): IKernel {
+  return {
+    kernel_id: 'k-1',
+    kernel_name: 'gpuenv-pt',
+    environment: 'pt',
+    container_id: 'abc',
+    gpu_mode: 'shared',
+    gpus: [0],
+    gpu_memory: 4294967296,
+    last_exit: null,
+    park: {
+      state: 'running',
+      can_park: true,
+      reason: null,
+      host_memory: null,
+      since: null,
+      by: null,
+      message: null,
+      ...park
+    },
+    ...overrides
+  };
+}
+
+/** Parked 12 minutes before `now` (seconds) by the idle policy, 4.6 GiB in host memory. */
+export function parkedRow(now: number, park: Partial<IKernelPark> = {}): IKernel {
+  return kernelRow(
+    { gpu_memory: 0 },
+    {
+      state: 'parked',
+      can_park: false,
+      reason: 'the kernel is parked',
+      host_memory: 4.6 * 1024 ** 3,
+      since: now - 12 * 60,
+      by: 'idle policy',
+      message: 'parked after 30 minutes idle',
+      ...park
+    }
+  );
+}
+
+export const PARKING: IParking = {
+  available: true,
+  reason: null,
+  auto_park: { idle_minutes: 30, min_gpu_memory: 1024 ** 3 }
+};

@@ -9,11 +9,12 @@ import {
   IEnvironmentsReply,
   IGpuApi,
   IGpusReply,
+  IKernel,
   IKernelsReply,
   IPullAnswer,
   ISessionSource
 } from '../src/tokens';
-import { gpusReply, historyReply, pullProgress } from './fixtures';
+import { gpusReply, historyReply, kernelRow, PARKING, parkedRow, pullProgress } from './fixtures';
 
 class FakeApi implements IGpuApi {
   calls: string[] = [];
@@ -21,6 +22,8 @@ class FakeApi implements IGpuApi {
   envReply: IEnvironmentsReply | Error = new ApiError(404, 'no such gpuenv API endpoint');
   kernelsReply: IKernelsReply | Error = { kernels: [] };
   pullReply: IPullAnswer | Error = { image: 'x', state: 'pulling', pull_progress: null };
+  parkReply: IKernel | Error = kernelRow({}, { state: 'parking' });
+  resumeReply: IKernel | Error = kernelRow({}, { state: 'resuming' });
 
   async gpus(): Promise<IGpusReply> {
     this.calls.push('gpus');
@@ -53,6 +56,23 @@ class FakeApi implements IGpuApi {
       throw this.pullReply;
     }
     return this.pullReply;
+  }
+  async park(kernelId: string): Promise<IKernel> {
+    this.calls.push(`park:${kernelId}`);
+    if (this.parkReply instanceof Error) {
+      throw this.parkReply;
+    }
+    return this.parkReply;
+  }
+  async resume(kernelId: string): Promise<IKernel> {
+    this.calls.push(`resume:${kernelId}`);
+    if (this.resumeReply instanceof Error) {
+      throw this.resumeReply;
+    }
+    return this.resumeReply;
+  }
+  async restart(kernelId: string): Promise<void> {
+    this.calls.push(`restart:${kernelId}`);
   }
   count(name: string): number {
     return this.calls.filter(c => c.startsWith(name)).length;
@@ -336,5 +356,106 @@ test('while the notebook in focus starts a kernel, environments are read every t
   advance(2000);
   await model.tick();
   assert.equal(api.count('environments'), settled); // back to every 30 s
+  model.dispose();
+});
+
+test('while a kernel parks or resumes, kernels are read every 500 ms and GPUs still once per interval', async () => {
+  const { api, model, advance } = setup();
+  api.kernelsReply = { kernels: [kernelRow()], parking: PARKING };
+  await model.tick();
+  assert.equal(model.interval, 2000);
+  assert.equal(model.kernelsStatus.kind === 'ready' && model.kernelsStatus.parking?.available, true);
+  api.kernelsReply = { kernels: [kernelRow({}, { state: 'parking' })], parking: PARKING };
+  advance(10_000);
+  await model.tick(); // the regular read finds it parking
+  assert.equal(model.interval, 500);
+  const [gpus, kernels] = [api.count('gpus'), api.count('kernels')];
+  for (let i = 0; i < 4; i++) {
+    advance(500);
+    await model.tick();
+  }
+  assert.equal(api.count('kernels'), kernels + 4); // every tick
+  assert.equal(api.count('gpus'), gpus + 1); // 2 s later: once
+  api.kernelsReply = { kernels: [parkedRow(1_700_000_000)], parking: PARKING };
+  advance(500);
+  await model.tick(); // settled: the GPUs are read at once (its memory left them), then the pace is normal
+  assert.equal(api.count('gpus'), gpus + 2);
+  assert.equal(model.interval, 2000);
+  const settled = api.count('kernels');
+  advance(2000);
+  await model.tick();
+  assert.equal(api.count('kernels'), settled); // every 10 s again
+  model.dispose();
+});
+
+test('the poll itself speeds up while a kernel resumes and slows down once it runs', async () => {
+  const api = new FakeApi();
+  api.kernelsReply = { kernels: [parkedRow(1_700_000_000, { state: 'resuming' })], parking: PARKING };
+  const model = new GpuModel({ api, settings: { refreshInterval: 0.5 }, settleInterval: 20 });
+  await new Promise(resolve => setTimeout(resolve, 300));
+  const fast = api.count('kernels');
+  assert.ok(fast >= 5, `${fast} kernel reads in 300 ms while resuming`);
+  api.kernelsReply = { kernels: [kernelRow()], parking: PARKING };
+  await new Promise(resolve => setTimeout(resolve, 100)); // it reads the running row and slows down
+  const settled = api.count('kernels');
+  await new Promise(resolve => setTimeout(resolve, 300));
+  model.dispose();
+  assert.ok(api.count('kernels') <= settled + 1, `${api.count('kernels') - settled} kernel reads after it settled`);
+  assert.equal(model.interval, 500);
+});
+
+test('Park takes the answered row at once and reads often; a refusal stays on the row until a success', async () => {
+  const { api, model } = setup();
+  api.kernelsReply = { kernels: [kernelRow()], parking: PARKING };
+  await model.tick();
+  const busy: (string | null)[] = [];
+  model.changed.connect(() => busy.push(model.parkRequest('k-1').busy));
+  await model.park('k-1');
+  assert.equal(busy[0], 'park');
+  assert.equal(model.kernel('k-1')?.park?.state, 'parking');
+  assert.equal(model.interval, 500);
+  assert.deepEqual(model.parkRequest('k-1'), { busy: null, error: null });
+  api.resumeReply = new ApiError(409, "GPU 0 is taken by bob's kernel");
+  await model.resume('k-1');
+  assert.deepEqual(model.parkRequest('k-1'), { busy: null, error: "Cannot resume: GPU 0 is taken by bob's kernel." });
+  api.parkReply = new ApiError(409, 'the kernel is running a cell');
+  await model.park('k-1');
+  assert.equal(model.parkRequest('k-1').error, 'Cannot park: the kernel is running a cell.');
+  api.resumeReply = kernelRow({}, { state: 'resuming' });
+  await model.resume('k-1');
+  assert.deepEqual(model.parkRequest('k-1'), { busy: null, error: null }); // gone with the next success
+  model.dispose();
+});
+
+test('a cell run in a parked kernel makes the model read it often until the server resumes it', async () => {
+  const { api, model, advance } = setup();
+  api.kernelsReply = { kernels: [parkedRow(1_700_000_000)], parking: PARKING };
+  await model.tick();
+  model.expectResume('k-1');
+  assert.equal(model.interval, 500);
+  const kernels = api.count('kernels');
+  advance(500);
+  await model.tick(); // still parked: the server has not seen the cell yet
+  assert.equal(api.count('kernels'), kernels + 1);
+  api.kernelsReply = { kernels: [kernelRow()], parking: PARKING };
+  advance(500);
+  await model.tick();
+  assert.equal(model.kernel('k-1')?.park?.state, 'running');
+  assert.equal(model.interval, 2000);
+  model.expectResume('k-1'); // a running kernel: nothing to wait for
+  assert.equal(model.interval, 2000);
+  model.dispose();
+});
+
+test('kernels that cannot be read again keep their last state and say so', async () => {
+  const { api, model, advance } = setup();
+  assert.equal(model.kernelsStatus.kind, 'loading');
+  api.kernelsReply = { kernels: [parkedRow(1_700_000_000)], parking: PARKING };
+  await model.tick();
+  api.kernelsReply = new ApiError(500, 'boom');
+  advance(10_000);
+  await model.tick();
+  assert.deepEqual(model.kernelsStatus, { kind: 'error', message: 'The server answered 500: boom', parking: PARKING });
+  assert.equal(model.kernel('k-1')?.park?.state, 'parked');
   model.dispose();
 });

@@ -5,10 +5,11 @@ import type { IGpuModel } from '../tokens';
 import { EnvironmentList, UseEnvironment } from './EnvironmentList';
 import type { OpenTerminal } from './EnvironmentTerminals';
 import { GpuSection } from './GpuSection';
+import { KernelSection } from './KernelList';
 import { KernelNotices } from './KernelNotices';
 import { useModel } from './useModel';
 
-/** The side panel: restarted kernels (if any), GPUs, then environments. */
+/** The side panel: restarted kernels (if any), GPUs, kernels that hold or parked GPU memory, then environments. */
 export class GpuPanel extends ReactWidget {
   constructor(
     private _model: IGpuModel,
@@ -43,6 +44,7 @@ function PanelBody(props: { model: IGpuModel; onUse: UseEnvironment; onTerminal?
         </header>
         <GpuSection model={model} />
       </section>
+      <KernelSection model={model} />
       <section aria-labelledby="jp-GpuEnv-envsTitle">
         <header className="jp-GpuEnv-sectionHeader">
           <h2 id="jp-GpuEnv-envsTitle">Environments</h2>
