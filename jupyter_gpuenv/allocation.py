@@ -34,7 +34,7 @@ def _least_used(gpus: list[GpuSample]) -> list[GpuSample]:
     return sorted(gpus, key=lambda g: (g.memory.used if g.memory.used is not None else 0, g.index))
 
 
-def _describe(gpus: list[GpuSample], holdings: Holdings) -> str:
+def describe(gpus: list[GpuSample], holdings: Holdings) -> str:
     parts = []
     for g in gpus:
         holders = holdings.exclusive.get(g.uuid, []) + holdings.shared.get(g.uuid, [])
@@ -55,7 +55,7 @@ def choose(
         taken = [g for g in chosen if g.uuid in holdings.exclusive]
         if len(chosen) != len(keep) or taken:
             raise NoFreeGpu(
-                "the GPUs this kernel had before its restart are no longer available: " + _describe(usable, holdings)
+                "the GPUs this kernel had before its restart are no longer available: " + describe(usable, holdings)
             )
         return chosen
     if policy.kind == "none":
@@ -65,13 +65,13 @@ def choose(
     not_exclusive = [g for g in usable if g.uuid not in holdings.exclusive]
     if policy.kind == "all":
         if not not_exclusive:
-            raise NoFreeGpu("every GPU is held exclusively by another kernel: " + _describe(usable, holdings))
+            raise NoFreeGpu("every GPU is held exclusively by another kernel: " + describe(usable, holdings))
         return not_exclusive
     if policy.kind == "count":
         if len(not_exclusive) < policy.count:
             raise NoFreeGpu(
                 f"this environment asks for {policy.count} GPU(s) but only "
-                f"{len(not_exclusive)} can be shared: " + _describe(usable, holdings)
+                f"{len(not_exclusive)} can be shared: " + describe(usable, holdings)
             )
         return sorted(_least_used(not_exclusive)[: policy.count], key=lambda g: g.index)
     if policy.kind == "ids":
@@ -88,14 +88,14 @@ def choose(
                     f"({', '.join(str(g.index) for g in usable) or 'none'})"
                 )
             if match[0].uuid in holdings.exclusive:
-                raise NoFreeGpu(f"GPU {token} is held exclusively by another kernel: " + _describe(usable, holdings))
+                raise NoFreeGpu(f"GPU {token} is held exclusively by another kernel: " + describe(usable, holdings))
             chosen.append(match[0])
         return chosen
     # exclusive: GPUs no other kernel holds in any way
     free = [g for g in usable if not holdings.held_by_anyone(g.uuid)]
     if len(free) < policy.count:
         raise NoFreeGpu(
-            f"no {policy.count} free GPU(s) for an exclusive kernel ({_describe(usable, holdings)}): "
+            f"no {policy.count} free GPU(s) for an exclusive kernel ({describe(usable, holdings)}): "
             "shut down a kernel that holds one, or use an environment that shares GPUs"
         )
     return sorted(_least_used(free)[: policy.count], key=lambda g: g.index)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
-from .allocation import Holdings, _describe
+from .allocation import Holdings, describe
 from .errors import NoFreeGpu
 from .nvml import GpuSample
 
@@ -124,7 +124,7 @@ def resume_blocker(record: ParkRecord, holdings: Holdings, gpus: list[GpuSample]
         return None
     mine = [g for g in gpus if g.uuid in record.gpus]
     return NoFreeGpu(
-        f"its GPU is taken while it was parked ({_describe(mine, holdings)}): resume it once that kernel ends, "
+        f"its GPU is taken while it was parked ({describe(mine, holdings)}): resume it once that kernel ends, "
         "or restart this kernel to start it on another GPU"
     )
 

@@ -5,8 +5,10 @@ Loaded as a pytest plugin by conftest.py, so its fixtures reach every test modul
 The image is the small local one that .ci/test.sh builds (tests/images/build-kernel-image.sh).
 """
 
+import asyncio
 import json
 import os
+import time
 
 import docker
 import pytest
@@ -94,3 +96,17 @@ async def execute(jp_serverapp, kernel_id, code, timeout=30):
 
 def provisioner(jp_serverapp, kernel_id):
     return jp_serverapp.kernel_manager.get_kernel(kernel_id).provisioner
+
+
+async def until(predicate, timeout=30.0, what="condition"):
+    """Await ``predicate()`` (sync or async) until it is truthy; the event loop keeps serving meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await asyncio.sleep(0.05)

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 import pytest
 import yaml
+from container_harness import until
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_harness import require_prometheus, running_prometheus
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
@@ -49,20 +50,6 @@ def jp_server_config(jp_server_config):
 @pytest.fixture
 def jp_base_url():
     return "/user/alice/"  # what a single-user server behind JupyterHub has
-
-
-async def until(predicate, timeout=30.0, what="condition"):
-    """Await ``predicate()`` (sync or async) until it is truthy; the event loop keeps serving meanwhile."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 def samples(text: str) -> list:

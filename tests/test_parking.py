@@ -15,7 +15,7 @@ import time
 
 import fake_cuda
 import pytest
-from container_harness import execute, install_spec, provisioner, start, start_error
+from container_harness import execute, install_spec, provisioner, start, start_error, until
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPClientError
 
@@ -173,19 +173,6 @@ def jp_server_config(jp_server_config):
 @pytest.fixture
 def gpu_spec(jp_data_dir, docker_client):
     return install_spec(jp_data_dir, "gpu", {"gpus": "exclusive:1", "gpu_mode": "none"})
-
-
-async def until(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 class Site:
