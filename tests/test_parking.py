@@ -354,3 +354,18 @@ async def test_the_idle_policy_parks_an_idle_kernel_holding_enough(idle_config, 
     assert (await site.rows())["parking"]["auto_park"] == {"idle_minutes": 0.02, "min_gpu_memory": 2 * GIB}
     await asyncio.sleep(2)
     assert (await site.row(small))["park"]["state"] == "running"  # 1 GiB: under the policy's 2
+
+
+async def test_a_local_kernel_parks_and_a_cell_resumes_it(site):
+    """A plain ipykernel process (no container): the same park, the same resume by a cell."""
+    kernel_id = await start(site.fetch, "python3")
+    pid = provisioner(site.app, kernel_id).pid
+    site.nvml.recording["devices"][1]["nvmlDeviceGetComputeRunningProcesses"] = [{"pid": pid, "usedGpuMemory": GIB}]
+    await until(lambda: site.on_gpu(kernel_id) == [1], what="the local kernel attributed on GPU 1")
+    parked = await site.post(kernel_id, "park")
+    assert parked["park"]["state"] == "parked" and parked["park"]["host_memory"] == GIB
+    assert site.nvml.recording["devices"][1]["nvmlDeviceGetComputeRunningProcesses"] == []
+    out, error = await execute(site.app, kernel_id, "print('still here')")
+    assert (out, error) == ("still here\n", None)
+    await until(lambda: _state(site, kernel_id, "running"), what="the local kernel resumed by its cell")
+    await until(lambda: site.on_gpu(kernel_id) == [1], what="its process back on GPU 1")
