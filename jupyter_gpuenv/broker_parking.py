@@ -161,12 +161,25 @@ class BrokerParking:
             except Exception as exc:  # one kernel's failure is logged; the others are still looked at
                 log.warning("gpuenv broker: idle kernel %s of %s was not parked: %s", lease.kernel_id, lease.user, exc)
 
+    @staticmethod
+    def _address(lease: KernelLease, info: dict) -> str:
+        """The kernel's IOPub address, only where a kernel of this lease can listen: its own socket folder (ipc)
+        or loopback (tcp). The file is the user's: root connects nowhere else on their word."""
+        port = info["iopub_port"]
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ValueError("iopub_port")
+        if info.get("transport") == "ipc" and info.get("ip") == os.path.join(lease.socket_dir, "k"):
+            return iopub_address(info)
+        if info.get("transport") == "tcp" and info.get("ip") == "127.0.0.1":
+            return iopub_address(info)
+        raise ValueError("a connection file that points outside the kernel's own sockets")
+
     def _follow(self, lease: KernelLease) -> None:
         try:
             with open(os.path.join(lease.socket_dir, "connection.json")) as f:
-                address = iopub_address(json.load(f))
-        except (OSError, ValueError, KeyError):
-            return  # not written yet: the next round looks again
+                address = self._address(lease, json.load(f))
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # not written yet (or not as a server writes it): the next round looks again
         container_id = lease.container_id
 
         def cell_started() -> None:

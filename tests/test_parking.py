@@ -369,3 +369,26 @@ async def test_a_local_kernel_parks_and_a_cell_resumes_it(site):
     assert (out, error) == ("still here\n", None)
     await until(lambda: _state(site, kernel_id, "running"), what="the local kernel resumed by its cell")
     await until(lambda: site.on_gpu(kernel_id) == [1], what="its process back on GPU 1")
+
+
+def test_the_broker_follows_a_kernel_only_at_its_own_sockets():
+    """The connection file is the user's: the broker (root) connects only inside the kernel's socket folder or to
+    loopback, whatever the file says."""
+    from jupyter_gpuenv.broker_parking import BrokerParking
+    from jupyter_gpuenv.leases import KernelLease
+
+    lease = KernelLease("k", 1001, "alice", "gpu", "/run/gpuenv/sockets/1001/k1")
+    own = {"transport": "ipc", "ip": "/run/gpuenv/sockets/1001/k1/k", "iopub_port": 3}
+    assert BrokerParking._address(lease, own) == "ipc:///run/gpuenv/sockets/1001/k1/k-3"
+    assert BrokerParking._address(lease, {"transport": "tcp", "ip": "127.0.0.1", "iopub_port": 5}) == (
+        "tcp://127.0.0.1:5"
+    )
+    for forged in (
+        {**own, "ip": "/var/run/docker"},  # another unix socket of the host
+        {**own, "ip": "/run/gpuenv/sockets/1002/k2/k"},  # another user's kernel
+        {"transport": "tcp", "ip": "10.0.0.8", "iopub_port": 5},
+        {**own, "iopub_port": "3; rm"},
+        {**own, "iopub_port": True},
+    ):
+        with pytest.raises(ValueError):
+            BrokerParking._address(lease, forged)
