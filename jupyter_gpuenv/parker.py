@@ -82,11 +82,15 @@ class Parker:
             self._driver = checkpoint.load_driver()
         return self._driver
 
-    async def _blocking(self, doing: str, fn: Callable, *args: Any) -> Any:
+    async def _blocking(self, doing: str, fn: Callable, *args: Any, late: Callable | None = None) -> Any:
+        """``fn(*args)`` in a checkpoint thread, within the time limit. A call past it cannot be stopped: it goes on
+        in its thread, and ``late`` (if given) is called with its result once it returns."""
         future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         try:
-            return await asyncio.wait_for(future, self.timeout)
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
         except asyncio.TimeoutError:
+            if late is not None:
+                future.add_done_callback(lambda f: f.exception() is None and late(f.result()))
             raise DriverFailed(
                 f"the NVIDIA driver did not {doing} within {self.timeout:.0f} s (c.GpuEnv.park_timeout)"
             ) from None
@@ -116,7 +120,14 @@ class Parker:
         self.under_way[kid] = PARKING
         started = time.monotonic()
         try:
-            outcome = await self._blocking("park the kernel", checkpoint.park, self.driver, list(facts.pids))
+            pids = list(facts.pids)
+
+            def undo(late: checkpoint.Outcome) -> None:  # a park that ended past the limit: the kernel runs on
+                if late.error is None:
+                    self.log.warning("gpuenv: kernel %s: undoing a park that finished too late", kid)
+                    self._pool.submit(checkpoint.resume, self.driver, pids)
+
+            outcome = await self._blocking("park the kernel", checkpoint.park, self.driver, pids, late=undo)
             if outcome.error is not None:
                 if outcome.rolled_back:
                     raise DriverFailed(f"the kernel could not be parked, and runs as it was: {outcome.error}")

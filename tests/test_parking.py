@@ -392,3 +392,20 @@ def test_the_broker_follows_a_kernel_only_at_its_own_sockets():
     ):
         with pytest.raises(ValueError):
             BrokerParking._address(lease, forged)
+
+
+async def test_a_park_that_finishes_too_late_is_undone_and_the_kernel_runs_on(
+    site, gpu_spec, fake_driver, jp_serverapp
+):
+    parking = next(iter(jp_serverapp.extension_manager.extension_apps["jupyter_gpuenv"])).parking
+    parking.parker.timeout = 1.0
+    kernel_id = await site.gpu_kernel(gpu_spec)
+    fake_driver.hang["checkpoint"] = threading.Event()
+    code, message = await site.refused(kernel_id, "park")
+    assert code == 503 and "did not park the kernel within 1 s" in message
+    assert (await site.row(kernel_id))["park"]["state"] == "running"  # no record: it never counted as parked
+    fake_driver.hang.pop("checkpoint").set()  # the driver returns at last
+    await until(lambda: [c for c, _ in fake_driver.calls][-1:] == ["unlock"], what="the late park undone")
+    pids = {p for _, p in fake_driver.calls}
+    assert all(fake_driver.state(p) == "running" for p in pids)
+    await until(lambda: site.on_gpu(kernel_id), what="its process back on its GPU")
