@@ -128,7 +128,8 @@ export function parkView(
     busy: state === 'parking' || state === 'resuming',
     notice: park?.message ? sentence(park.message) : null,
     button: null,
-    error: request.busy ? null : request.error
+    // a failed row already says what went wrong (the server's message): the request's error would repeat it
+    error: request.busy || state === 'failed' ? null : request.error
   };
   switch (state) {
     case 'running': {

@@ -15,6 +15,7 @@ export interface INoticeAction {
 /** The part of Lab's `Notification` (from `@jupyterlab/apputils`) that the notices use. */
 export interface INotifier {
   info(message: string, options?: { autoClose?: number | false }): string;
+  success(message: string, options?: { autoClose?: number | false }): string;
   emit(message: string, type: 'in-progress', options?: { autoClose?: number | false }): string;
   update(args: {
     id: string;
@@ -64,7 +65,10 @@ export class ParkNotices {
       const kernel = this._model.kernel(kernelId);
       const outcome = resumeOutcome(kernel);
       if (outcome?.type === 'success') {
-        this._notify.update({ id: notice.id, message: outcome.message, type: 'success', autoClose: RESUMED_SHOWN_FOR });
+        // a new notice rather than an update of the in-progress one: Lab's toasts start an updated notice's
+        // auto-close timer only when its slide-in animation ends, which a busy page (a cell just run) can miss
+        this._notify.dismiss(notice.id);
+        this._notify.success(outcome.message, { autoClose: RESUMED_SHOWN_FOR });
       } else if (outcome) {
         const restart = { label: 'Restart kernel', callback: () => void this._model.restart(kernelId) };
         this._notify.update({

@@ -96,6 +96,11 @@ test('a failed kernel says what went wrong and offers Restart kernel', () => {
     'The GPU state could not be restored (cuda-checkpoint: out of memory); restart the kernel.'
   );
   assert.deepEqual([view.button?.action, view.button?.label], ['restart', 'Restart kernel']);
+  const afterResume = parkView(parkedRow(NOW, { state: 'failed', message }), PARKING, 0, NOW_MS, {
+    busy: null,
+    error: `Resuming failed: ${message}.`
+  });
+  assert.equal(afterResume.error, null); // the notice says it once; the failed Resume's error would repeat it
   const restarting = parkView(parkedRow(NOW, { state: 'failed' }), PARKING, 0, NOW_MS, {
     busy: 'restart',
     error: null

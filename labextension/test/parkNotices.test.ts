@@ -16,6 +16,9 @@ class FakeNotifier implements INotifier {
   info(message: string, options?: { autoClose?: number | false }): string {
     return this._add(message, 'info', options?.autoClose);
   }
+  success(message: string, options?: { autoClose?: number | false }): string {
+    return this._add(message, 'success', options?.autoClose);
+  }
   emit(message: string, type: 'in-progress', options?: { autoClose?: number | false }): string {
     return this._add(message, type, options?.autoClose);
   }
@@ -114,15 +117,15 @@ test('a cell run in a parked kernel shows "Resuming GPU state…" until it runs 
   await serve({ kernels: [parkedRow(NOW, { by: 'you', state: 'resuming' })], parking: PARKING });
   assert.equal(notifier.shown[0].type, 'in-progress');
   await serve({ kernels: [kernelRow()], parking: PARKING });
-  assert.deepEqual(notifier.shown[0], {
-    id: 'n0',
+  assert.deepEqual(notifier.dismissed, ['n0']); // the in-progress notice goes, a success notice that closes itself
+  assert.deepEqual(notifier.shown[1], {
+    id: 'n1',
     message: 'GPU state resumed; the cell runs now.',
     type: 'success',
-    autoClose: 4000,
-    actions: undefined
+    autoClose: 4000
   });
   notices.cellScheduled('k-1'); // running: nothing to say
-  assert.equal(notifier.shown.length, 1);
+  assert.equal(notifier.shown.length, 2);
   model.dispose();
 });
 
