@@ -131,6 +131,23 @@ class LabServer:
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.recording)
 
+    # -- the fake checkpoint driver (launch_lab.py installs it with a recording) -----------------------
+    def fail_next_driver_step(self, step: str, code: str, timeout: float = 15) -> None:
+        """Make the driver's next ``step`` (lock, checkpoint, restore, unlock) fail with CUresult ``code``.
+
+        Returns once the server has taken the request (at its next sample it reads, then deletes, the file).
+        """
+        assert self.recording is not None, "this server runs on the real NVML and driver"
+        control = self.recording.with_suffix(".driver.json")
+        tmp = control.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"fail": {step: code}}))
+        os.replace(tmp, control)
+        deadline = time.monotonic() + timeout
+        while control.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server did not read {control} within {timeout} s")
+            time.sleep(0.1)
+
     # -- notebooks and kernels ------------------------------------------------------------------------
     def start_notebook(self, path: str, kernel: str = "python3") -> dict[str, Any]:
         """Create a notebook and start its kernel through /api/sessions, as Lab does; returns the session."""

@@ -6,6 +6,13 @@ With ``--recording`` the pynvml module is replaced at its boundary (``jupyter_gp
 by ``tests/fake_pynvml.FakePynvml`` before the server extension loads, in this same process. The recording
 file is read again whenever it changes, so a test can point a recorded GPU process at a real kernel's pid
 while the server runs. Without it, the server uses the machine's real NVML (none in CI: the no-GPU state).
+
+With ``--recording`` the driver's checkpoint API (``jupyter_gpuenv.checkpoint.load_driver``) is also replaced,
+by one ``tests/fake_cuda.FakeCheckpoint`` acting on that same fake NVML: a park takes the kernel's pid off its
+GPU, a resume puts it back. A reload of the recording keeps off the pids that driver holds checkpointed (as
+the real driver would). A test makes the driver's next step fail by writing ``FILE.driver.json`` next to the
+recording, ``{"fail": {"restore": "CUDA_ERROR_OUT_OF_MEMORY"}}``: it is applied at the next sample, then
+deleted (``LabServer.fail_next_driver_step``).
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ sys.path.insert(0, str(TESTS))
 
 
 class ReloadingFake:
-    """A FakePynvml whose recording follows a JSON file (read again when its mtime changes)."""
+    """A FakePynvml whose recording follows a JSON file (read again when its mtime changes), and the fake
+    checkpoint driver that acts on it."""
 
     def __init__(self, path: Path) -> None:
+        import fake_cuda
         import fake_pynvml
 
         self._path = path
@@ -31,13 +40,25 @@ class ReloadingFake:
         self._lock = threading.Lock()
         self.fake = fake_pynvml.FakePynvml(json.loads(path.read_text()))
         self.fake.nvmlDeviceGetCount = self._count  # every read starts by counting devices
+        self.driver = fake_cuda.FakeCheckpoint(self.fake)
+        self._process_lists = fake_cuda.PROCESS_LISTS
+        self._control = path.with_suffix(".driver.json")
 
     def _count(self) -> int:
         with self._lock:
             mtime = self._path.stat().st_mtime_ns
             if mtime != self._mtime:
                 self._mtime = mtime
-                self.fake.recording = json.loads(self._path.read_text())
+                recording = json.loads(self._path.read_text())
+                parked = set(self.driver.saved)  # checkpointed: off their GPU, whatever the file says
+                for device in recording.get("devices", []):
+                    for key in self._process_lists:
+                        if isinstance(device.get(key), list):  # not {"error": ...}
+                            device[key] = [p for p in device[key] if p.get("pid") not in parked]
+                self.fake.recording = recording
+            if self._control.exists():
+                self.driver.fail.update(json.loads(self._control.read_text()).get("fail", {}))
+                self._control.unlink()  # applied once: the test sees it gone
         return type(self.fake).nvmlDeviceGetCount(self.fake)
 
 
@@ -50,10 +71,11 @@ def main() -> None:
     args, rest = parser.parse_known_args()
 
     if args.recording is not None:
-        from jupyter_gpuenv import nvml
+        from jupyter_gpuenv import checkpoint, nvml
 
-        fake = ReloadingFake(args.recording).fake
-        nvml.load_pynvml = lambda: fake
+        reloading = ReloadingFake(args.recording)
+        nvml.load_pynvml = lambda: reloading.fake
+        checkpoint.load_driver = lambda: reloading.driver
 
     from jupyterlab.labapp import LabApp
 
