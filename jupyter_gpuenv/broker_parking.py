@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from . import host
 from .activity import KernelActivity, iopub_address
 from .allocation import Holdings
 from .errors import UnknownKernel
@@ -82,14 +83,18 @@ class BrokerParking:
         gpus = self.daemon.sampler.latest.gpus  # the sampler names each process's container (broker_metrics)
         procs = [(g, p) for g in gpus for p in g.processes if p.container_id == lease.container_id]
         seen = self.activity.get(lease.container_id)
+        pids = sorted({p.pid for _, p in procs})
+        room, by = host.memory_room(pids[0]) if pids else (None, "")
         return KernelFacts(
             kernel_id=lease.container_id,
             execution_state=seen.execution_state if seen else "idle",
             last_activity=max(seen.last_activity if seen else 0, self.parker.resumed_at.get(lease.container_id, 0)),
-            pids=tuple(sorted({p.pid for _, p in procs})),
+            pids=tuple(pids),
             gpu_memory=sum(p.used_memory or 0 for _, p in procs),
             gpus=tuple(sorted({g.uuid for g, _ in procs if g.uuid})),
             parked=bool(lease.park),
+            memory_room=room,
+            room_by=by,
         )
 
     def row(self, lease: KernelLease) -> dict[str, Any]:

@@ -96,3 +96,48 @@ def private_folder(path: str) -> str:
     if info.st_mode & 0o077:
         os.chmod(path, 0o700)  # ours, but opened up: close it again before anything goes inside
     return path
+
+
+def memory_room(pid: int, proc: str = "/proc", cgroups: str = "/sys/fs/cgroup") -> tuple[int | None, str]:
+    """How many bytes of memory ``pid`` may still take, and what limits it: the host's available memory, or its
+    memory cgroup's limit (a container's ``memory``) when that leaves less. ``(None, "")`` when unknown.
+
+    Parking moves a kernel's GPU memory into its own process's memory, which counts against both.
+    """
+    room, by = None, ""
+    try:
+        with open(f"{proc}/meminfo") as f:
+            available = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
+        if available is not None:
+            room, by = available, "the host"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"{proc}/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return room, by
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            limit, usage = f"{cgroups}{path}/memory.max", f"{cgroups}{path}/memory.current"
+        elif "memory" in controllers.split(","):  # cgroup v1
+            limit, usage = (
+                f"{cgroups}/memory{path}/memory.limit_in_bytes",
+                f"{cgroups}/memory{path}/memory.usage_in_bytes",
+            )
+        else:
+            continue
+        try:
+            with open(limit) as f:
+                raw = f.read().strip()
+            with open(usage) as f:
+                used = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if raw == "max" or not raw.isdigit() or int(raw) >= 1 << 60:  # no limit
+            continue
+        left = max(int(raw) - used, 0)
+        if room is None or left < room:
+            room, by = left, "its container's memory limit"
+    return room, by

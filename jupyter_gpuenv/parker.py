@@ -361,14 +361,18 @@ class ServerParking:
         snapshot = snapshot or self.sampler.latest
         procs = [(g, p) for g in snapshot.gpus for p in g.processes if p.kernel_id == kernel_id]
         record = self.parker.store.get(kernel_id)
+        pids = sorted({p.pid for _, p in procs})
+        room, by = host.memory_room(pids[0]) if pids else (None, "")
         return KernelFacts(
             kernel_id=kernel_id,
             execution_state=str(getattr(km, "execution_state", "idle")),
             last_activity=max(_epoch(getattr(km, "last_activity", None)), self.parker.resumed_at.get(kernel_id, 0)),
-            pids=tuple(sorted({p.pid for _, p in procs})),
+            pids=tuple(pids),
             gpu_memory=sum(p.used_memory or 0 for _, p in procs),
             gpus=tuple(sorted({g.uuid for g, _ in procs if g.uuid})),
             parked=record is not None,
+            memory_room=room,
+            room_by=by,
         )
 
     def _brokered(self, km: Any) -> str | None:

@@ -63,6 +63,8 @@ class KernelFacts:
     gpu_memory: int = 0  # bytes they hold
     gpus: tuple[str, ...] = ()  # uuids they are on
     parked: bool = False
+    memory_room: int | None = None  # bytes its process may still take in host memory (None: unknown)
+    room_by: str = ""  # what limits that: "the host", "its container's memory limit"
 
 
 def why_not_park(facts: KernelFacts, unavailable: str | None) -> str | None:
@@ -77,6 +79,11 @@ def why_not_park(facts: KernelFacts, unavailable: str | None) -> str | None:
         return f"the kernel is {facts.execution_state}"
     if not facts.pids:
         return "the kernel holds no GPU memory: there is nothing to park"
+    if facts.memory_room is not None and facts.gpu_memory > facts.memory_room:
+        return (
+            f"parking moves its {facts.gpu_memory / 2**30:.1f} GiB of GPU memory into host memory, and "
+            f"{facts.room_by} leaves room for {facts.memory_room / 2**30:.1f} GiB: free some memory first"
+        )
     return None
 
 

@@ -409,3 +409,44 @@ async def test_a_park_that_finishes_too_late_is_undone_and_the_kernel_runs_on(
     pids = {p for _, p in fake_driver.calls}
     assert all(fake_driver.state(p) == "running" for p in pids)
     await until(lambda: site.on_gpu(kernel_id), what="its process back on its GPU")
+
+
+def test_a_kernel_is_not_parked_into_more_host_memory_than_it_may_take():
+    room = facts(gpu_memory=4 * GIB, memory_room=3 * GIB, room_by="its container's memory limit")
+    reason = why_not_park(room, None)
+    assert "4.0 GiB of GPU memory" in reason and "its container's memory limit leaves room for 3.0 GiB" in reason
+    assert why_not_park(facts(gpu_memory=4 * GIB, memory_room=5 * GIB, room_by="the host"), None) is None
+    assert why_not_park(facts(memory_room=None), None) is None  # unknown: the driver's own answer decides
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_memory_room_is_the_hosts_or_the_containers_limit_whichever_leaves_less(tmp_path, version):
+    from jupyter_gpuenv.host import memory_room
+
+    proc, cgroups = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "42").mkdir(parents=True)
+    (proc / "meminfo").write_text("MemTotal: 100 kB\nMemAvailable:   8388608 kB\n")  # 8 GiB
+    if version == "v2":
+        (proc / "42" / "cgroup").write_text("0::/system.slice/docker-abc.scope\n")
+        folder, limit, usage = cgroups / "system.slice" / "docker-abc.scope", "memory.max", "memory.current"
+    else:
+        (proc / "42" / "cgroup").write_text("5:devices:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+        folder, limit, usage = cgroups / "memory" / "docker" / "abc", "memory.limit_in_bytes", "memory.usage_in_bytes"
+    folder.mkdir(parents=True)
+    (folder / limit).write_text(str(6 * GIB))
+    (folder / usage).write_text(str(GIB))
+    assert memory_room(42, str(proc), str(cgroups)) == (5 * GIB, "its container's memory limit")
+    (folder / limit).write_text("max\n" if version == "v2" else str(1 << 62))  # no limit
+    assert memory_room(42, str(proc), str(cgroups)) == (8 * GIB, "the host")
+    assert memory_room(7, str(proc), str(cgroups)) == (8 * GIB, "the host")  # a process gone: the host's
+
+
+async def test_a_container_kernel_with_a_small_memory_limit_is_not_parked(site, jp_data_dir):
+    """Its real container's memory cgroup (64m) cannot take the 4 GiB its GPU holds: 409, and nothing is done."""
+    spec = install_spec(jp_data_dir, "small", {"gpus": "exclusive:1", "gpu_mode": "none", "memory": "64m"})
+    kernel_id = await site.gpu_kernel(spec)
+    row = await site.row(kernel_id)
+    assert row["park"]["can_park"] is False and "its container's memory limit" in row["park"]["reason"]
+    code, message = await site.refused(kernel_id, "park")
+    assert code == 409 and "leaves room for 0.0 GiB" in message
+    assert site.on_gpu(kernel_id)
