@@ -207,8 +207,14 @@ async def part_a(out: Path, py: str) -> None:
         row = await carol.row(first)
         check("its row can be parked", row.get("park", {}).get("can_park") is True, json.dumps(row)[:300])
         pids = {p for p, m in gpu_apps()}
+        container = row["container_id"]
+        before = container_memory(container)
         if not await park_and_measure(carol, first, pids, "a_6gib"):
             return
+        grown = container_memory(container) - before
+        held = (await carol.row(first))["park"]["host_memory"] or 0
+        check("the parked GPU memory is in the kernel's own container (its memory cgroup grew by it)",
+              grown >= 0.9 * held, f"+{grown / GIB:.2f} GiB for {held / GIB:.2f} GiB parked")  # fmt: skip
         second = await carol.notebook("other.ipynb")
         check("a second exclusive:1 kernel starts on the GPU the parked one released", second is not None)
         if second:
@@ -239,6 +245,28 @@ async def part_a(out: Path, py: str) -> None:
             check("…and its row says running again", row.get("park", {}).get("state") == "running", str(row)[:200])
     finally:
         carol.stop()
+    print("== A1. a container whose memory limit cannot take its GPU memory", flush=True)
+    small = dict(TORCH, memory="8g", gpus="1")
+    config["GpuEnv"]["environments"] = {"torch": TORCH, "small": small}
+    limited = Person("carol", 18823, config, out, py)
+    sh(as_user("carol", [py, "-m", "jupyter_gpuenv.cli", "add", "small", "--broker", "--user"]))
+    try:
+        check("carol's server with an 8g environment starts", await limited.start())
+        code, body = await limited.server.request(
+            "POST", "/api/sessions", {"path": "small.ipynb", "type": "notebook", "kernel": {"name": "gpuenv-small"}}
+        )
+        kernel = body["kernel"]["id"] if code == 201 else None
+        if check("a kernel of the 8g environment starts", kernel is not None, str(body)[:200]):
+            res = await limited.run(kernel, tensor(4))
+            await asyncio.sleep(2)
+            code, body, _ = await limited.act(kernel, "park")
+            check("parking its ~18 GiB into an 8g container is refused, saying so",
+                  code == 409 and "memory limit" in str(body), str(body)[:300])  # fmt: skip
+            res = await limited.run(kernel, "print(float(x[7]))")
+            check("…and it runs on as it was", res["stdout"].startswith("7.0"), res["stdout"][-100:])
+    finally:
+        limited.stop()
+        config["GpuEnv"]["environments"] = {"torch": TORCH}
     print("== A2. the idle policy (park_idle_minutes 0.25, at least 1 GiB)", flush=True)
     config["GpuEnv"].update({"park_idle_minutes": 0.25, "park_min_gpu_memory_gib": 1})
     idle = Person("carol", 18822, config, out, py)
@@ -263,6 +291,14 @@ async def part_a(out: Path, py: str) -> None:
         check("a cell brings it back, tensor intact", "INTACT 0" in res["stdout"], res["stdout"][-200:])
     finally:
         idle.stop()
+
+
+def container_memory(container_id: str) -> int:
+    """Bytes the container's memory cgroup holds now, as the engine reports it."""
+    import docker
+
+    stats = docker.from_env(timeout=30).containers.get(container_id).stats(stream=False)
+    return int(stats.get("memory_stats", {}).get("usage") or 0)
 
 
 async def session_of(who: Person, kernel_id: str) -> str:
