@@ -103,16 +103,18 @@ class UsageMeter:
             self._last_at = at
             for usage in usages:
                 totals = self._totals.get(usage.kernel_id)
+                # a kernel seen for the first time counts from now: the time since the last sample may predate it
+                held_for = dt if totals is not None and totals.retired_at is None else 0.0
                 if totals is None:
                     totals = self._totals[usage.kernel_id] = KernelTotals(labels=usage)
                 totals.labels, totals.retired_at, totals.exported_final = usage, None, False
-                gpu_seconds, byte_seconds = dt * usage.held_gpus, dt * usage.held_bytes
+                gpu_seconds, byte_seconds = held_for * usage.held_gpus, held_for * usage.held_bytes
                 totals.gpu_seconds += gpu_seconds
                 totals.gpu_memory_byte_seconds += byte_seconds
                 if gpu_seconds or byte_seconds:
                     pending = self._pending.get(usage.kernel_id)
                     if pending is None:
-                        pending = self._pending[usage.kernel_id] = _Pending(usage, start=at - dt, end=at)
+                        pending = self._pending[usage.kernel_id] = _Pending(usage, start=at - held_for, end=at)
                     pending.labels, pending.end = usage, at
                     pending.gpu_seconds += gpu_seconds
                     pending.gpu_memory_byte_seconds += byte_seconds

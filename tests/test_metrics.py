@@ -238,6 +238,15 @@ def test_meter_counts_time_between_samples_capped_and_not_while_parked_or_blind(
     assert meter.take_pending() == []
 
 
+def test_a_kernel_counts_from_the_first_sample_that_sees_it_not_from_the_one_before():
+    meter = UsageMeter(max_gap=30.0)
+    meter.observe(100.0, [held(kernel_id="old")])
+    meter.observe(120.0, [held(kernel_id="old"), held(kernel_id="new")])  # a slow sample: "new" may be 1 s old
+    meter.observe(121.0, [held(kernel_id="old"), held(kernel_id="new")])
+    totals = {t.labels.kernel_id: t.gpu_seconds for t in meter.totals()}
+    assert totals == {"old": 21.0, "new": 1.0}
+
+
 def test_an_ended_kernel_is_scraped_once_with_its_final_totals_then_dropped():
     meter = UsageMeter(max_gap=10.0, retired_grace=60.0)
     collector = metrics.Collector()

@@ -39,9 +39,13 @@ NOTEBOOK = "analysis.ipynb"
 EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "prometheus-broker.yml"
 
 
+KERNELS_STARTED: list[float] = []  # when the module's kernels were asked for: no GPU-second can predate it
+
+
 @pytest.fixture(scope="module")
 def kernels(clean_site):
     """alice's notebook and bob's kernel, each with a GPU of their own: {user: kernel id}."""
+    KERNELS_STARTED.append(time.monotonic())
     r = clean_site.server(
         "alice",
         "POST",
@@ -110,20 +114,21 @@ def test_prometheus_sees_every_users_kernels_from_one_target(clean_site, kernels
     gpus = query(prometheus, 'jupyter_gpuenv_gpu_memory_total_bytes{job="gpuenv-broker"}')
     assert sorted(g["metric"]["gpu"] for g in gpus) == ["0", "1"]
 
-    # GPU-seconds grow with the time a GPU is held, and never faster than one per second for one GPU (how fast the
-    # broker's samples keep up on a loaded machine is for bench/, not a test)
+    # GPU-seconds grow with the time a GPU is held, and never beyond it: one GPU each, so at most the seconds since
+    # the kernels were started. (Samples come in bursts on a loaded machine, each counting the time since the last:
+    # how evenly is for bench/, not a test.)
     selector = 'jupyter_gpuenv_gpu_seconds_total{job="gpuenv-broker", user="%s"}'
 
     def seconds(user: str) -> float:
         return float((query(prometheus, selector % user) or [{"value": [0, 0]}])[0]["value"][1])
 
     wait_until(lambda: query(prometheus, selector % "alice"), 30, "GPU-seconds")
-    started, first = time.monotonic(), {user: seconds(user) for user in ("alice", "bob")}
+    first = {user: seconds(user) for user in ("alice", "bob")}
     wait_until(lambda: seconds("alice") >= first["alice"] + 3, 30, "alice's GPU-seconds to grow by 3")
     wait_until(lambda: seconds("bob") >= first["bob"] + 3, 30, "bob's GPU-seconds to grow by 3")
-    elapsed = time.monotonic() - started
     for user in ("alice", "bob"):
-        assert seconds(user) - first[user] <= elapsed + 2, (user, first[user], seconds(user), elapsed)
+        since_start = time.monotonic() - KERNELS_STARTED[0]
+        assert seconds(user) <= since_start, (user, seconds(user), since_start)
 
 
 def test_gpu_memory_is_counted_for_the_kernel_whose_container_holds_it(clean_site, kernels, prometheus):
