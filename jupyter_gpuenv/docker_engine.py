@@ -1,4 +1,5 @@
-"""The ``Engine`` over a Docker engine, through the docker SDK: the only module that imports ``docker``.
+"""The ``Engine`` over a Docker engine, through the docker SDK: with ``docker_exec`` (a terminal's shell exec'd into
+a container), the only modules that import ``docker``.
 
 Every SDK call runs in one of this engine's own bounded thread pools, never the event loop's default
 executor: signals and state (``_control``) never queue behind a create or a probe (``_work``). A pull runs in
@@ -17,7 +18,6 @@ import logging
 import os
 import queue
 import socket
-import ssl
 import threading
 import time
 import uuid
@@ -33,19 +33,15 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 from docker.types import Mount as DockerMount
 
-from . import allocation, containers, host, labels, pulls, registry
-from .engine import ContainerState, ImageFacts, KernelRequest, Placement, StreamShell
+from . import allocation, containers, docker_exec, host, labels, pulls, registry
+from .engine import ContainerState, ImageFacts, KernelRequest, Placement
 from .errors import (
-    CannotStartHere,
     DiskTooSmall,
     EngineRefused,
     EngineUnavailable,
     EngineUnreachable,
-    GpuEnvError,
     ImageMissing,
-    NotPermitted,
     PullFailed,
-    UnknownKernel,
 )
 from .parking import ParkBook
 
@@ -725,79 +721,17 @@ class DockerEngine:
         return removed
 
     # -- terminals -------------------------------------------------------------------------------------
-    async def exec_shell(self, container_id: str, user: str) -> DockerShell:
+    async def exec_shell(self, container_id: str, user: str) -> docker_exec.DockerShell:
         marker = uuid.uuid4().hex
         exec_id, sock, early = await self._call(
-            self._work, self.timeout * 3 + 1, "open a shell", self._exec_shell, container_id, user, marker
+            self._work, self.timeout * 3 + 1, "open a shell", docker_exec.open_shell, container_id, user, marker
         )
         try:  # the engine's hijacked connection, now a plain stream socket: the event loop reads it, no thread
             reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
         except BaseException:
             sock.close()
             raise
-        return DockerShell(self, container_id, user, marker, exec_id, reader, writer, early)
-
-    @staticmethod
-    def _exec_shell(c: docker.DockerClient, container_id: str, user: str, marker: str):
-        try:
-            attrs = c.api.inspect_container(container_id)
-        except NotFound:
-            raise UnknownKernel("that container is gone: its kernel or terminal has ended") from None
-        runs_as = (attrs.get("Config") or {}).get("User") or "root"
-        if runs_as.split(":")[0] in ("0", "root"):
-            raise NotPermitted(
-                "this container runs as root (its Jupyter server does), and a terminal never opens a root shell: "
-                "run the server as a normal user"
-            )
-        if user != runs_as:
-            raise NotPermitted(f"a terminal's shell runs as its container's user ({runs_as}), not as {user}")
-        if not (attrs.get("State") or {}).get("Running"):
-            raise CannotStartHere("the container is not running (its kernel is restarting or ended): try again")
-        exec_id = c.api.exec_create(
-            container_id,
-            containers.SHELL_COMMAND,
-            stdin=True,
-            tty=True,
-            user=user,
-            environment={"TERM": "xterm-256color", containers.SHELL_MARKER: marker},
-        )["Id"]
-        stream = c.api.exec_start(exec_id, tty=True, socket=True)
-        raw = getattr(stream, "_sock", stream)
-        try:
-            if not isinstance(raw, socket.socket) or isinstance(raw, ssl.SSLSocket):
-                raise EngineRefused(
-                    "terminals need the Docker engine on a unix socket or plain tcp (not TLS or ssh): "
-                    "set c.GpuEnv.docker_url to its local socket"
-                )
-            raw.setblocking(False)
-            early = _early_bytes(stream)
-            return exec_id, raw.dup(), early
-        except BaseException:
-            with suppress(Exception):
-                c.api.exec_start(
-                    c.api.exec_create(container_id, ["sh", "-c", containers.HANG_UP_SCRIPT, marker], user=user)["Id"]
-                )
-            raise
-        finally:
-            with suppress(Exception):
-                stream.close()
-                raw.close()
-
-    @staticmethod
-    def _resize_shell(c: docker.DockerClient, exec_id: str, rows: int, cols: int) -> None:
-        with suppress(APIError):  # the shell ended meanwhile: nothing to resize
-            c.api.exec_resize(exec_id, height=rows, width=cols)
-
-    @staticmethod
-    def _end_shell(c: docker.DockerClient, container_id: str, user: str, marker: str) -> None:
-        try:
-            exec_id = c.api.exec_create(container_id, ["sh", "-c", containers.HANG_UP_SCRIPT, marker], user=user)["Id"]
-            c.api.exec_start(exec_id)
-        except NotFound:
-            return
-        except APIError as exc:
-            if "is not running" not in str(exc):
-                raise
+        return docker_exec.DockerShell(self, container_id, user, marker, exec_id, reader, writer, early)
 
 
 def _hang_up(response: requests.Response) -> None:
@@ -824,56 +758,3 @@ def _insecure(info: dict, host_port: str) -> bool:
         return False
     cidrs = (info.get("RegistryConfig") or {}).get("InsecureRegistryCIDRs") or ["127.0.0.0/8"]
     return any(address in ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
-
-
-def _early_bytes(stream: Any) -> bytes:
-    """What the SDK's HTTP reader took in past the upgrade answer (at times the shell's first prompt)."""
-    try:
-        buffered = stream._response.raw._fp.fp
-        return (buffered.peek(1 << 16) or b"") if buffered is not None else b""
-    except (AttributeError, OSError, ValueError):
-        return b""
-
-
-class DockerShell(StreamShell):
-    """A shell exec'd into a container (``Engine.exec_shell``): its terminal's bytes, both ways, on the loop."""
-
-    def __init__(
-        self,
-        engine: DockerEngine,
-        container_id: str,
-        user: str,
-        marker: str,
-        exec_id: str,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        early: bytes = b"",
-    ) -> None:
-        super().__init__(reader, writer)
-        self.engine, self.container_id, self.exec_id = engine, container_id, exec_id
-        self.user, self.marker = user, marker
-        self._early = early  # what the SDK read past the HTTP upgrade: the shell's first bytes
-        self._closed = False
-
-    async def read(self) -> bytes:
-        if self._early:
-            data, self._early = self._early, b""
-            return data
-        return await super().read()
-
-    async def resize(self, rows: int, cols: int) -> None:
-        e = self.engine
-        await e._call(e._control, e.timeout + 1, "resize a terminal", e._resize_shell, self.exec_id, rows, cols)
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._writer.close()
-        e = self.engine
-        try:
-            await e._call(
-                e._control, e.timeout * 2 + 1, "end a shell", e._end_shell, self.container_id, self.user, self.marker
-            )
-        except GpuEnvError as exc:
-            e.log.warning("gpuenv: a terminal's shell in container %s may still run: %s", self.container_id[:12], exc)
