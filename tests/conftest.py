@@ -35,11 +35,15 @@ def gpuenv_sampler(jp_serverapp):
     return jp_serverapp.web_app.settings["gpuenv_sampler"]
 
 
-def wait_for(predicate, timeout=10.0, interval=0.02):
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.02):
+    """``predicate()`` once it is truthy; AssertionError naming ``what`` and its last value after ``timeout`` s.
+
+    Every synchronous test waits with this one (``container_harness.until`` is the same for a coroutine test)."""
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+    raise AssertionError(f"{what}: not within {timeout} s (last: {value!r})")

@@ -6,7 +6,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import wait_for
+from conftest import wait_until
 from tornado.httpclient import HTTPClientError
 
 
@@ -17,7 +17,7 @@ async def get_json(jp_fetch, *path, **params):
 
 
 async def test_gpus_lists_the_recorded_gpus(fake_nvml, gpuenv_sampler, jp_fetch):
-    wait_for(lambda: gpuenv_sampler.latest.available)
+    wait_until(lambda: gpuenv_sampler.latest.available)
     body = await get_json(jp_fetch, "gpus")
     assert body["available"] is True and body["reason"] is None
     assert body["driver_version"] == "580.159.04" and body["cuda_driver_version"] == "13.0"
@@ -43,51 +43,51 @@ async def test_gpus_lists_the_recorded_gpus(fake_nvml, gpuenv_sampler, jp_fetch)
 
 @pytest.mark.parametrize("recording", ["no-driver"])
 async def test_no_driver_is_200_with_a_reason(fake_nvml, gpuenv_sampler, jp_fetch):
-    wait_for(lambda: gpuenv_sampler.samples_taken >= 1)
+    wait_until(lambda: gpuenv_sampler.samples_taken >= 1)
     body = await get_json(jp_fetch, "gpus")
     assert body["available"] is False and body["gpus"] == []
     assert "no NVIDIA driver" in body["reason"]
 
 
 async def test_a_missing_driver_is_logged_once_not_a_flood(fake_nvml, gpuenv_sampler, caplog):
-    wait_for(lambda: gpuenv_sampler.latest.available)
+    wait_until(lambda: gpuenv_sampler.latest.available)
     fake_nvml.recording["init"] = "LibraryNotFound"
     taken = gpuenv_sampler.samples_taken
-    wait_for(lambda: gpuenv_sampler.samples_taken >= taken + 10)  # ten failed attempts at 0.05 s each
+    wait_until(lambda: gpuenv_sampler.samples_taken >= taken + 10)  # ten failed attempts at 0.05 s each
     logged = [r for r in caplog.records if "no GPU information" in r.getMessage()]
     assert len(logged) == 1 and "no NVIDIA driver" in logged[0].getMessage()
 
 
 async def test_gpu_lost_mid_run(fake_nvml, gpuenv_sampler, jp_fetch):
-    wait_for(lambda: gpuenv_sampler.latest.available)
+    wait_until(lambda: gpuenv_sampler.latest.available)
     fake_nvml.recording["devices"][0]["error"] = "GpuIsLost"
-    wait_for(lambda: gpuenv_sampler.latest.gpus[0].error)
+    wait_until(lambda: gpuenv_sampler.latest.gpus[0].error)
     body = await get_json(jp_fetch, "gpus")
     assert body["available"] is True
     assert "GPU is lost" in body["gpus"][0]["error"] and body["gpus"][1]["error"] is None
 
 
 async def test_driver_disappears_and_comes_back(fake_nvml, gpuenv_sampler, jp_fetch):
-    wait_for(lambda: gpuenv_sampler.latest.available)
+    wait_until(lambda: gpuenv_sampler.latest.available)
     fake_nvml.recording["init"] = "DriverNotLoaded"
-    wait_for(lambda: not gpuenv_sampler.latest.available)
+    wait_until(lambda: not gpuenv_sampler.latest.available)
     body = await get_json(jp_fetch, "gpus")
     assert body["available"] is False and "not loaded" in body["reason"]
     fake_nvml.recording["init"] = None
-    wait_for(lambda: gpuenv_sampler.latest.available)
+    wait_until(lambda: gpuenv_sampler.latest.available)
     assert len((await get_json(jp_fetch, "gpus"))["gpus"]) == 2
 
 
 @pytest.mark.parametrize("recording", ["mig"])
 async def test_mig(fake_nvml, gpuenv_sampler, jp_fetch):
-    wait_for(lambda: gpuenv_sampler.latest.available)
+    wait_until(lambda: gpuenv_sampler.latest.available)
     gpu = (await get_json(jp_fetch, "gpus"))["gpus"][0]
     assert gpu["mig_mode"] is True and len(gpu["mig_devices"]) == 2
     assert gpu["processes"][0]["gpu_instance"].startswith("MIG-")
 
 
 async def test_history_since(fake_nvml, gpuenv_sampler, jp_fetch):
-    wait_for(lambda: len(gpuenv_sampler.history()) >= 3)
+    wait_until(lambda: len(gpuenv_sampler.history()) >= 3)
     everything = await get_json(jp_fetch, "gpus", "history")
     assert everything["interval"] == 0.05 and len(everything["samples"]) >= 3
     times = [s["t"] for s in everything["samples"]]
@@ -149,7 +149,7 @@ async def test_gpu_memory_of_a_local_kernel_is_named_by_its_kernel(fake_nvml, gp
             {"pid": kernel_pid, "usedGpuMemory": 1024**3},
             {"pid": child.pid, "usedGpuMemory": 2048},
         ]
-        wait_for(lambda: gpuenv_sampler.latest.gpus[0].processes[0].kernel_id == kernel_id)
+        wait_until(lambda: gpuenv_sampler.latest.gpus[0].processes[0].kernel_id == kernel_id)
         procs = (await get_json(jp_fetch, "gpus"))["gpus"][0]["processes"]
         assert procs[0]["kernel_id"] == kernel_id and procs[0]["container_id"] is None
         assert procs[1]["kernel_id"] is None  # a process of the server itself belongs to no kernel

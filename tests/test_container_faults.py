@@ -14,7 +14,7 @@ import time
 
 import docker
 import pytest
-from conftest import wait_for
+from conftest import wait_until
 from container_harness import IMAGE, execute, install_spec, our_containers, provisioner, start, start_error
 from tornado.httpclient import HTTPClientError
 
@@ -94,7 +94,7 @@ async def test_an_engine_stalled_mid_start_answers_503_and_leaves_nothing(
     # once the engine answers again, what the stall interrupted is removed
     await asyncio.sleep(6.5)
     await asyncio.get_running_loop().run_in_executor(
-        None, lambda: wait_for(lambda: not our_containers(docker_client) and not probes(docker_client), 45)
+        None, lambda: wait_until(lambda: not our_containers(docker_client) and not probes(docker_client), 45)
     )
     assert socket_folders() == before
 

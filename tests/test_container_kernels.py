@@ -16,7 +16,7 @@ import time
 
 import docker
 import pytest
-from conftest import wait_for
+from conftest import wait_until
 from container_harness import (
     IMAGE,
     execute,
@@ -178,7 +178,7 @@ def orphan(docker_client, tmp_path):
 
 async def test_a_starting_server_removes_what_a_dead_one_left(orphan, jp_serverapp, docker_client):
     container, socket_dir = orphan
-    wait_for(lambda: not our_containers(docker_client, "orphan-kernel"), timeout=20)
+    wait_until(lambda: not our_containers(docker_client, "orphan-kernel"), timeout=20)
     assert not socket_dir.exists()
 
 
@@ -282,7 +282,7 @@ async def test_gpu_memory_of_a_container_kernel_is_attributed_to_it(
         {"pid": host_pid, "usedGpuMemory": 3 * 1024**3}
     ]
     sampler = jp_serverapp.web_app.settings["gpuenv_sampler"]
-    wait_for(lambda: any(p.kernel_id for g in sampler.latest.gpus for p in g.processes))
+    wait_until(lambda: any(p.kernel_id for g in sampler.latest.gpus for p in g.processes))
     gpus = json.loads((await jp_fetch("gpuenv", "api", "gpus")).body)["gpus"]
     proc = gpus[1]["processes"][0]
     assert (proc["kernel_id"], proc["container_id"]) == (kernel_id, container_id)
@@ -343,7 +343,7 @@ async def test_container_kernels_get_only_the_servers_visible_gpus(
     """Under JupyterHub each server sees its own GPUs; its container kernels must get only those."""
     sampler = jp_serverapp.web_app.settings["gpuenv_sampler"]
     sampler.visibility = parse_visibility("1", "CUDA_VISIBLE_DEVICES")
-    wait_for(lambda: [g.index for g in sampler.latest.gpus] == [1])
+    wait_until(lambda: [g.index for g in sampler.latest.gpus] == [1])
     name = install_spec(jp_data_dir, "one", {"gpus": "exclusive:1", "gpu_mode": "none"})
     kernel_id = await start(jp_fetch, name)
     assert [g.index for g in provisioner(jp_serverapp, kernel_id).placement.gpus] == [1]
@@ -538,7 +538,7 @@ def left_holders(docker_client):
 
 async def test_a_starting_server_removes_the_namespace_holders_nothing_joins(left_holders, jp_serverapp, docker_client):
     unused, used = left_holders
-    wait_for(lambda: not docker_client.containers.list(all=True, filters={"id": unused.id}), timeout=20)
+    wait_until(lambda: not docker_client.containers.list(all=True, filters={"id": unused.id}), timeout=20)
     assert docker_client.containers.get(used.id).status == "running"  # a container still joins it
 
 

@@ -18,6 +18,7 @@ reason outside CI when one is missing, failed in CI (env CI set).
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
 import importlib.util
 import json
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until as _wait_until
 from hub.conftest import free_port, hub_request, page, processes_with_marker  # noqa: F401 - page: a fixture, the hub tests' own
 
 HERE = Path(__file__).resolve().parent
@@ -65,6 +67,10 @@ POLICY = {
     "groups": {POWER_GROUP: {"environments": "*", "max_gpus": 2, "max_kernels": 8}},
     "users": {"bob": {"environments": ["gpu", "cpu"], "max_gpus": 1, "max_kernels": 4}},
 }
+
+
+# each look is an HTTP request through the hub, or an engine call: five a second, not fifty
+wait_until = functools.partial(_wait_until, interval=0.2)
 
 
 def in_ci() -> bool:
@@ -403,17 +409,6 @@ def _state(pid: int) -> str:
     except OSError:
         return "gone"
     return stat[stat.rfind(")") + 2]
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {value!r})")
 
 
 def write_broker_config(path: Path, socket_path: str, extra: str = "") -> None:

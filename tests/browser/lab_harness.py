@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
@@ -16,7 +17,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from conftest import wait_until as _wait_until
 from playwright.sync_api import Locator, Page, expect
+
+# each look asks the engine or the server: five a second
+wait_until = functools.partial(_wait_until, interval=0.2)
 
 CHROMIUM = os.environ.get("GPUENV_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

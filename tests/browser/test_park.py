@@ -12,29 +12,18 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import time
 import uuid
 
 import pytest
 from container_harness import install_spec
 from playwright.sync_api import Locator, Page, expect
 
-from .lab_harness import PANEL, LabServer, gpu_card, open_gpu_panel, open_lab
+from .lab_harness import PANEL, LabServer, gpu_card, open_gpu_panel, open_lab, wait_until
 
 KERNEL_LABEL = "io.jupyter.gpuenv.kernel-id"
 GIB = 1 << 30
 NOTEBOOK = "park.ipynb"
 MOVE = 30_000  # ms: a park, resume or restart, and the panel reading it (every 0.5 s while one settles)
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"{what}: not within {timeout} s")
 
 
 @pytest.fixture

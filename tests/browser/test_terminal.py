@@ -17,14 +17,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import docker
 import pytest
 from playwright.sync_api import Page, expect
 
-from .lab_harness import LabServer, environment_item, open_gpu_panel, open_lab
+from .lab_harness import LabServer, environment_item, open_gpu_panel, open_lab, wait_until
 
 IMAGE = os.environ.get("GPUENV_TEST_IMAGE", "gpuenv-test-kernel:latest")
 ACCOUNT = "gpuenv-term"
@@ -99,16 +98,6 @@ def run(page: Page, command: str) -> None:
     page.locator(f"{TERMINAL_TAB}:not(.lm-mod-hidden) .xterm-helper-textarea").focus()
     page.keyboard.type(command)
     page.keyboard.press("Enter")
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    pytest.fail(f"{what}: not within {timeout} s")
 
 
 def shells_in(container_id: str) -> list[str]:
