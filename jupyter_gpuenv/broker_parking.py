@@ -18,7 +18,6 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from . import host
 from .activity import KernelActivity, iopub_address
 from .allocation import Holdings
 from .errors import UnknownKernel
@@ -83,23 +82,15 @@ class BrokerParking:
         gpus = self.daemon.sampler.latest.gpus  # the sampler names each process's container (broker_metrics)
         procs = [(g, p) for g in gpus for p in g.processes if p.container_id == lease.container_id]
         seen = self.activity.get(lease.container_id)
-        pids = sorted({p.pid for _, p in procs})
-        room, by = host.memory_room(pids[0]) if pids else (None, "")
-        return KernelFacts(
-            kernel_id=lease.container_id,
+        return self.parker.facts(
+            lease.container_id,
+            procs,
             execution_state=seen.execution_state if seen else "idle",
-            last_activity=max(seen.last_activity if seen else 0, self.parker.resumed_at.get(lease.container_id, 0)),
-            pids=tuple(pids),
-            gpu_memory=sum(p.used_memory or 0 for _, p in procs),
-            gpus=tuple(sorted({g.uuid for g, _ in procs if g.uuid})),
-            parked=bool(lease.park),
-            memory_room=room,
-            room_by=by,
+            last_activity=seen.last_activity if seen else 0,
         )
 
     def row(self, lease: KernelLease) -> dict[str, Any]:
-        unavailable = self.parker._unavailable if isinstance(self.parker._unavailable, str) else None
-        return self.parker.row(lease.container_id, why_not_park(self.facts(lease), unavailable))
+        return self.parker.row(lease.container_id, why_not_park(self.facts(lease), self.parker.known_unavailable))
 
     # -- the operations ----------------------------------------------------------------------------------
     def _lease(self, user: str, container_id: Any) -> KernelLease:
@@ -186,13 +177,7 @@ class BrokerParking:
         except (OSError, ValueError, KeyError, TypeError):
             return  # not written yet (or not as a server writes it): the next round looks again
         container_id = lease.container_id
-
-        def cell_started() -> None:
-            record = self.store.get(container_id)
-            if record is not None and record.state == "parked" and container_id not in self.parker.under_way:
-                self.parker.waiting.setdefault(container_id, "resuming for the cell that was run")
-                inventory = list(self.daemon.sampler.latest.gpus)
-                asyncio.ensure_future(self.parker.resume_for_cell(container_id, inventory))
-
+        inventory = lambda: list(self.daemon.sampler.latest.gpus)  # noqa: E731
+        cell_started = lambda: self.parker.cell_started(container_id, inventory)  # noqa: E731
         self.activity[container_id] = watch = KernelActivity(address, cell_started, log)
         watch.start()

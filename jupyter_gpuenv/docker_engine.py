@@ -465,10 +465,8 @@ class DockerEngine:
 
     def _holdings(self, c: docker.DockerClient, kernel_id: str) -> allocation.Holdings:
         """What this user's running kernels hold, as their labels say, less what parked kernels released."""
-        released = (
-            ParkBook(os.path.join(self.private_dir, "parked.json")).released_containers() if self.private_dir else set()
-        )
-        return labels.holdings([k for k in self._kernels(c) if k.id not in released], excluding=kernel_id)
+        released = ParkBook(os.path.join(self.private_dir, "parked.json")).released() if self.private_dir else ()
+        return labels.holdings(self._kernels(c), excluding=kernel_id, released=released)
 
     # -- the user's network namespace holder ------------------------------------------------------------
     def _network_holder(self, c: docker.DockerClient, req: KernelRequest) -> str | None:

@@ -97,11 +97,14 @@ def read(container_id: str, name: str, labels: dict[str, str], active: bool) -> 
     )
 
 
-def holdings(containers: Iterable[KernelContainer], excluding: str | None = None) -> Holdings:
-    """Which running kernel holds which GPU; ``excluding``: a kernel being restarted, whose GPUs it keeps."""
-    held = Holdings()
+def holdings(
+    containers: Iterable[KernelContainer], excluding: str | None = None, released: Iterable[str] = ()
+) -> Holdings:
+    """Which running kernel holds which GPU; ``excluding``: a kernel being restarted, whose GPUs it keeps;
+    ``released``: ids of containers whose kernels are parked, whose labels name GPUs they no longer hold."""
+    held, released = Holdings(), set(released)
     for c in containers:
-        if c.active and c.kernel_id != excluding:
+        if c.active and c.kernel_id != excluding and c.id not in released:
             for uuid in c.gpus:
                 held.add(uuid, c.kernel_id or "?", c.exclusive)
     return held

@@ -37,6 +37,7 @@ from .parking import (
     ParkBook,
     ParkRecord,
     idle_to_park,
+    released,
     resume_blocker,
     why_not_park,
 )
@@ -95,6 +96,11 @@ class Parker:
                 f"the NVIDIA driver did not {doing} within {self.timeout:.0f} s (c.GpuEnv.park_timeout)"
             ) from None
 
+    @property
+    def known_unavailable(self) -> str | None:
+        """What ``unavailable`` answered, without asking the driver (None until it was asked)."""
+        return self._unavailable if isinstance(self._unavailable, str) else None
+
     async def unavailable(self) -> str | None:
         """Why parking cannot work on this machine at all (asked of the driver once), or None."""
         if self._unavailable is False:
@@ -106,6 +112,25 @@ class Parker:
             watch.stop()
         self.watches.clear()
         self._pool.shutdown(wait=False)
+
+    def facts(
+        self, kernel_id: str, procs: list[tuple[GpuSample, Any]], *, execution_state: str, last_activity: float
+    ) -> KernelFacts:
+        """What the rules need of a kernel whose GPU processes are ``procs`` ((GPU, process) pairs of a snapshot);
+        a resume counts as activity."""
+        pids = sorted({p.pid for _, p in procs})
+        room, by = host.memory_room(pids[0]) if pids else (None, "")
+        return KernelFacts(
+            kernel_id=kernel_id,
+            execution_state=execution_state,
+            last_activity=max(last_activity, self.resumed_at.get(kernel_id, 0)),
+            pids=tuple(pids),
+            gpu_memory=sum(p.used_memory or 0 for _, p in procs),
+            gpus=tuple(sorted({g.uuid for g, _ in procs if g.uuid})),
+            parked=self.store.get(kernel_id) is not None,
+            memory_room=room,
+            room_by=by,
+        )
 
     # -- park ------------------------------------------------------------------------------------------
     async def park(
@@ -192,18 +217,20 @@ class Parker:
         self.log.info("gpuenv: kernel %s resumed in %.1f s", kernel_id, time.monotonic() - started)
 
     # -- a cell run in a parked kernel resumes it -------------------------------------------------------
+    def cell_started(self, kernel_id: str, inventory: Callable[[], list[GpuSample]]) -> None:
+        """A cell was run in the kernel (its IOPub said so): resume it if it is parked."""
+        record = self.store.get(kernel_id)
+        if record is not None and record.state == PARKED and kernel_id not in self.under_way:
+            self.waiting.setdefault(kernel_id, "resuming for the cell that was run")
+            asyncio.ensure_future(self.resume_for_cell(kernel_id, inventory()))
+
     def watch(self, kernel_id: str, address: str, inventory: Callable[[], list[GpuSample]]) -> None:
-        if kernel_id in self.watches:
-            return
-
-        def cell_started() -> None:
-            record = self.store.get(kernel_id)
-            if record is not None and record.state == PARKED and kernel_id not in self.under_way:
-                self.waiting.setdefault(kernel_id, "resuming for the cell that was run")
-                asyncio.ensure_future(self.resume_for_cell(kernel_id, inventory()))
-
-        self.watches[kernel_id] = watch = KernelActivity(address, cell_started, self.log)
-        watch.start()
+        """Follow a parked kernel's IOPub until it resumes (a server; the broker follows every GPU kernel)."""
+        if kernel_id not in self.watches:
+            self.watches[kernel_id] = watch = KernelActivity(
+                address, lambda: self.cell_started(kernel_id, inventory), self.log
+            )
+            watch.start()
 
     def unwatch(self, kernel_id: str) -> None:
         watch = self.watches.pop(kernel_id, None)
@@ -302,8 +329,7 @@ class FileStore:
             os.close(fd)
 
     async def others(self, kernel_id: str) -> Holdings:
-        released = {r.container_id for r in self.all() if r.container_id}
-        return labels.holdings([c for c in await self._kernels() if c.id not in released], excluding=kernel_id)
+        return labels.holdings(await self._kernels(), excluding=kernel_id, released=released(self.all()))
 
 
 def _epoch(value: Any) -> float:
@@ -359,20 +385,11 @@ class ServerParking:
     def facts(self, kernel_id: str, snapshot: Snapshot | None = None) -> KernelFacts:
         km = self._manager(kernel_id)
         snapshot = snapshot or self.sampler.latest
-        procs = [(g, p) for g in snapshot.gpus for p in g.processes if p.kernel_id == kernel_id]
-        record = self.parker.store.get(kernel_id)
-        pids = sorted({p.pid for _, p in procs})
-        room, by = host.memory_room(pids[0]) if pids else (None, "")
-        return KernelFacts(
-            kernel_id=kernel_id,
+        return self.parker.facts(
+            kernel_id,
+            [(g, p) for g in snapshot.gpus for p in g.processes if p.kernel_id == kernel_id],
             execution_state=str(getattr(km, "execution_state", "idle")),
-            last_activity=max(_epoch(getattr(km, "last_activity", None)), self.parker.resumed_at.get(kernel_id, 0)),
-            pids=tuple(pids),
-            gpu_memory=sum(p.used_memory or 0 for _, p in procs),
-            gpus=tuple(sorted({g.uuid for g, _ in procs if g.uuid})),
-            parked=record is not None,
-            memory_room=room,
-            room_by=by,
+            last_activity=_epoch(getattr(km, "last_activity", None)),
         )
 
     def _brokered(self, km: Any) -> str | None:
@@ -430,8 +447,7 @@ class ServerParking:
         if container is not None:
             unknown = {"state": RUNNING, "can_park": False, "reason": "the GPU broker has not said yet (a moment)"}
             return self.brokered.get(container) or unknown
-        unavailable = self.parker._unavailable if isinstance(self.parker._unavailable, str) else None
-        return self.parker.row(kernel_id, why_not_park(self.facts(kernel_id, snapshot), unavailable))
+        return self.parker.row(kernel_id, why_not_park(self.facts(kernel_id, snapshot), self.parker.known_unavailable))
 
     # -- in the background -----------------------------------------------------------------------------
     async def _round(self) -> None:
@@ -465,6 +481,3 @@ class ServerParking:
                 await self.park(facts.kernel_id, by=BY_POLICY)
             except GpuEnvError as exc:
                 self.log.warning("gpuenv: idle kernel %s was not parked: %s", facts.kernel_id, exc)
-
-
-__all__ = ["PARKED", "Parker", "ServerParking", "FileStore"]

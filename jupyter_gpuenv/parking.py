@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from .allocation import Holdings, describe
 from .errors import NoFreeGpu
@@ -161,15 +161,10 @@ class ParkBook:
             json.dump([asdict(r) for r in records.values()], f, indent=1)
         os.replace(staging, self.path)
 
-    def released_containers(self) -> set[str]:
-        """Containers whose GPUs are released: their kernels are parked (or failed to come back)."""
-        return {r.container_id for r in self.load().values() if r.container_id}
+    def released(self) -> set[str]:
+        return released(self.load().values())
 
 
-@dataclass
-class Transient:
-    """A park or resume under way (memory only): what the panel shows meanwhile."""
-
-    state: str  # "parking" or "resuming"
-    started: float = 0.0
-    waiters: list = field(default_factory=list)
+def released(records: Iterable[ParkRecord]) -> set[str]:
+    """Containers whose GPUs are released: their kernels are parked (or failed to come back)."""
+    return {r.container_id for r in records if r.container_id}

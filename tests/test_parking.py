@@ -98,10 +98,10 @@ def test_a_kernel_resumes_only_when_no_one_took_its_gpu_as_its_policy_needs():
 
 def test_the_park_book_is_private_and_names_the_containers_it_released(tmp_path):
     book = ParkBook(str(tmp_path / "parked.json"))
-    assert book.load() == {} and book.released_containers() == set()
+    assert book.load() == {} and book.released() == set()
     book.save({"k": ParkRecord("k", [11], ["A"], container_id="c1"), "l": ParkRecord("l", [12], ["B"])})
     assert os.stat(tmp_path / "parked.json").st_mode & 0o777 == 0o600
-    assert book.released_containers() == {"c1"}  # the local kernel "l" holds no container lease
+    assert book.released() == {"c1"}  # the local kernel "l" holds no container lease
     assert book.load()["k"].gpus == ["A"]
 
 

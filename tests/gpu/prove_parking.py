@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from jclient import Server  # noqa: E402
-from prove_shared_host import RESULTS, check, nvidia_smi, python_for_users, sh  # noqa: E402
+from prove_shared_host import RESULTS, check, nvidia_smi, python_for_users, sh, user_env  # noqa: E402
 
 ROOT = Path("/run/gpuenv-parking")
 GIB = 1 << 30
@@ -47,18 +47,8 @@ TORCH = {
 }
 
 
-def env_of(name: str) -> dict[str, str]:
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": f"/home/{name}",
-        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-        "JUPYTER_CONFIG_DIR": str(ROOT / f"config-{name}"),
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
 def as_user(name: str, argv: list[str]) -> list[str]:
-    return ["runuser", "-u", name, "--", "env", *[f"{k}={v}" for k, v in env_of(name).items()], *argv]
+    return ["runuser", "-u", name, "--", "env", *[f"{k}={v}" for k, v in user_env(name, ROOT).items()], *argv]
 
 
 def gpu_apps() -> list[tuple[int, float]]:

@@ -64,12 +64,13 @@ def python_for_users() -> str:
     raise SystemExit("no Python that other users can run")
 
 
-def user_env(name: str) -> dict[str, str]:
+def user_env(name: str, root: Path = ROOT) -> dict[str, str]:
+    """What a user's processes get: their home, the carried packages, their own Jupyter config under ``root``."""
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": f"/home/{name}",
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-        "JUPYTER_CONFIG_DIR": str(ROOT / f"config-{name}"),
+        "JUPYTER_CONFIG_DIR": str(root / f"config-{name}"),
         "PYTHONUNBUFFERED": "1",
     }
 
