@@ -43,6 +43,7 @@ from .parking import (
 )
 
 PARKING, RESUMING, RUNNING = "parking", "resuming", "running"
+BROKER_SUMMARY_TTL = 60.0  # seconds the broker's "can this host park" answer is reused
 
 
 class Store(Protocol):
@@ -359,6 +360,7 @@ class ServerParking:
         self.policy = IdlePolicy(settings.park_idle_minutes, int(settings.park_min_gpu_memory_gib * 2**30))
         self.brokered: dict[str, dict] = {}  # with a broker: container id -> the broker's park row
         self._callback: PeriodicCallback | None = None
+        self._broker_summary: tuple[float, dict | None] = (0.0, None)
 
     @property
     def broker(self) -> bool:
@@ -430,11 +432,15 @@ class ServerParking:
     # -- what GET kernels shows ------------------------------------------------------------------------
     async def summary(self) -> dict[str, Any]:
         """Whether kernels can be parked here: with a broker, as the broker says (it parks container kernels)."""
-        if self.broker:
-            try:
-                return await self.engine.parking()
-            except GpuEnvError as exc:
-                return {"available": False, "reason": str(exc), "auto_park": None}
+        if self.broker:  # the broker's answer changes with its configuration only: asked once a minute
+            at, answer = self._broker_summary
+            if answer is None or time.monotonic() - at > BROKER_SUMMARY_TTL:
+                try:
+                    answer = await self.engine.parking()
+                except GpuEnvError as exc:
+                    return {"available": False, "reason": str(exc), "auto_park": None}
+                self._broker_summary = (time.monotonic(), answer)
+            return answer
         reason = await self.parker.unavailable()
         return {"available": reason is None, "reason": reason, "auto_park": self.policy.as_dict()}
 
@@ -456,6 +462,19 @@ class ServerParking:
         except Exception:  # a bug: log it, and keep tending
             self.log.exception("gpuenv: parking's background round failed")
 
+    async def _refresh_brokered(self, running: set[str]) -> None:
+        """The broker's park rows of this server's container kernels; no request while it has none."""
+        ours = False
+        for kernel_id in running:
+            with contextlib.suppress(UnknownKernel):
+                ours = ours or self._brokered(self._manager(kernel_id)) is not None
+        if not ours:
+            self.brokered = {}
+            return
+        with contextlib.suppress(GpuEnvError):
+            rows = await self.engine.kernel_rows()
+            self.brokered = {k["container_id"]: k["park"] for k in rows if "park" in k}
+
     async def tend(self) -> None:
         """Forget ended kernels, try again for cells that wait, apply the idle policy; refresh the broker's rows."""
         running = set(self.kernel_manager.list_kernel_ids())
@@ -465,8 +484,7 @@ class ServerParking:
         inventory = list(self.sampler.latest.gpus)
         await self.parker.retry_waiting(inventory)
         if self.broker:
-            with contextlib.suppress(GpuEnvError):
-                self.brokered = {k["container_id"]: k["park"] for k in await self.engine.kernel_rows() if "park" in k}
+            await self._refresh_brokered(running)
         if not self.policy.on:
             return
         candidates = []
