@@ -43,7 +43,7 @@ from .errors import (
     ImageMissing,
     PullFailed,
 )
-from .parking import ParkBook
+from .parking import released_in
 
 # One line of Python run in an image (as the kernel's user, no network) to learn what a kernel needs of it.
 PROBE = (
@@ -465,7 +465,7 @@ class DockerEngine:
 
     def _holdings(self, c: docker.DockerClient, kernel_id: str) -> allocation.Holdings:
         """What this user's running kernels hold, as their labels say, less what parked kernels released."""
-        released = ParkBook(os.path.join(self.private_dir, "parked.json")).released() if self.private_dir else ()
+        released = released_in(self.private_dir) if self.private_dir else ()
         return labels.holdings(self._kernels(c), excluding=kernel_id, released=released)
 
     # -- the user's network namespace holder ------------------------------------------------------------

@@ -37,7 +37,7 @@ from .parking import (
     ParkBook,
     ParkRecord,
     idle_to_park,
-    released,
+    released_in,
     resume_blocker,
     why_not_park,
 )
@@ -291,12 +291,13 @@ def process_alive(pid: int) -> bool:
 
 
 class FileStore:
-    """One person's machine: parked kernels in a private file, under the allocation lock the engine uses."""
+    """One person's machine: this server's parked kernels in a private file, under the allocation lock the engine
+    uses; another server of the same user keeps its own, and GPU choices read them all."""
 
     def __init__(self, private_dir: str, kernels: Callable[[], Any]) -> None:
         self.private_dir = private_dir
         self._kernels = kernels  # the engine's kernel containers (a coroutine function)
-        self.book = ParkBook(os.path.join(private_dir, "parked.json"))
+        self.book = ParkBook.of_server(private_dir, os.getpid())
         self._records: dict[str, ParkRecord] | None = None
 
     def _all(self) -> dict[str, ParkRecord]:
@@ -330,7 +331,7 @@ class FileStore:
             os.close(fd)
 
     async def others(self, kernel_id: str) -> Holdings:
-        return labels.holdings(await self._kernels(), excluding=kernel_id, released=released(self.all()))
+        return labels.holdings(await self._kernels(), excluding=kernel_id, released=released_in(self.private_dir))
 
 
 def _epoch(value: Any) -> float:

@@ -8,6 +8,8 @@ shared host the broker's lease book holds it. ``parker.py`` and the broker act o
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 from collections.abc import Iterable
@@ -137,11 +139,16 @@ def resume_blocker(record: ParkRecord, holdings: Holdings, gpus: list[GpuSample]
 
 
 class ParkBook:
-    """This person's parked kernels, in a 0600 file of their private folder (one person's machine).
+    """One server's parked kernels, in a 0600 file of its user's private folder (one person's machine).
 
-    GPU allocation reads it under the allocation lock: a parked kernel's container still carries the GPU labels it
-    was started with, and this record says that it holds them no longer.
+    Each of the user's servers keeps its own (``parked-<pid>.json``: a server forgets only its own kernels), and
+    GPU allocation reads them all under the allocation lock (``released_in``): a parked kernel's container still
+    carries the GPU labels it was started with, and its record says that it holds them no longer.
     """
+
+    @classmethod
+    def of_server(cls, private_dir: str, pid: int) -> ParkBook:
+        return cls(os.path.join(private_dir, f"parked-{pid}.json"))
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -155,16 +162,25 @@ class ParkBook:
         return {r["kernel_id"]: ParkRecord(**r) for r in raw if isinstance(r, dict)}
 
     def save(self, records: dict[str, ParkRecord]) -> None:
+        if not records:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            return
         staging = f"{self.path}.new"
         fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump([asdict(r) for r in records.values()], f, indent=1)
         os.replace(staging, self.path)
 
-    def released(self) -> set[str]:
-        return released(self.load().values())
-
 
 def released(records: Iterable[ParkRecord]) -> set[str]:
     """Containers whose GPUs are released: their kernels are parked (or failed to come back)."""
     return {r.container_id for r in records if r.container_id}
+
+
+def released_in(private_dir: str) -> set[str]:
+    """The containers every server of this user on this host has parked (each of their books)."""
+    found: set[str] = set()
+    for path in glob.glob(os.path.join(private_dir, "parked-*.json")):
+        found |= released(ParkBook(path).load().values())
+    return found

@@ -30,6 +30,7 @@ from jupyter_gpuenv.parking import (
     ParkBook,
     ParkRecord,
     idle_to_park,
+    released_in,
     resume_blocker,
     why_not_park,
 )
@@ -96,13 +97,16 @@ def test_a_kernel_resumes_only_when_no_one_took_its_gpu_as_its_policy_needs():
     assert "restart this kernel" in str(resume_blocker(sharing, taken, [gpu(0, "A")]))
 
 
-def test_the_park_book_is_private_and_names_the_containers_it_released(tmp_path):
-    book = ParkBook(str(tmp_path / "parked.json"))
-    assert book.load() == {} and book.released() == set()
-    book.save({"k": ParkRecord("k", [11], ["A"], container_id="c1"), "l": ParkRecord("l", [12], ["B"])})
-    assert os.stat(tmp_path / "parked.json").st_mode & 0o777 == 0o600
-    assert book.released() == {"c1"}  # the local kernel "l" holds no container lease
-    assert book.load()["k"].gpus == ["A"]
+def test_park_books_are_private_one_per_server_and_allocation_reads_them_all(tmp_path):
+    mine, other = ParkBook.of_server(str(tmp_path), 101), ParkBook.of_server(str(tmp_path), 202)
+    assert mine.load() == {} and released_in(str(tmp_path)) == set()
+    mine.save({"k": ParkRecord("k", [11], ["A"], container_id="c1"), "l": ParkRecord("l", [12], ["B"])})
+    other.save({"m": ParkRecord("m", [13], ["B"], container_id="c2")})  # the same user's second server
+    assert os.stat(tmp_path / "parked-101.json").st_mode & 0o777 == 0o600
+    assert released_in(str(tmp_path)) == {"c1", "c2"}  # the local kernel "l" holds no container lease
+    assert mine.load()["k"].gpus == ["A"] and set(other.load()) == {"m"}
+    other.save({})  # its last kernel resumed: no file left behind
+    assert not (tmp_path / "parked-202.json").exists() and released_in(str(tmp_path)) == {"c1"}
 
 
 # -- the driver's call sequence -----------------------------------------------------------------------------
