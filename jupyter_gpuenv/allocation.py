@@ -52,7 +52,8 @@ def choose(
     usable = [g for g in visible if g.uuid and not g.error]
     if keep:
         chosen = [g for g in usable if g.uuid in keep]
-        taken = [g for g in chosen if g.uuid in holdings.exclusive]
+        exclusive = policy.kind == "exclusive"  # then a kernel that shares the GPU is in the way too
+        taken = [g for g in chosen if g.uuid in holdings.exclusive or exclusive and g.uuid in holdings.shared]
         if len(chosen) != len(keep) or taken:
             raise NoFreeGpu(
                 "the GPUs this kernel had before its restart are no longer available: " + describe(usable, holdings)

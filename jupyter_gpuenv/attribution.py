@@ -80,4 +80,6 @@ def attribute(snapshot: Snapshot, kernels: KernelIndex, **lookups) -> None:
     for gpu in snapshot.gpus:
         for proc in gpu.processes:
             proc.kernel_id, proc.container_id = owning_kernel(proc.pid, kernels, **lookups)
-            proc.user = kernels.others.get(proc.container_id or "") if proc.kernel_id is None else None
+            cid = proc.container_id or ""
+            # the broker names another user's container by its short id (12 digits), one's own by the whole
+            proc.user = (kernels.others.get(cid) or kernels.others.get(cid[:12])) if proc.kernel_id is None else None

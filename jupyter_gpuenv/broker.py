@@ -13,6 +13,7 @@ or more ``{"progress": ...}`` lines, then one ``{"result": ...}`` or ``{"error":
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import hashlib
 import json
@@ -20,12 +21,14 @@ import logging
 import os
 import pwd
 import re
+import resource
 import secrets
 import shutil
 import signal
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,7 +37,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Enum, Float, Int, Unicode
 from traitlets.config import Configurable
 
-from . import broker_metrics, host, labels, preflight, runtime
+from . import broker_folders, broker_metrics, host, labels, preflight, runtime
 from .broker_parking import BrokerParking
 from .containers import check_cwd, within
 from .docker_engine import DockerEngine
@@ -47,6 +50,7 @@ from .errors import (
     InvalidKernelId,
     InvalidRequest,
     NotPermitted,
+    TooMany,
     UnknownKernel,
 )
 from .leases import RUNNING, KernelLease, LeaseBook
@@ -71,6 +75,39 @@ _START_ARGS = {
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MAX_REQUEST = 1 << 16
 TOKEN_MEMORY = 10.0  # seconds a hub token's owner is remembered (a revoked token works this much longer)
+HEARTBEAT = 3.0  # seconds between two "still working" lines of a long answer: the client's silence limit is longer
+RESTART_MEMORY = 300.0  # seconds the GPUs of a removed kernel can be kept by its restart (keep_gpus)
+ROOT = (0, 0)
+# Tests only: widen the windows between the broker's checks and its use of what it checked, for kernel ids that
+# start with "race-", so that a test can swap what was checked every time (tests/broker/test_broker_hostile.py).
+RACE_DELAY = float(os.environ.get("GPUENV_BROKER_RACE_DELAY") or 0)
+
+
+async def race_window(kernel_id: str) -> None:
+    if RACE_DELAY and kernel_id.startswith("race-"):
+        await asyncio.sleep(RACE_DELAY)
+
+
+class Refusals:
+    """One log line per refusal, at most ``burst`` a minute for one caller; then one line saying how many were
+    not written. A user who sends a thousand bad requests costs the log a few lines."""
+
+    def __init__(self, burst: int = 5, window: float = 60.0) -> None:
+        self.burst, self.window = burst, window
+        self._seen: dict[Any, tuple[float, int, int]] = {}  # key -> (window start, written, not written)
+
+    def allow(self, key: Any) -> bool:
+        now = time.monotonic()
+        start, written, quiet = self._seen.get(key, (now, 0, 0))
+        if now - start > self.window:
+            if quiet:
+                log.warning("gpuenv broker: %d more refusals of %s were not logged", quiet, key)
+            start, written, quiet = now, 0, 0
+        if len(self._seen) > 4096:  # forget the quiet ones: a flood of callers must not grow this
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] <= self.window}
+        ok = written < self.burst
+        self._seen[key] = (start, written + ok, quiet + (not ok))
+        return ok
 
 
 class Broker(Configurable):
@@ -150,10 +187,12 @@ class Broker(Configurable):
     )
     park_timeout = Float(300.0, config=True, help="Seconds a park or resume may take before it is reported failed.")
     metrics_port = Int(
-        9839,
+        939,
         config=True,
         help="The port of the broker's Prometheus endpoint, http://<metrics_address>:<port>/metrics: every user's "
-        "kernels and GPU usage on this host, one scrape target for the administrator (docs/metrics.md). 0: off.",
+        "kernels and GPU usage on this host, one scrape target for the administrator (docs/metrics.md). 0: off. "
+        "Keep it below 1024 (a privileged port): only root can listen there, so no user can take the port while "
+        "the broker restarts and receive Prometheus's token.",
     )
     metrics_address = Unicode(
         "127.0.0.1", config=True, help="Where the endpoint listens: a loopback address, unless metrics_public is True."
@@ -180,6 +219,30 @@ class Broker(Configurable):
     usage_flush_interval = Float(60.0, config=True, help="Seconds between two writes of the usage ledger.")
     orphan_interval = Float(
         10.0, config=True, help="Seconds between two looks for kernels whose server is gone (they are removed)."
+    )
+    max_connections_per_user = Int(
+        32,
+        config=True,
+        help="Connections one person's processes may hold open to the broker at once (terminals count): more are "
+        "answered 429 and closed, so no one person can take the connections everyone else needs. In hub-token mode, "
+        "where every server has one uid, this counts per calling process.",
+    )
+    max_connections = Int(
+        0,
+        config=True,
+        help="Connections the broker holds open at once, for everyone. 0: half its open-file limit.",
+    )
+    socket_folder_grace = Float(
+        120.0,
+        config=True,
+        help="Seconds a kernel's socket folder may stay without a kernel (asked for, but no start followed) before "
+        "it is removed.",
+    )
+    max_pending_socket_folders = Int(
+        16,
+        config=True,
+        help="Socket folders one person may hold at once without a running kernel (starts under way): more are "
+        "answered 429.",
     )
     shared_network_namespace = Bool(
         True,
@@ -237,7 +300,26 @@ def _arg(args: dict[str, Any], key: str, kind: type, required: bool = True) -> A
         return None
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
         raise InvalidRequest(f"'{key}' must be a {kind.__name__}")
+    if isinstance(value, str):
+        broker_folders.check_text(value, f"'{key}'")
     return value
+
+
+def _server_env(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise InvalidRequest("'server_env' must be an object of strings")
+    return value
+
+
+def open_file_limit(raise_soft: bool = True) -> int:
+    """The broker's open-file limit, first raised to the hard limit (systemd units start at a soft 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if raise_soft and hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 class BrokerDaemon:
@@ -247,6 +329,7 @@ class BrokerDaemon:
         self.settings = settings
         self.folder = os.path.dirname(os.path.abspath(settings.socket))
         self.sockets = os.path.join(self.folder, "sockets")
+        self.staging = os.path.join(self.folder, "staging")  # root-only: user folders pinned for Docker's mounts
         self.policy = Policy.parse(settings.policy)
         self.environments = {
             name: parse_environment(name, raw, "c.Broker.environments") for name, raw in settings.environments.items()
@@ -267,15 +350,26 @@ class BrokerDaemon:
         self._tokens: dict[str, tuple[str, tuple[str, ...], float]] = {}
         self.hostname = socket.gethostname()
         self.shells: dict[str, tuple[str, Any]] = {}  # open terminal shells: id -> (their user's name, the shell)
+        self.connections: Counter = Counter()  # open connections by caller (uid; pid in hub-token mode)
+        self.max_connections = settings.max_connections or max(64, open_file_limit(raise_soft=False) // 2)
+        self.pending: dict[str, tuple[str, float]] = {}  # socket folder with no kernel yet -> (its user, made at)
+        self.starting: set[str] = set()  # socket folders of starts under way (a pull can take minutes)
+        self.released: dict[tuple[str, str], tuple[list[str], float]] = {}  # (user, kernel id) -> GPUs it had, when
+        self.refusals = Refusals()
 
     # -- life ------------------------------------------------------------------------------------------
     def prepare_folders(self) -> None:
-        """The broker's folder: root's, not writable by anyone else; made if missing."""
-        for path in (self.folder, self.sockets):
-            os.makedirs(path, mode=0o755, exist_ok=True)
+        """The broker's folder: root's, not writable by anyone else; made if missing. ``sockets/`` may be entered
+        but not listed (0711): who has kernels is nobody else's business."""
+        for path, mode in ((self.folder, 0o755), (self.sockets, 0o711)):
+            os.makedirs(path, mode=mode, exist_ok=True)
             info = os.lstat(path)
             if info.st_uid != os.getuid() or info.st_mode & 0o022 or os.path.islink(path):
                 raise SystemExit(f"{path} must be a folder of the broker's own user, writable by no one else")
+            os.chmod(path, mode)
+        broker_folders.prepare_staging(self.staging)
+        if not self.settings.max_connections:
+            self.max_connections = max(64, open_file_limit() // 2)
 
     async def recover(self) -> None:
         """After a restart: keep running kernels' leases, remove what an interrupted start left."""
@@ -295,6 +389,21 @@ class BrokerDaemon:
         for orphan in containers.values():  # created, and the broker died before it wrote the lease
             log.warning("gpuenv broker: removing container %s, which no lease names", orphan.name)
             await self.docker.remove(orphan.id)
+        # socket folders asked for before the restart, whose start never came: given their grace again
+        leased = {k.socket_dir for k in self.book}
+        sockets = os.open(self.sockets, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            for user in os.listdir(sockets):
+                try:  # an older broker gave each user their folder: root's now, so none can swap what is inside
+                    os.close(broker_folders.open_folder(sockets, user, mode=0o711, owner=ROOT, make=False, adopt=True))
+                except NotPermitted:
+                    continue
+                for kernel in os.listdir(os.path.join(self.sockets, user)):
+                    path = os.path.join(self.sockets, user, kernel)
+                    if path not in leased:
+                        self.pending[path] = ("", time.monotonic())
+        finally:
+            os.close(sockets)
 
     async def serve(self) -> None:
         self.prepare_folders()
@@ -310,12 +419,15 @@ class BrokerDaemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        sweeper = asyncio.ensure_future(self.sweep_orphans(stop))
-        parking = asyncio.ensure_future(self.parking.tend(stop, self.settings.sample_interval))
+        tasks = [
+            asyncio.ensure_future(self.sweep_orphans(stop)),
+            asyncio.ensure_future(self.sweep_folders(stop)),
+            asyncio.ensure_future(self.parking.tend(stop, self.settings.sample_interval)),
+        ]
         async with server:
             await stop.wait()
-        sweeper.cancel()
-        parking.cancel()
+        for task in tasks:
+            task.cancel()
         await self.metrics.stop()
         self.sampler.stop()
         self.docker.close()
@@ -339,6 +451,24 @@ class BrokerDaemon:
                 except GpuEnvError as exc:
                     log.warning("gpuenv broker: unused namespace holders are removed later: %s", exc)
 
+    async def sweep_folders(self, stop: asyncio.Event) -> None:
+        """Socket folders that no kernel took within ``socket_folder_grace`` are removed."""
+        grace = self.settings.socket_folder_grace
+        while not stop.is_set():
+            await asyncio.sleep(min(self.settings.orphan_interval, max(grace / 2, 0.5)))
+            leased = {k.socket_dir for k in self.book}
+            now = time.monotonic()
+            for path, (_, made) in list(self.pending.items()):
+                if path in leased:
+                    del self.pending[path]
+                elif path not in self.starting and now - made > grace:
+                    self._drop_folder(path)
+
+    def _drop_folder(self, path: str) -> None:
+        """Remove a kernel's socket folder (root's parents: nobody can swap it; rmtree works by descriptor)."""
+        self.pending.pop(path, None)
+        shutil.rmtree(path, ignore_errors=True)
+
     def _holder_orphaned(self, holder: labels.KernelContainer) -> bool:
         pid = holder.server_pid
         return holder.server_host == self.hostname and pid.isdigit() and process_start(int(pid)) == 0
@@ -348,51 +478,88 @@ class BrokerDaemon:
             if lease.container_id:
                 await self.docker.remove(lease.container_id)
         finally:
-            shutil.rmtree(lease.socket_dir, ignore_errors=True)
+            self._drop_folder(lease.socket_dir)
             self.book.drop(lease)
 
     # -- one request -----------------------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: at most ``max_connections_per_user`` of one caller's, ``max_connections`` in all."""
+        pid, uid, _ = peer(writer.get_extra_info("socket"))
+        key = f"uid {uid}" if self.settings.identify == "peer" else f"pid {pid}"  # hub-token: one uid for all
+        mine = self.connections[key]
+        if mine >= self.settings.max_connections_per_user or sum(self.connections.values()) >= self.max_connections:
+            if self.refusals.allow(key):
+                log.warning("gpuenv broker: %s holds %d connections: one more refused", key, mine)
+            exc = TooMany(
+                "too many connections to the GPU broker are open "
+                + ("from your processes" if mine >= self.settings.max_connections_per_user else "on this host")
+                + ": close some, and ask again"
+            )
+            writer.write(json.dumps({"error": _error(exc)}).encode() + b"\n")
+            writer.close()
+            return
+        self.connections[key] += 1
+        try:
+            await self._serve(reader, writer, pid, uid, key)
+        finally:
+            self.connections[key] -= 1
+            if not self.connections[key]:
+                del self.connections[key]
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pid: int, uid: int, key: str
+    ) -> None:
         def send(message: dict[str, Any]) -> None:
             writer.write(json.dumps(message).encode() + b"\n")
 
+        op = "?"
         try:
-            pid, uid, _ = peer(writer.get_extra_info("socket"))
             try:
                 line = await asyncio.wait_for(reader.readline(), 10)
                 request = json.loads(line)
                 if not isinstance(request, dict) or not isinstance(request.get("op"), str):
                     raise ValueError
-            except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError):
+            except (ValueError, RecursionError, ConnectionError, asyncio.LimitOverrunError, asyncio.TimeoutError):
                 raise InvalidRequest('a request is one line of JSON: {"op": NAME, "args": {...}}') from None
+            op = request["op"][:40]
             args = request.get("args") or {}
             if not isinstance(args, dict):
                 raise InvalidRequest("'args' must be a JSON object")
             caller = await self.identify(uid, pid, request.get("hub_token"))
-            if request["op"] == "exec_shell":  # answered, then this connection carries the shell's bytes
+            if op == "exec_shell":  # answered, then this connection carries the shell's bytes
                 await self.exec_shell(caller, args, reader, writer)
                 return
-            send({"result": await self.dispatch(caller, request["op"], args, lambda p: send({"progress": p}))})
+            work = asyncio.ensure_future(self.dispatch(caller, op, args, lambda p: send({"progress": p})))
+            while not (await asyncio.wait({work}, timeout=HEARTBEAT))[0]:
+                send({"progress": {"working": op}})  # the client's silence limit stays meaningful on long work
+            send({"result": work.result()})
         except GpuEnvError as exc:
-            send({"error": {"type": type(exc).__name__, "status": exc.status, "message": str(exc)}})
-        except Exception:  # a bug: say so, and keep serving everyone else
-            log.exception("gpuenv broker: a request failed")
+            if exc.status >= 500 or self.refusals.allow(key):
+                log.info("gpuenv broker: %s refused (%s, %s): %s", op, key, type(exc).__name__, exc)
+            send({"error": _error(exc)})
+        except Exception:  # a bug: say so once, and keep serving everyone else
+            if self.refusals.allow(key):
+                log.exception("gpuenv broker: %s of %s failed", op, key)
             send({"error": {"type": "BrokerError", "status": 500, "message": "the GPU broker failed; see its log"}})
         finally:
             try:
-                await writer.drain()
+                await asyncio.wait_for(writer.drain(), 10)
                 writer.close()
-            except (ConnectionError, OSError):
-                pass
+            except (ConnectionError, OSError, asyncio.TimeoutError):
+                writer.transport.abort()
 
     async def dispatch(self, caller: Caller, op: str, args: dict[str, Any], progress: Callable) -> Any:
         if op == "hello":
             return {"user": caller.name, "uid": caller.uid, "mode": self.settings.identify}
-        if op == "environments":
-            return [await self.environment_row(caller, name) for name in sorted(self.environments)
-                    if self.policy.rule_for(caller.name, list(caller.groups)).allows(name)]  # fmt: skip
+        if op == "environments":  # each image asked about at once: a stalled engine costs one timeout, not five
+            rule = self.policy.rule_for(caller.name, list(caller.groups))
+            names = [name for name in sorted(self.environments) if rule.allows(name)]
+            return list(await asyncio.gather(*(self.environment_row(caller, name) for name in names)))
         if op == "socket_folder":
-            return {"path": self.socket_folder(caller, _arg(args, "kernel_id", str))}
+            return {"path": await self.socket_folder(caller, _arg(args, "kernel_id", str))}
+        if op == "remove_socket_folder":
+            self.remove_socket_folder(caller, _arg(args, "kernel_id", str))
+            return {}
         if op == "start_kernel":
             return await self.start_kernel(caller, args, progress)
         if op == "kernels":
@@ -416,7 +583,11 @@ class BrokerDaemon:
             return self.gpus(caller)
         if op == "holders":  # whose kernel each container is, as show_other_users says (the panel names them)
             names = self._names(caller)
-            return {k.container_id: names[k.kernel_id] for k in self.book if k.container_id}
+            return {
+                k.container_id if k.user == caller.name else k.container_id[:12]: names[k.kernel_id]
+                for k in self.book
+                if k.container_id and (k.user == caller.name or self.settings.show_other_users == "name")
+            }
         if op in ("state", "signal", "remove"):
             lease = self.book.by_container(caller.name, _arg(args, "container_id", str))
             if lease is None:
@@ -429,6 +600,11 @@ class BrokerDaemon:
             async with self.lock:
                 last = await self.docker.remove(lease.container_id)
                 self.book.drop(lease)
+            # a restart starts the same kernel id again at once: it may keep these GPUs (keep_gpus), no others
+            now = time.monotonic()
+            self.released = {k: v for k, v in self.released.items() if now - v[1] < RESTART_MEMORY}
+            self.released[(caller.name, lease.kernel_id)] = (list(lease.gpus), now)
+            self.pending.setdefault(lease.socket_dir, (caller.name, now))  # its folder: until the restart, or swept
             return asdict(last) if last else None
         raise InvalidRequest(f"unknown operation {op!r}")
 
@@ -491,42 +667,78 @@ class BrokerDaemon:
             raise InvalidKernelId(f"kernel id {kernel_id!r} is taken on this host: let the server choose one")
         return kernel_id
 
-    def socket_folder(self, caller: Caller, kernel_id: str) -> str:
-        """sockets/<uid>/<kernel id>: the user's own (0700) in the broker's root-owned tree, never in /tmp."""
-        mine = os.path.join(self.sockets, caller.folder)
-        path = os.path.join(mine, self._kernel_id(kernel_id, caller))
-        for folder in (mine, path):
-            try:
-                os.mkdir(folder, 0o700)
-                os.chown(folder, caller.uid, caller.gid)
-            except FileExistsError:
-                info = os.lstat(folder)
-                if not os.path.isdir(folder) or os.path.islink(folder):
-                    raise InvalidRequest(f"{folder} is not a folder of {caller.name}'s") from None
-                if info.st_uid == os.getuid() and folder == mine:  # made by the engine for a spawner's bind mount
-                    os.chown(folder, caller.uid, caller.gid)
-                    os.chmod(folder, 0o700)
-                elif info.st_uid != caller.uid:
-                    raise InvalidRequest(f"{folder} is not a folder of {caller.name}'s") from None
+    def _socket_path(self, caller: Caller, kernel_id: str) -> str:
+        path = os.path.join(self.sockets, caller.folder, kernel_id)
+        if len(os.path.join(path, "k-9999")) > 100:
+            raise InvalidKernelId(f"kernel id {kernel_id!r} is too long for a unix socket path here")
         return path
 
-    def _user_folder(self, caller: Caller, path: str, what: str) -> str:
-        """A folder the caller owns, or one inside their home: what a kernel of theirs may see."""
-        if not os.path.isabs(path):
-            raise InvalidRequest(f"{what} must be an absolute path, got {path!r}")
-        if caller.volume:  # a path inside the user's own container: only their volume's folder is theirs
-            normal = os.path.normpath(path)
-            if not within(normal, caller.home):
-                raise NotPermitted(f"{what} {path} is outside {caller.home}, the folder this host shares with kernels")
-            return normal
-        real = os.path.realpath(path)
+    async def socket_folder(self, caller: Caller, kernel_id: str) -> str:
+        """sockets/<user>/<kernel id>: the user's own (0700) in folders of root's (0711), never in /tmp.
+
+        Made and handed over through descriptors (``broker_folders``); the user cannot rename or replace anything
+        above it, so the path stays what was checked.
+        """
+        path = self._socket_path(caller, self._kernel_id(kernel_id, caller))
+        known = path in self.pending or self.book.get(caller.name, kernel_id) is not None
+        waiting = sum(1 for user, _ in self.pending.values() if user == caller.name)
+        if not known and waiting >= self.settings.max_pending_socket_folders:
+            raise TooMany(
+                f"you have {waiting} kernel starts under way on this host, as many as one person may: wait for them"
+            )
+        sockets = os.open(self.sockets, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            owner = os.stat(real).st_uid
-        except OSError:
-            raise InvalidRequest(f"{what} {path} does not exist") from None
-        if owner != caller.uid and not within(real, os.path.realpath(caller.home)):
-            raise NotPermitted(f"{what} {path} is not {caller.name}'s: a kernel sees only its user's own folders")
-        return real
+            mine = broker_folders.open_folder(sockets, caller.folder, mode=0o711, owner=ROOT, adopt=True)
+        finally:
+            os.close(sockets)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(kernel_id, 0o700, dir_fd=mine)
+            await race_window(kernel_id)
+            os.close(
+                broker_folders.open_folder(mine, kernel_id, mode=0o700, owner=(caller.uid, caller.gid), make=False)
+            )
+        finally:
+            os.close(mine)
+        if self.book.get(caller.name, kernel_id) is None:
+            self.pending.setdefault(path, (caller.name, time.monotonic()))
+        return path
+
+    def remove_socket_folder(self, caller: Caller, kernel_id: str) -> None:
+        """A server is done with a kernel's folder (shut down, or its start failed): removed unless a kernel or a
+        start still uses it."""
+        path = self._socket_path(caller, self._kernel_id(kernel_id, caller))
+        lease = self.book.get(caller.name, kernel_id)
+        if (lease is None or lease.state != RUNNING) and path not in self.starting:
+            self._drop_folder(path)
+
+    def _pin_folders(self, caller: Caller, root: str, home: str) -> dict[str, broker_folders.Pinned]:
+        """The server's root folder and the caller's home, each resolved once to a descriptor and checked there:
+        ``{the path the kernel sees it at: the pinned folder}``. The root must be the caller's or inside their
+        home; a home that does not exist is left out."""
+        pinned = {}
+        try:
+            root_pin = broker_folders.resolve(root, "the server's root folder")
+            pinned[root_pin.path] = root_pin
+            try:
+                home_pin = broker_folders.resolve(home, "the home")
+            except InvalidRequest:
+                home_pin = None
+            in_home = home_pin is not None and broker_folders.inside(root_pin, home_pin)
+            if broker_folders.owner_of(root_pin) != caller.uid and not in_home:
+                raise NotPermitted(
+                    f"the server's root folder {root} is not {caller.name}'s: a kernel sees only its user's own folders"
+                )
+            if home_pin is not None:
+                if home != root_pin.path and not broker_folders.inside(home_pin, root_pin):
+                    pinned[home] = home_pin
+                else:
+                    home_pin.close()
+            return pinned
+        except BaseException:
+            for pin in pinned.values():
+                pin.close()
+            raise
 
     def name_of(self, lease: KernelLease) -> str:
         """How a refusal names another user's kernel, as show_other_users says."""
@@ -626,7 +838,34 @@ class BrokerDaemon:
             self.shells.pop(shell_id, None)
             await shell.close()
 
+    def _keep(self, caller: Caller, kernel_id: str, env: Environment, value: Any) -> list[str]:
+        """The GPUs a restart keeps: only those this very kernel of the caller's held (its lease, its park record,
+        or its container removed moments ago), never more than its environment gives a kernel."""
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+            raise InvalidRequest("'keep_gpus' must be a list of GPU UUIDs")
+        keep = list(dict.fromkeys(value))
+        if not keep:
+            return []
+        had: set[str] = set()
+        lease = self.book.get(caller.name, kernel_id)
+        if lease is not None:
+            had.update(lease.gpus, (lease.park or {}).get("gpus") or ())
+        gone = self.released.get((caller.name, kernel_id))
+        if gone is not None and time.monotonic() - gone[1] < RESTART_MEMORY:
+            had.update(gone[0])
+        if not set(keep) <= had:
+            raise NotPermitted(
+                "keep_gpus names GPUs this kernel did not hold: a kernel keeps its own GPUs across a restart, no others"
+            )
+        if env.gpus.kind in ("count", "exclusive", "ids") and len(keep) > env.gpus.count:
+            raise InvalidRequest(f"keep_gpus names {len(keep)} GPUs; {env.name} gives a kernel {env.gpus.count}")
+        return keep
+
     async def start_kernel(self, caller: Caller, args: dict[str, Any], progress: Callable) -> dict[str, Any]:
+        """Everything the caller sent is checked before anything is made; the folders a kernel mounts are pinned
+        (``_pin_folders``) and Docker is given only root-owned paths to them."""
         if caller.uid == 0:
             raise NotPermitted("the broker never runs a kernel as root: start it from a user's server")
         unknown = sorted(set(args) - _START_ARGS)
@@ -638,22 +877,69 @@ class BrokerDaemon:
         env = self._environment(caller, args.get("environment"))
         rule = self.policy.rule_for(caller.name, list(caller.groups))
         check_start(rule, caller.name, env.name, 0, 0, 0)  # the environment itself, before anything is asked
-        root_dir = self._user_folder(caller, _arg(args, "root_dir", str), "the server's root folder")
-        cwd = os.path.normpath(_arg(args, "cwd", str)) if caller.volume else os.path.realpath(_arg(args, "cwd", str))
-        check_cwd(cwd, root_dir, caller.home)
-        socket_dir = self.socket_folder(caller, kernel_id)
+        root_arg, cwd_arg = _arg(args, "root_dir", str), _arg(args, "cwd", str)
+        socket_dir = self._socket_path(caller, kernel_id)
+        asked = _arg(args, "socket_dir", str, required=False)
+        if asked is not None and os.path.normpath(asked) != socket_dir:
+            raise InvalidRequest(f"the kernel's socket folder is {socket_dir}, the one the broker gave")
         connection_file = _arg(args, "connection_file", str)
-        if os.path.dirname(os.path.realpath(connection_file)) != socket_dir:
+        if os.path.dirname(os.path.normpath(connection_file)) != socket_dir:
             raise InvalidRequest("the connection file must be in the kernel's socket folder")
-        keep = [g for g in (args.get("keep_gpus") or []) if isinstance(g, str)]
-        server_env = {k: v for k, v in (args.get("server_env") or {}).items() if isinstance(v, str)}
+        keep = self._keep(caller, kernel_id, env, args.get("keep_gpus"))
+        server_env = _server_env(args.get("server_env"))
+        terminal = args.get("terminal")
+        if terminal is not None and not isinstance(terminal, bool):
+            raise InvalidRequest("'terminal' must be true or false")
+        if caller.volume:  # a path inside the user's own container: only their volume's folder is theirs
+            root_dir, cwd = os.path.normpath(root_arg), os.path.normpath(cwd_arg)
+            if not os.path.isabs(root_dir) or not within(root_dir, caller.home):
+                raise NotPermitted(f"the server's root folder {root_arg} is outside {caller.home}, the folder this "
+                                   "host shares with kernels")  # fmt: skip
+            check_cwd(cwd, root_dir, caller.home)
+        elif not os.path.isabs(root_arg):
+            raise InvalidRequest(f"the server's root folder must be an absolute path, got {root_arg!r}")
+        if socket_dir not in self.pending and self.book.get(caller.name, kernel_id) is None:
+            raise InvalidRequest(f"ask for kernel {kernel_id}'s socket folder (socket_folder) before starting it")
 
-        verdict = await self._verdict(env)
-        verdict.raise_if_refused()
-        if verdict.state in (preflight.IMAGE_MISSING, preflight.PULLING):
-            await self.docker.pull(env.image, lambda p: progress(p.as_dict()))
+        self.starting.add(socket_dir)
+        try:
             verdict = await self._verdict(env)
             verdict.raise_if_refused()
+            if verdict.state in (preflight.IMAGE_MISSING, preflight.PULLING):
+                await self.docker.pull(env.image, lambda p: progress(p.as_dict()))
+                verdict = await self._verdict(env)
+                verdict.raise_if_refused()
+            pinned = {} if caller.volume else self._pin_folders(caller, root_arg, caller.home)
+            try:
+                if not caller.volume:
+                    root_dir = next(iter(pinned))
+                    cwd = os.path.realpath(cwd_arg)  # a string the container resolves in its own view
+                    check_cwd(cwd, root_dir, caller.home)
+                await race_window(kernel_id)
+                return await self._start(caller, kernel_id, env, rule, root_dir, cwd, socket_dir, connection_file,
+                                         keep, server_env, bool(terminal), verdict, pinned)  # fmt: skip
+            finally:
+                for pin in pinned.values():
+                    pin.close()
+        finally:
+            self.starting.discard(socket_dir)
+
+    async def _start(
+        self,
+        caller: Caller,
+        kernel_id: str,
+        env: Environment,
+        rule: Any,
+        root_dir: str,
+        cwd: str,
+        socket_dir: str,
+        connection_file: str,
+        keep: list[str],
+        server_env: dict[str, str],
+        terminal: bool,
+        verdict: preflight.Verdict,
+        pinned: dict[str, broker_folders.Pinned],
+    ) -> dict[str, Any]:
         async with self.lock:
             mine = [k for k in self.book.of_user(caller.name) if k.kernel_id != kernel_id]
             wanted = env.gpus.count if env.gpus.kind in ("count", "exclusive", "ids") else (
@@ -666,35 +952,39 @@ class BrokerDaemon:
             self.book.put(lease)
             held = self.book.holdings(excluding=(caller.name, kernel_id))
             held.names = self._names(caller)
-            request = KernelRequest(
-                environment=env,
-                kernel_id=kernel_id,
-                user=host.User(caller.name, caller.uid, caller.gid, caller.home),
-                server=host.Server(self.hostname, caller.pid),
-                root_dir=root_dir,
-                cwd=cwd,
-                socket_dir=socket_dir,
-                connection_file=connection_file,
-                inventory=list(self.sampler.latest.gpus),
-                keep_gpus=keep,
-                runtime_dir=runtime.runtime_path(self.settings.kernel_runtime_dir, verdict.runtime_version)
-                if verdict.runtime_version
-                else None,
-                server_env=server_env,
-                labels={labels.BROKER: self.settings.socket},
-                user_volume=caller.volume,
-                held=held,
-                shared_network_namespace=self.settings.shared_network_namespace,  # keyed by uid and name
-                terminal=args.get("terminal") is True,  # a terminal's own container: the broker's fixed command
-            )
             try:
-                placement = await self.docker.start_kernel(request)
+                with broker_folders.staged(self.staging, pinned) as sources:
+                    request = KernelRequest(
+                        environment=env,
+                        kernel_id=kernel_id,
+                        user=host.User(caller.name, caller.uid, caller.gid, caller.home),
+                        server=host.Server(self.hostname, caller.pid),
+                        root_dir=root_dir,
+                        cwd=cwd,
+                        socket_dir=socket_dir,
+                        connection_file=connection_file,
+                        inventory=list(self.sampler.latest.gpus),
+                        keep_gpus=keep,
+                        runtime_dir=runtime.runtime_path(self.settings.kernel_runtime_dir, verdict.runtime_version)
+                        if verdict.runtime_version
+                        else None,
+                        server_env=server_env,
+                        labels={labels.BROKER: self.settings.socket},
+                        user_volume=caller.volume,
+                        held=held,
+                        shared_network_namespace=self.settings.shared_network_namespace,  # keyed by uid and name
+                        terminal=terminal,  # a terminal's own container: the broker's fixed command
+                        sources=sources,
+                    )
+                    placement = await self.docker.start_kernel(request)
             except BaseException:
                 self.book.drop(lease)
                 raise
             lease.state, lease.container_id = RUNNING, placement.container_id
             lease.gpus, lease.exclusive = [g.uuid for g in placement.gpus], env.gpus.kind == "exclusive"
             self.book.put(lease)
+            self.pending.pop(socket_dir, None)
+            self.released.pop((caller.name, kernel_id), None)
         log.info("gpuenv broker: %s's kernel %s runs in %s (GPUs %s)", caller.name, kernel_id,
                  placement.container_id[:12], [g.index for g in placement.gpus] or "none")  # fmt: skip
         return {
@@ -723,6 +1013,10 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, she
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _error(exc: GpuEnvError) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "status": exc.status, "message": str(exc)}
 
 
 def load_settings(config_file: str | None) -> Broker:

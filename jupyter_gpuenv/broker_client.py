@@ -30,7 +30,8 @@ ERRORS = _all_errors(errors.GpuEnvError)
 
 
 class BrokerClient:
-    """One short connection per request; every answer within ``timeout`` seconds (pulls: while progressing)."""
+    """One short connection per request. The broker sends a line at least every few seconds while it works (pull
+    progress, or "still working"), so a silence of ``timeout * 4`` seconds means it stalled, whatever the op."""
 
     def __init__(self, url: str, timeout: float) -> None:
         self.path = url[len("unix://") :] if url.startswith("unix://") else url
@@ -55,8 +56,7 @@ class BrokerClient:
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
             while True:
-                budget = None if progress is not None else self.timeout * 4
-                line = await asyncio.wait_for(reader.readline(), budget)
+                line = await asyncio.wait_for(reader.readline(), self.timeout * 4)
                 if not line:
                     raise errors.EngineUnreachable(f"the GPU broker at {self.path} closed the connection mid-answer")
                 answer = json.loads(line)
@@ -90,6 +90,10 @@ class BrokerClient:
 
     async def socket_folder(self, kernel_id: str) -> str:
         return (await self.call("socket_folder", {"kernel_id": kernel_id}))["path"]
+
+    async def remove_socket_folder(self, kernel_id: str) -> None:
+        """Done with a kernel's socket folder: the broker removes it (its parents are root's, so only it can)."""
+        await self.call("remove_socket_folder", {"kernel_id": kernel_id})
 
     async def park(self, container_id: str) -> dict[str, Any]:
         """Park one of this user's kernels (the broker acts on its process); its park row. Takes as long as the

@@ -8,10 +8,15 @@ process's cgroup (:func:`attribute`), and a lease names its container (:func:`ke
 
 The endpoint listens on loopback unless the administrator says otherwise, and asks for a bearer token that only
 root can read: the series name every user's notebooks. A scrape reads memory only (the view of the last tick).
+Its default port is a privileged one, so no user can listen there while the broker is down and collect the token
+Prometheus sends; a port that is taken is tried again every BIND_RETRY seconds, and kernels are served meanwhile.
+Idle connections are closed after IDLE_TIMEOUT seconds and at most MAX_CONNECTIONS are served at once: no one who
+can reach the port can take the broker's files.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -32,6 +37,9 @@ from .nvml import Snapshot
 from .usage import KernelUsage, UsageCounter
 
 log = logging.getLogger("jupyter_gpuenv.broker")
+BIND_RETRY = 10.0
+IDLE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64
 UNAUTHORIZED = (
     "The broker's metrics need its token: send 'Authorization: Bearer <token>', the token being the contents of "
     "c.Broker.metrics_token_file on the GPU host.\n"
@@ -152,6 +160,7 @@ class BrokerMetrics:
             book=book, sampler=sampler, ledger=ledger, flush_interval=settings.usage_flush_interval, log=log
         )
         self.server: HTTPServer | None = None
+        self._binding: asyncio.Future | None = None
 
     @property
     def enabled(self) -> bool:
@@ -169,24 +178,60 @@ class BrokerMetrics:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
         app = Application([("/metrics", _Scrape, {"registry": registry, "token": token})], log_function=_quiet)
-        self.server = HTTPServer(app)
+        self.server = _BoundedServer(app, idle_connection_timeout=IDLE_TIMEOUT, body_timeout=IDLE_TIMEOUT)
+        port = self.settings.metrics_port
+        if port >= unprivileged_port_start():
+            log.warning("gpuenv broker: metrics port %d is one any user may listen on while the broker is down, and "
+                        "then receive Prometheus's token: a port below %d is safer (docs/metrics.md)", port,
+                        unprivileged_port_start())  # fmt: skip
+        self._binding = asyncio.ensure_future(self._bind())
+
+    async def _bind(self) -> None:
+        """Listen on the metrics port; while another process holds it, say so once and try again."""
         address, port = self.settings.metrics_address, self.settings.metrics_port
-        try:
-            self.server.listen(port, address)
-        except OSError as exc:
-            raise SystemExit(
-                f"gpuenv broker: cannot serve metrics on {address}:{port} ({exc.strerror}): choose another "
-                "c.Broker.metrics_port, or 0 to turn the endpoint off"
-            ) from None
-        log.info("gpuenv broker: metrics on http://%s:%d/metrics (bearer token in %s)", address, port,
-                 self.settings.metrics_token_file)  # fmt: skip
+        said = False
+        while self.server is not None:
+            try:
+                self.server.listen(port, address)
+            except OSError as exc:
+                if not said:
+                    log.error("gpuenv broker: cannot serve metrics on %s:%d (%s): kernels are served meanwhile; "
+                              "trying again every %.0f s", address, port, exc.strerror, BIND_RETRY)  # fmt: skip
+                    said = True
+                await asyncio.sleep(BIND_RETRY)
+                continue
+            log.info("gpuenv broker: metrics on http://%s:%d/metrics (bearer token in %s)", address, port,
+                     self.settings.metrics_token_file)  # fmt: skip
+            return
 
     async def stop(self) -> None:
         if self.server is not None:
-            self.server.stop()
-            await self.server.close_all_connections()
+            server, self.server = self.server, None
+            if self._binding is not None:
+                self._binding.cancel()
+            server.stop()
+            await server.close_all_connections()
         if self.enabled:
             await self.usage.stop()  # writes what the ledger has not got yet
+
+
+class _BoundedServer(HTTPServer):
+    """At most MAX_CONNECTIONS at once: one more is closed as it comes (a scrape needs one)."""
+
+    def handle_stream(self, stream, address) -> None:  # noqa: ANN001 - tornado's own signature
+        if len(self._connections) >= MAX_CONNECTIONS:
+            stream.close()
+            return
+        super().handle_stream(stream, address)
+
+
+def unprivileged_port_start(path: str = "/proc/sys/net/ipv4/ip_unprivileged_port_start") -> int:
+    """The lowest port any user may listen on (1024 unless the host lowered it)."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 1024
 
 
 def _quiet(handler: RequestHandler) -> None:

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from . import broker_folders
 from .activity import KernelActivity, iopub_address
 from .allocation import Holdings
 from .errors import UnknownKernel
@@ -27,6 +28,8 @@ from .parking import BY_PERSON, BY_POLICY, IdlePolicy, KernelFacts, ParkRecord, 
 from .policy import check_start
 
 log = logging.getLogger("jupyter_gpuenv.broker")
+CONNECTION_FILE_LIMIT = 1 << 16  # bytes: a connection file is a few hundred
+UNREADABLE_RETRY = 30.0  # seconds before a connection file that could not be read is looked at again
 
 
 class LeaseStore:
@@ -76,6 +79,7 @@ class BrokerParking:
         self.store = LeaseStore(daemon.book, daemon.lock, names)
         self.parker = Parker(self.store, timeout=timeout, log=log)
         self.activity: dict[str, KernelActivity] = {}  # container id -> its kernel's IOPub
+        self.unreadable: dict[str, float] = {}  # container id -> when its connection file could not be read
 
     # -- facts -----------------------------------------------------------------------------------------
     def facts(self, lease: KernelLease) -> KernelFacts:
@@ -141,11 +145,12 @@ class BrokerParking:
             if container_id not in leases:
                 self.activity.pop(container_id).stop()
                 self.parker.forget(container_id)
+        self.unreadable = {c: t for c, t in self.unreadable.items() if c in leases}
         for container_id, lease in leases.items():
             if lease.park and not all(process_alive(p) for p in lease.park["pids"]):
                 self.parker.forget(container_id)  # its kernel restarted: the new one holds what it was given
             if container_id not in self.activity and (lease.gpus or lease.park):
-                self._follow(lease)
+                await self._follow(lease)
         inventory = list(self.daemon.sampler.latest.gpus)
         await self.parker.retry_waiting(inventory)
         facts = [self.facts(k) for k in leases.values() if k.gpus and not k.park]
@@ -170,12 +175,27 @@ class BrokerParking:
             return iopub_address(info)
         raise ValueError("a connection file that points outside the kernel's own sockets")
 
-    def _follow(self, lease: KernelLease) -> None:
+    async def _follow(self, lease: KernelLease) -> None:
+        """Follow a kernel's IOPub, found in its connection file: a file of the user's, read as the rule for root
+        says (``broker_folders.read_user_file``: regular, theirs, small, no links, off the loop). One that could
+        not be read is looked at again only after UNREADABLE_RETRY seconds."""
+        if time.monotonic() - self.unreadable.get(lease.container_id, -UNREADABLE_RETRY) < UNREADABLE_RETRY:
+            return
         try:
-            with open(os.path.join(lease.socket_dir, "connection.json")) as f:
-                address = self._address(lease, json.load(f))
-        except (OSError, ValueError, KeyError, TypeError):
-            return  # not written yet (or not as a server writes it): the next round looks again
+            raw = await asyncio.get_running_loop().run_in_executor(
+                None, broker_folders.read_user_file, lease.socket_dir, "connection.json", lease.uid,
+                CONNECTION_FILE_LIMIT,
+            )  # fmt: skip
+            address = self._address(lease, json.loads(raw))
+        except FileNotFoundError:
+            return  # not written yet: the next round looks again
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            if lease.container_id not in self.unreadable:
+                log.info("gpuenv broker: kernel %s of %s: its connection file is not followed for now (%s)",
+                         lease.kernel_id, lease.user, exc)  # fmt: skip
+            self.unreadable[lease.container_id] = time.monotonic()
+            return
+        self.unreadable.pop(lease.container_id, None)
         container_id = lease.container_id
         inventory = lambda: list(self.daemon.sampler.latest.gpus)  # noqa: E731
         cell_started = lambda: self.parker.cell_started(container_id, inventory)  # noqa: E731

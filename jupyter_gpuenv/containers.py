@@ -83,6 +83,9 @@ class LaunchFacts:
     user_volume: str | None = None  # servers in containers (DockerSpawner): the user's files are this volume
     terminal: bool = False  # a container for a terminal alone (TERMINAL_COMMAND instead of the kernel)
     network_holder: str | None = None  # join this container's no-network namespace (see network_holder())
+    # a folder the kernel sees -> the host path Docker mounts it from: the broker's pinned copies of a user's
+    # folders (broker_folders.staged), so that Docker never resolves a path the user can change
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,9 +191,10 @@ def mounts(env: Environment, facts: LaunchFacts) -> list[Mount]:
     if facts.user_volume:  # the server runs in a container whose home is a volume: the kernel gets the same
         out = [Mount(facts.user_volume, home, False, "volume")]
     else:  # the user's files at the same path, so notebook paths and the working folder mean the same inside
-        out = [Mount(facts.root_dir, facts.root_dir, False)]
-        if home and os.path.isdir(home) and not within(home, facts.root_dir):
-            out.append(Mount(home, home, False))
+        src = facts.sources
+        out = [Mount(src.get(facts.root_dir, facts.root_dir), facts.root_dir, False)]
+        if home and not within(home, facts.root_dir) and (home in src if src else os.path.isdir(home)):
+            out.append(Mount(src.get(home, home), home, False))
     out.append(Mount(facts.socket_dir, facts.socket_dir, False))
     out += list(env.mounts) + list(facts.driver_mounts)
     if facts.runtime_dir:

@@ -452,6 +452,7 @@ class DockerEngine:
                 user_volume=req.user_volume,
                 terminal=req.terminal,
                 network_holder=holder,
+                sources=req.sources,
             )
             spec = containers.spec(env, facts)
             try:

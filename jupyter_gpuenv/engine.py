@@ -66,6 +66,7 @@ class KernelRequest:
     held: Holdings | None = None  # who holds which GPU, when the caller keeps that record (the broker's leases)
     terminal: bool = False  # a container for a terminal alone: it runs containers.TERMINAL_COMMAND, not a kernel
     shared_network_namespace: bool = False  # join the user's no-network namespace holder (network "none" only)
+    sources: dict[str, str] = field(default_factory=dict)  # folder -> a root-owned path to mount it from (broker)
 
 
 @dataclass(frozen=True)

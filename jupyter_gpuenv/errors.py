@@ -7,6 +7,7 @@
     │   └── OutsideRoot            the notebook's folder is outside what the container can see
     ├── NotPermitted (403)         the administrator's policy does not allow it (shared hosts: the broker)
     ├── UnknownKernel (404)        no such kernel of the caller's (another user's is unknown too)
+    ├── TooMany (429)              the caller holds as many of a shared resource as one person may (broker)
     ├── CannotStartHere (409)      well-formed, but this machine cannot start it now
     │   ├── NoGpu                  GPUs are asked for and this server sees none
     │   ├── NoFreeGpu              the GPU policy cannot be met: other kernels hold them
@@ -67,6 +68,10 @@ class NotPermitted(GpuEnvError):
 
 class UnknownKernel(GpuEnvError):
     status, code = 404, "unknown-kernel"
+
+
+class TooMany(GpuEnvError):
+    status, code = 429, "too-many"
 
 
 class CannotStartHere(GpuEnvError):

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from jupyter_core.paths import jupyter_runtime_dir
 from tornado.ioloop import PeriodicCallback
 from tornado.web import HTTPError
 
@@ -356,7 +357,13 @@ class ServerParking:
             engine,
             log,
         )
-        private = os.path.join(settings.socket_root, f"gpuenv-{os.getuid()}")
+        # with a broker, this server parks only its local kernels, and keeps their book in its own runtime folder:
+        # nothing in a shared place such as /tmp, where another user may have made the folder first
+        private = (
+            os.path.join(jupyter_runtime_dir(), "gpuenv")
+            if settings.broker
+            else os.path.join(settings.socket_root, f"gpuenv-{os.getuid()}")
+        )
         self.parker = Parker(FileStore(private, engine.kernels), timeout=settings.park_timeout, log=log)
         self.policy = IdlePolicy(settings.park_idle_minutes, int(settings.park_min_gpu_memory_gib * 2**30))
         self.brokered: dict[str, dict] = {}  # with a broker: container id -> the broker's park row
@@ -479,13 +486,13 @@ class ServerParking:
     async def tend(self) -> None:
         """Forget ended kernels, try again for cells that wait, apply the idle policy; refresh the broker's rows."""
         running = set(self.kernel_manager.list_kernel_ids())
+        if self.broker:  # first: a fault in this server's own book must not keep the broker's rows from the panel
+            await self._refresh_brokered(running)
         for record in self.parker.store.all():
             if record.kernel_id not in running or not all(process_alive(p) for p in record.pids):
                 self.parker.forget(record.kernel_id)
         inventory = list(self.sampler.latest.gpus)
         await self.parker.retry_waiting(inventory)
-        if self.broker:
-            await self._refresh_brokered(running)
         if not self.policy.on:
             return
         candidates = []

@@ -189,7 +189,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
             os.chmod(km.connection_file, 0o600)
         except GpuEnvError as exc:
             if not restarting:
-                self._remove_socket_dir()
+                await self._remove_socket_dir()
             raise refuse(self.parent, self.kernel_id, exc) from None
         self.connection_info = km.get_connection_info()
         kwargs.pop("extra_arguments", None)
@@ -208,9 +208,12 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         os.mkdir(path, 0o700)
         return path
 
-    def _remove_socket_dir(self) -> None:
+    async def _remove_socket_dir(self) -> None:
         if self.socket_dir:
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            shutil.rmtree(self.socket_dir, ignore_errors=True)  # with a broker: what is inside; the folder is its
+            if self.settings.broker:
+                with contextlib.suppress(GpuEnvError):  # else the broker sweeps it after c.Broker.socket_folder_grace
+                    await self.engine.remove_socket_folder(self.kernel_id)
             self.socket_dir = None
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
@@ -225,7 +228,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
                 self.placement = await self.engine.start_kernel(await self._request(kwargs))
             except GpuEnvError as exc:
                 if not self._restarting:
-                    self._remove_socket_dir()
+                    await self._remove_socket_dir()
                 raise refuse(self.parent, self.kernel_id, exc) from None
             finally:
                 self._launching = False
@@ -385,7 +388,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
                     self.log.warning("gpuenv: container %s is removed later: %s", placement.container_id[:12], exc)
             if not restart:
                 self._keep = ()
-                self._remove_socket_dir()
+                await self._remove_socket_dir()
 
     @property
     def placement_gpus(self) -> tuple[AssignedGpu, ...]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import logging
 import os
 import secrets
@@ -315,7 +316,10 @@ class Terminals:
             self.log.warning("gpuenv: terminal container %s is removed later: %s", container_id[:12], exc)
         finally:
             if socket_dir:
-                shutil.rmtree(socket_dir, ignore_errors=True)
+                shutil.rmtree(socket_dir, ignore_errors=True)  # with a broker: what is inside; the folder is its
+                if self.settings.broker:
+                    with contextlib.suppress(GpuEnvError):
+                        await self.engine.remove_socket_folder(os.path.basename(socket_dir))
 
     def _user(self) -> str:
         """Whom the shell runs as: this server's user, as its kernels do (the broker puts in its caller's)."""
