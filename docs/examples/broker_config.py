@@ -37,8 +37,8 @@ c.Broker.show_other_users = "name"  # or "anonymous": refusals say "another user
 
 c.Broker.kernel_runtime_dir = "/var/lib/jupyter-gpuenv/kernel-runtimes"  # `jupyter gpuenv prepare-runtime --dir`
 
-# Every user's GPU usage for the administrator (docs/metrics.md): Prometheus scrapes 127.0.0.1:9839/metrics with the
+# Every user's GPU usage for the administrator (docs/metrics.md): Prometheus scrapes 127.0.0.1:939/metrics with the
 # token in metrics_token_file; `sudo jupyter gpuenv usage --dir /var/lib/jupyter-gpuenv/usage` needs no Prometheus.
-c.Broker.metrics_port = 9839  # 0: off
+c.Broker.metrics_port = 939  # 0: off
 c.Broker.metrics_token_file = "/var/lib/jupyter-gpuenv/metrics.token"
 c.Broker.usage_dir = "/var/lib/jupyter-gpuenv/usage"
