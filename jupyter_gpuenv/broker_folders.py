@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from .errors import InvalidRequest, NotPermitted
+from .errors import EngineUnavailable, InvalidRequest, NotPermitted
 
 MAX_LINKS = 40  # as the kernel's own path walk
 _MS_BIND, _MS_REC, _MNT_DETACH = 0x1000, 0x4000, 2
@@ -197,7 +197,13 @@ def staged(staging_root: str, folders: dict[str, Pinned]) -> Iterator[dict[str, 
         for n, (path, pinned) in enumerate(folders.items()):
             target = os.path.join(where, str(n))
             os.mkdir(target, 0o700)
-            bind(pinned, target)
+            try:
+                bind(pinned, target)
+            except OSError as exc:  # not root, or no CAP_SYS_ADMIN: the broker must run as root on the host
+                raise EngineUnavailable(
+                    f"the GPU broker cannot prepare the kernel's folders ({exc.strerror}): it must run as root on "
+                    "the host; ask the administrator"
+                ) from None
             done.append(target)
             sources[path] = target
         yield sources
