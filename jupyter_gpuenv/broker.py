@@ -60,7 +60,7 @@ from .sampler import Sampler
 from .visibility import from_environment
 
 log = logging.getLogger("jupyter_gpuenv.broker")
-_KERNEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_KERNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would let a final newline in
 _START_ARGS = {
     "kernel_id",
     "environment",
@@ -75,6 +75,7 @@ _START_ARGS = {
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MAX_REQUEST = 1 << 16
 TOKEN_MEMORY = 10.0  # seconds a hub token's owner is remembered (a revoked token works this much longer)
+BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 HEARTBEAT = 3.0  # seconds between two "still working" lines of a long answer: the client's silence limit is longer
 RESTART_MEMORY = 300.0  # seconds the GPUs of a removed kernel can be kept by its restart (keep_gpus)
 ROOT = (0, 0)
@@ -412,8 +413,11 @@ class BrokerDaemon:
         await self.metrics.start()
         if os.path.exists(self.settings.socket):
             os.unlink(self.settings.socket)
-        server = await asyncio.start_unix_server(self.handle, path=self.settings.socket, limit=MAX_REQUEST)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.settings.socket)
         os.chmod(self.settings.socket, 0o666)  # anyone may ask; who asks is known from the socket
+        listener.listen(BACKLOG)
+        listener.setblocking(False)
         log.info("gpuenv broker: serving %s (%d environments)", self.settings.socket, len(self.environments))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -423,9 +427,10 @@ class BrokerDaemon:
             asyncio.ensure_future(self.sweep_orphans(stop)),
             asyncio.ensure_future(self.sweep_folders(stop)),
             asyncio.ensure_future(self.parking.tend(stop, self.settings.sample_interval)),
+            asyncio.ensure_future(self.accept(listener)),
         ]
-        async with server:
-            await stop.wait()
+        await stop.wait()
+        listener.close()
         for task in tasks:
             task.cancel()
         await self.metrics.stop()
@@ -482,29 +487,67 @@ class BrokerDaemon:
             self.book.drop(lease)
 
     # -- one request -----------------------------------------------------------------------------------
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One connection: at most ``max_connections_per_user`` of one caller's, ``max_connections`` in all."""
-        pid, uid, _ = peer(writer.get_extra_info("socket"))
+    def _admit(self, sock: socket.socket) -> tuple[int, int, str] | None:
+        """Count a new connection against its caller's cap and everyone's: (pid, uid, its key), or None when it was
+        refused (answered 429 at once and closed, so a flood costs the broker no file for longer than that)."""
+        pid, uid, _ = peer(sock)
         key = f"uid {uid}" if self.settings.identify == "peer" else f"pid {pid}"  # hub-token: one uid for all
         mine = self.connections[key]
-        if mine >= self.settings.max_connections_per_user or sum(self.connections.values()) >= self.max_connections:
-            if self.refusals.allow(key):
-                log.warning("gpuenv broker: %s holds %d connections: one more refused", key, mine)
-            exc = TooMany(
-                "too many connections to the GPU broker are open "
-                + ("from your processes" if mine >= self.settings.max_connections_per_user else "on this host")
-                + ": close some, and ask again"
-            )
-            writer.write(json.dumps({"error": _error(exc)}).encode() + b"\n")
+        if mine < self.settings.max_connections_per_user and sum(self.connections.values()) < self.max_connections:
+            self.connections[key] += 1
+            return pid, uid, key
+        if self.refusals.allow(key):
+            log.warning("gpuenv broker: %s holds %d connections: one more refused", key, mine)
+        exc = TooMany(
+            "too many connections to the GPU broker are open "
+            + ("from your processes" if mine >= self.settings.max_connections_per_user else "on this host")
+            + ": close some, and ask again"
+        )
+        with contextlib.suppress(OSError):
+            sock.send(json.dumps({"error": _error(exc)}).encode() + b"\n", socket.MSG_DONTWAIT)
+        return None
+
+    def _release(self, key: str) -> None:
+        self.connections[key] -= 1
+        if not self.connections[key]:
+            del self.connections[key]
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: at most ``max_connections_per_user`` of one caller's, ``max_connections`` in all."""
+        admitted = self._admit(writer.get_extra_info("socket"))
+        if admitted is None:
             writer.close()
             return
-        self.connections[key] += 1
         try:
-            await self._serve(reader, writer, pid, uid, key)
+            await self._serve(reader, writer, *admitted)
         finally:
-            self.connections[key] -= 1
-            if not self.connections[key]:
-                del self.connections[key]
+            self._release(admitted[2])
+
+    async def accept(self, listener: socket.socket) -> None:
+        """Take connections one at a time, refusing those over a cap before the next is taken: the listen queue is
+        deep (one person refilling it must not leave others' connect failing with EAGAIN), and asyncio's own
+        server would take a whole queue's worth at once, more files than the broker may have."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # out of files: the caps keep this rare; wait instead of spinning
+                if self.refusals.allow("accept"):
+                    log.warning("gpuenv broker: cannot accept a connection (%s)", exc.strerror)
+                await asyncio.sleep(0.1)
+                continue
+            admitted = self._admit(conn)
+            if admitted is None:
+                conn.close()
+                continue
+            asyncio.ensure_future(self._connection(conn, admitted))
+
+    async def _connection(self, conn: socket.socket, admitted: tuple[int, int, str]) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_REQUEST)
+            await self._serve(reader, writer, *admitted)
+        finally:
+            self._release(admitted[2])
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pid: int, uid: int, key: str
@@ -522,7 +565,7 @@ class BrokerDaemon:
             except (ValueError, RecursionError, ConnectionError, asyncio.LimitOverrunError, asyncio.TimeoutError):
                 raise InvalidRequest('a request is one line of JSON: {"op": NAME, "args": {...}}') from None
             op = request["op"][:40]
-            args = request.get("args") or {}
+            args = request.get("args", {})
             if not isinstance(args, dict):
                 raise InvalidRequest("'args' must be a JSON object")
             caller = await self.identify(uid, pid, request.get("hub_token"))
@@ -660,7 +703,7 @@ class BrokerDaemon:
 
     # -- operations ------------------------------------------------------------------------------------
     def _kernel_id(self, kernel_id: str, caller: Caller | None = None) -> str:
-        if not _KERNEL_ID.match(kernel_id):
+        if not _KERNEL_ID.fullmatch(kernel_id):
             raise InvalidKernelId(f"kernel id {kernel_id!r} is not allowed: use letters, digits, '-' and '_'")
         holder = self.book.holder_of(kernel_id)
         if caller is not None and holder is not None and holder.user != caller.name:
@@ -684,7 +727,9 @@ class BrokerDaemon:
         waiting = sum(1 for user, _ in self.pending.values() if user == caller.name)
         if not known and waiting >= self.settings.max_pending_socket_folders:
             raise TooMany(
-                f"you have {waiting} kernel starts under way on this host, as many as one person may: wait for them"
+                f"you have {waiting} kernel folders on this host that no kernel runs in yet (starts under way, or "
+                f"ended without their server saying so), as many as one person may: they are removed "
+                f"{self.settings.socket_folder_grace:.0f} s after they were made"
             )
         sockets = os.open(self.sockets, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:

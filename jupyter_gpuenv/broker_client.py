@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,8 +40,17 @@ class BrokerClient:
         self.hub_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        deadline = time.monotonic() + self.timeout
         try:
-            return await asyncio.wait_for(asyncio.open_unix_connection(self.path, limit=1 << 22), self.timeout)
+            while True:
+                try:
+                    return await asyncio.wait_for(
+                        asyncio.open_unix_connection(self.path, limit=1 << 22), max(deadline - time.monotonic(), 0.1)
+                    )
+                except BlockingIOError:  # the broker's queue is full for a moment: ask again within the budget
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
         except (OSError, asyncio.TimeoutError) as exc:
             raise errors.EngineUnreachable(
                 f"the GPU broker at {self.path} is not answering ({exc.__class__.__name__}): container kernels are "

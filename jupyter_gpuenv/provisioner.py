@@ -32,7 +32,7 @@ from .visibility import from_environment
 
 _BASE_KWARGS = {"kernel_id", "kernel_spec", "parent", "config", "log"}
 # a kernel id names a folder and a container: what jupyter_server makes (a uuid), nothing that walks paths
-_KERNEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_KERNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would let a final newline in
 # the one log line of a refused start (the quiet-refusals log filter knows it by this format)
 REFUSAL_FORMAT = "gpuenv: kernel %s not started (%d %s): %s"
 LISTEN_WAIT = 30.0  # seconds a launch waits at most for the kernel's sockets (a large image's first start: ~4 s)
@@ -142,7 +142,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         self.settings, self._sampler, self._root_dir = context.settings, context.sampler, context.root_dir
         source = f"kernelspec {getattr(self.parent, 'kernel_name', None) or '?'}"
         try:
-            if not _KERNEL_ID.match(self.kernel_id or ""):
+            if not _KERNEL_ID.fullmatch(self.kernel_id or ""):
                 raise InvalidKernelId(
                     f"kernel id {self.kernel_id!r} is not allowed: use letters, digits, '-' and '_' (at most 64), "
                     "or let the server choose one"

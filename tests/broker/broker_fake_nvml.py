@@ -10,7 +10,8 @@ file $GPUENV_BROKER_GPU_PROCESSES exists (``{"<gpu index>": [{"pid": ..., "usedG
 names have those processes instead of the recording's: a test puts a real process of a kernel's container on a GPU.
 
 Without ``--run`` it is what systemd's ``Restart=always`` is to a broker unit: it runs ``--run`` as a child
-and starts it again as soon as it ends, so the fault tests can kill the broker (its pid is written to
+(with a unit's file limit, FILE_LIMIT, and the test seam GPUENV_BROKER_RACE_DELAY=RACE_DELAY in its
+environment) and starts it again as soon as it ends, so the fault tests can kill the broker (its pid is written to
 $GPUENV_BROKER_PIDFILE) and have it back within a second, instead of after the hub's 30 s service poll.
 While the file $GPUENV_BROKER_HOLD exists it starts none: the broker is down. SIGTERM or SIGINT (the hub
 stopping its services) stop the child with SIGTERM and then itself. Either way the child inherits the
@@ -28,6 +29,18 @@ import time
 from pathlib import Path
 
 STOP_TIMEOUT = 20
+# What a broker unit of systemd gets (LimitNOFILE's soft default): the hostile tests hold connections against it.
+FILE_LIMIT = 1024
+# The broker's test seam (issue 20): it waits this long between checking and using what a user controls, for
+# kernel ids starting with "race-" only, so that a test can swap a folder in that window every time.
+RACE_DELAY = "2"
+
+
+def limit_files() -> None:
+    """In the broker's child, before it runs: at most FILE_LIMIT open files, soft and hard."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FILE_LIMIT, FILE_LIMIT))
 
 
 def run(argv: list[str]) -> int:
@@ -87,7 +100,11 @@ def supervise(argv: list[str]) -> int:
         if stopping:
             break
         started = time.monotonic()
-        child = subprocess.Popen([sys.executable, __file__, "--run", *argv])
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--run", *argv],
+            env={**os.environ, "GPUENV_BROKER_RACE_DELAY": RACE_DELAY},
+            preexec_fn=limit_files,
+        )
         if pidfile:
             tmp = f"{pidfile}.tmp"
             Path(tmp).write_text(str(child.pid))

@@ -53,6 +53,8 @@ START_TIMEOUT = 60  # the hub's API answers
 SPAWN_TIMEOUT = 150  # four servers ready, spawned side by side on a busy 2-core machine
 BROKER_TIMEOUT = 30  # the broker answers hello
 STOP_TIMEOUT = 45
+SOCKET_FOLDER_GRACE = 3.0  # seconds the broker keeps a socket folder that no lease names (c.Broker.socket_folder_grace)
+PENDING_SOCKET_FOLDERS = 8  # such folders one user may hold at once (c.Broker.max_pending_socket_folders)
 
 # The host's environments and who may use what (c.Broker.environments, c.Broker.policy). No GPU device can be
 # attached in CI (gpu_mode none); the broker's choice of GPUs and its leases are the real thing.
@@ -507,6 +509,9 @@ def site(unix_users, docker_image, tmp_path_factory):
                 f"c.Broker.metrics_token_file = {str(s.metrics_token)!r}\n"
                 f"c.Broker.usage_dir = {str(s.usage_dir)!r}\n"
                 "c.Broker.usage_flush_interval = 1.0\n"
+                # socket folders no lease names are swept this long after they were made (issue 20)
+                f"c.Broker.socket_folder_grace = {SOCKET_FOLDER_GRACE}\n"
+                f"c.Broker.max_pending_socket_folders = {PENDING_SOCKET_FOLDERS}\n"
             ),
         )
         jupyter_path = install_kernelspecs(root / "prefix")
