@@ -19,7 +19,7 @@ ERRORS = leaves(errors.GpuEnvError)
 
 
 def test_every_error_class_has_a_status_a_person_can_act_on():
-    assert {e.status for e in ERRORS} == {400, 403, 404, 409, 503}
+    assert {e.status for e in ERRORS} == {400, 403, 404, 409, 429, 503}
     assert len({e.code for e in ERRORS}) == len(ERRORS)  # a machine can tell them apart
     for e in ERRORS:
         assert e.status < 500 or issubclass(e, (errors.EngineUnavailable, errors.DriverFailed))
