@@ -249,18 +249,3 @@ def read_user_file(folder: str, name: str, uid: int, limit: int) -> bytes:
         return os.read(fd, limit + 1)[:limit]
     finally:
         os.close(fd)
-
-
-def folder_bytes(fd: int, limit: int) -> int:
-    """Bytes of the regular files directly in an opened folder (stopping once past ``limit``), by descriptor."""
-    total = 0
-    for entry in os.scandir(fd):
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISREG(info.st_mode):
-            total += info.st_blocks * 512
-            if total > limit:
-                break
-    return total
