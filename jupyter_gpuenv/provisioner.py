@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import re
 import shutil
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -119,14 +121,26 @@ def serialise_restarts(kernel_manager: Any) -> None:
     jupyter_client's ``KernelManager`` does not order its own restarts: two at once share one ``ready``
     future (``manager.in_pending_state``), set it twice, and both fail (a 500, the kernel left half-gone).
     Every restart, the server's and the auto-restarter's, goes through ``kernel_manager.restart_kernel``.
+    The wrapper keeps the manager's own kind: a coroutine for an ``AsyncKernelManager`` (restarts are tasks on
+    one loop), a plain call for the synchronous ``KernelManager`` of qtconsole, nbclient's scripts and the
+    synchronous ``MultiKernelManager`` (restarts are threads, each running its own loop).
     """
     if getattr(kernel_manager, "_gpuenv_serialised", False) or not hasattr(kernel_manager, "restart_kernel"):
         return
-    restart, lock = kernel_manager.restart_kernel, asyncio.Lock()
+    restart = kernel_manager.restart_kernel
+    if inspect.iscoroutinefunction(restart):
+        lock = asyncio.Lock()
 
-    async def restart_kernel(*args: Any, **kwargs: Any) -> Any:
-        async with lock:
-            return await restart(*args, **kwargs)
+        async def restart_kernel(*args: Any, **kwargs: Any) -> Any:
+            async with lock:
+                return await restart(*args, **kwargs)
+
+    else:
+        thread_lock = threading.Lock()
+
+        def restart_kernel(*args: Any, **kwargs: Any) -> Any:
+            with thread_lock:
+                return restart(*args, **kwargs)
 
     kernel_manager.restart_kernel = restart_kernel
     kernel_manager._gpuenv_serialised = True
