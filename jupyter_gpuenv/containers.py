@@ -103,7 +103,7 @@ class ContainerSpec:
     nano_cpus: int | None = None
     gpu_device_ids: list[str] | None = None  # toolkit mode: what `--gpus device=...` sends
     devices: list[str] = field(default_factory=list)  # devices mode: device nodes passed through as they are
-    init: bool = True  # docker-init forwards SIGINT to the kernel: interrupt works
+    init: bool = True  # docker-init forwards signals to the kernel's process group: interrupt works
     security_opt: list[str] = field(default_factory=lambda: ["no-new-privileges"])
     cap_drop: list[str] = field(default_factory=lambda: ["ALL"])
     read_only: bool = False  # the image's files read-only (a namespace holder writes nothing)
@@ -162,6 +162,9 @@ def environment_variables(env: Environment, facts: LaunchFacts) -> dict[str, str
             "LOGNAME": facts.user.name,
             "PYTHONUNBUFFERED": "1",
             "JUPYTER_RUNTIME_DIR": facts.socket_dir,
+            # docker-init (tini) forwards a signal to the kernel's whole process group, not to the kernel alone:
+            # an interrupt, a restart's or a shutdown's SIGTERM reach its children as for a local kernel
+            "TINI_KILL_PROCESS_GROUP": "1",
         }
     )
     if facts.gpu_mode == "devices":

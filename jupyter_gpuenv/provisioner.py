@@ -378,7 +378,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         return code
 
     async def send_signal(self, signum: int) -> None:
-        if self.placement is not None:  # docker-init is PID 1 in the container and forwards the signal
+        if self.placement is not None:  # docker-init, PID 1 in the container, forwards it to the kernel's group
             await self.engine.signal(self.placement.container_id, signum)
 
     async def kill(self, restart: bool = False) -> None:

@@ -5,9 +5,11 @@ Where a behaviour is a local kernel's too, the test runs against both, the local
 a difference then comes from the provisioner. Real kernels in real containers (the image .ci/test.sh builds).
 """
 
+import signal
 import threading
 
 import pytest
+from conftest import wait_until
 from container_harness import install_spec, our_containers
 from jupyter_client.manager import KernelManager
 from jupyter_client.multikernelmanager import MultiKernelManager
@@ -119,3 +121,61 @@ def test_a_synchronous_multi_kernel_manager_restarts_a_container_kernel(containe
     finally:
         mkm.shutdown_all(now=True)
     assert our_containers(docker_client, kernel_id) == []
+
+
+# -- signals reach the kernel's children ---------------------------------------------------------------------
+CHILD = """
+import signal, subprocess, sys
+child = subprocess.Popen([sys.executable, '-c', '''
+import signal, sys, time
+def noted(signum, frame):
+    open(sys.argv[1], "w").write(signal.Signals(signum).name)
+    sys.exit(0)
+signal.signal(signal.SIGINT, noted)
+signal.signal(signal.SIGTERM, noted)
+print("ready", flush=True)
+time.sleep(300)
+''', {path!r}], stdout=subprocess.PIPE, text=True)
+print(child.stdout.readline().strip())
+"""
+
+
+def started_child(client, path):
+    assert run(client, CHILD.format(path=str(path))) == ("ready\n", None)
+
+
+def test_an_interrupt_reaches_the_kernels_child_processes(kernel_name, root):
+    """jupyter_client's test_signal_kernel_subprocesses, for any kernel: a local kernel's interrupt goes to its
+    process group, so a launcher's or a DataLoader's workers are interrupted with the cell."""
+    km = KernelManager(kernel_name=kernel_name)
+    km.start_kernel()
+    client = km.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        started_child(client, root / "child-noted")
+        msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(300)")
+        wait_until(lambda: client.get_iopub_msg(timeout=10)["content"].get("text") == "sleeping\n", 20)
+        km.interrupt_kernel()
+        reply = client.get_shell_msg(timeout=30)
+        assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["ename"] == "KeyboardInterrupt"
+        assert wait_until(lambda: (root / "child-noted").exists() and (root / "child-noted").read_text()) == "SIGINT"
+    finally:
+        client.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_the_signals_of_a_restart_or_shutdown_reach_the_kernels_child_processes(kernel_name, root):
+    """A kernel that does not end when asked gets SIGTERM from its manager (``terminate``); so do its children."""
+    km = KernelManager(kernel_name=kernel_name)
+    km.start_kernel()
+    client = km.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        started_child(client, root / "child-noted")
+        km.signal_kernel(signal.SIGTERM)
+        assert wait_until(lambda: (root / "child-noted").exists() and (root / "child-noted").read_text()) == "SIGTERM"
+    finally:
+        client.stop_channels()
+        km.shutdown_kernel(now=True)
