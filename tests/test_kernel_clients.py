@@ -5,14 +5,21 @@ Where a behaviour is a local kernel's too, the test runs against both, the local
 a difference then comes from the provisioner. Real kernels in real containers (the image .ci/test.sh builds).
 """
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 
+import docker
 import pytest
 from conftest import wait_until
 from container_harness import install_spec, our_containers
 from jupyter_client.manager import KernelManager
 from jupyter_client.multikernelmanager import MultiKernelManager
+
+from jupyter_gpuenv.labels import SERVER_PID as L_SERVER_PID
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -179,3 +186,123 @@ def test_the_signals_of_a_restart_or_shutdown_reach_the_kernels_child_processes(
     finally:
         client.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+# -- a client that dies takes its kernels with it ------------------------------------------------------------
+SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+{prelude}
+from jupyter_client.manager import KernelManager
+km = KernelManager(kernel_name={name!r})
+km.start_kernel()
+print(km.provisioner.placement.container_id, flush=True)
+time.sleep(600)
+"""
+
+FAKE_NVML = """
+import fake_pynvml
+from jupyter_gpuenv import nvml
+fake = fake_pynvml.FakePynvml(fake_pynvml.load("h100x2"))
+nvml.load_pynvml = lambda: fake
+"""
+
+
+def client_process(name, prelude="", env=None):
+    script = SCRIPT.format(tests=os.path.dirname(__file__), prelude=prelude, name=name)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    container_id = process.stdout.readline().strip()
+    assert container_id, "the client script did not start its kernel"
+    return process, container_id
+
+
+def gone(client, container_id):
+    try:
+        client.containers.get(container_id)
+    except docker.errors.NotFound:
+        return True
+    return False
+
+
+def test_a_kernel_ends_with_its_synchronous_script_client(container_spec, docker_client):
+    process, container_id = client_process(container_spec)
+    assert docker_client.containers.get(container_id).status == "running"
+    process.kill()
+    process.wait()
+    wait_until(lambda: gone(docker_client, container_id), 30, "the dead client's kernel container removed")
+
+
+def test_the_kernel_ends_by_itself_when_its_client_and_the_clients_reaper_are_both_gone(container_spec, docker_client):
+    """What a killed session or cgroup does (the reaper dies too): the kernel's own watcher ends it, which stops
+    its container and so frees its GPUs; the next server's orphan sweep removes the stopped container."""
+    process, container_id = client_process(container_spec)
+    reapers = subprocess.run(["pgrep", "-f", f"jupyter_gpuenv.reaper import main; main.* {process.pid} "],
+                             capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert len(reapers) == 1
+    os.kill(int(reapers[0]), signal.SIGKILL)
+    process.kill()
+    process.wait()
+    try:
+        wait_until(lambda: docker_client.containers.get(container_id).status == "exited", 30, "the kernel ended")
+    finally:
+        docker_client.containers.get(container_id).remove(force=True)
+
+
+def test_an_exclusive_gpu_a_dead_client_held_can_be_taken_at_once(root, jp_data_dir, docker_client, fake_nvml):
+    # CI has no GPU device to attach (gpu_mode none); the choice and its record in the engine are real
+    name = install_spec(jp_data_dir, "excl", {"gpus": "exclusive:2", "gpu_mode": "none"})
+    process, container_id = client_process(name, FAKE_NVML)
+    process.kill()
+    process.wait()
+    wait_until(lambda: gone(docker_client, container_id), 30, "the dead client's kernel container removed")
+    km = KernelManager(kernel_name=name)
+    km.start_kernel()
+    try:
+        assert len(km.provisioner.placement.gpus) == 2
+    finally:
+        km.shutdown_kernel(now=True)
+
+
+def test_a_kernel_ends_with_its_nbclient_run(container_spec, root, docker_client):
+    notebook = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "source": "import time; time.sleep(600)",
+                "outputs": [],
+                "execution_count": None,
+            }
+        ],  # fmt: skip
+        "metadata": {"kernelspec": {"name": container_spec, "display_name": "test", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (root / "slow.ipynb").write_text(json.dumps(notebook))
+    run_it = "import nbclient, nbformat; nbclient.execute(nbformat.read('slow.ipynb', 4), timeout=600)"
+    process = subprocess.Popen([sys.executable, "-c", run_it])
+    try:
+        mine = wait_until(  # the low-level list: another test's container may go while the SDK's list inspects it
+            lambda: docker_client.api.containers(all=True, filters={"label": f"{L_SERVER_PID}={process.pid}"}),
+            60,
+            "nbclient's kernel started",
+        )
+    finally:
+        process.kill()
+        process.wait()
+    wait_until(lambda: gone(docker_client, mine[0]["Id"]), 30, "the dead nbclient run's kernel container removed")
+
+
+def test_a_client_started_from_a_notebook_kernel_keeps_its_container_kernel(container_spec, docker_client):
+    """Every process a local kernel starts (papermill in a cell) has JPY_PARENT_PID in its environment; in the
+    container it names no process, and ipykernel's parent poller must not take that for its client's death."""
+    env = {**os.environ, "JPY_PARENT_PID": str(os.getpid())}
+    process, container_id = client_process(container_spec, env=env)
+    try:
+        container = docker_client.containers.get(container_id)
+        assert "JPY_PARENT_PID" not in "".join(container.attrs["Config"]["Env"])
+        assert container.status == "running"
+    finally:
+        process.kill()
+        process.wait()
+    wait_until(lambda: gone(docker_client, container_id), 30, "the dead client's kernel container removed")
