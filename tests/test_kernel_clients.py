@@ -5,20 +5,25 @@ Where a behaviour is a local kernel's too, the test runs against both, the local
 a difference then comes from the provisioner. Real kernels in real containers (the image .ci/test.sh builds).
 """
 
+import contextlib
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 
 import docker
 import pytest
+import requests
 from conftest import wait_until
 from container_harness import install_spec, our_containers
 from jupyter_client.manager import KernelManager
 from jupyter_client.multikernelmanager import MultiKernelManager
 
+from jupyter_gpuenv.labels import KERNEL as L_KERNEL
 from jupyter_gpuenv.labels import SERVER_PID as L_SERVER_PID
 
 pytestmark = pytest.mark.timeout(180)
@@ -273,7 +278,7 @@ def test_a_kernel_ends_with_its_nbclient_run(container_spec, root, docker_client
                 "outputs": [],
                 "execution_count": None,
             }
-        ],  # fmt: skip
+        ],
         "metadata": {"kernelspec": {"name": container_spec, "display_name": "test", "language": "python"}},
         "nbformat": 4,
         "nbformat_minor": 5,
@@ -306,3 +311,40 @@ def test_a_client_started_from_a_notebook_kernel_keeps_its_container_kernel(cont
         process.kill()
         process.wait()
     wait_until(lambda: gone(docker_client, container_id), 30, "the dead client's kernel container removed")
+
+
+def test_a_kernel_ends_with_its_jupyter_server(container_spec, root, docker_client):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--allow-root",  # CI runs as root
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url, headers = f"http://127.0.0.1:{port}/api", {"Authorization": f"token {token}"}
+
+    def answers():
+        with contextlib.suppress(requests.ConnectionError):
+            return requests.get(f"{url}/status", headers=headers, timeout=5).ok
+
+    try:
+        wait_until(answers, 60, "the Jupyter server answers")
+        started = requests.post(f"{url}/kernels", json={"name": container_spec}, headers=headers, timeout=60)
+        assert started.status_code == 201, started.text
+        mine = docker_client.api.containers(filters={"label": f"{L_SERVER_PID}={server.pid}"})  # and its holder
+        assert [c["Labels"].get(L_KERNEL) for c in mine].count(started.json()["id"]) == 1
+    finally:
+        server.kill()
+        server.wait()
+    wait_until(lambda: all(gone(docker_client, c["Id"]) for c in mine), 30, "the dead server's containers removed")
