@@ -111,6 +111,9 @@ class Refusals:
         return ok
 
 
+HOLDER_SWEEP = 10.0  # seconds between two looks for unused namespace holders (two engine calls each)
+
+
 class Broker(Configurable):
     """The broker's settings, ``c.Broker.<name>`` in its configuration file."""
 
@@ -219,7 +222,11 @@ class Broker(Configurable):
     )
     usage_flush_interval = Float(60.0, config=True, help="Seconds between two writes of the usage ledger.")
     orphan_interval = Float(
-        10.0, config=True, help="Seconds between two looks for kernels whose server is gone (they are removed)."
+        1.0,
+        config=True,
+        help="Seconds between two looks for kernels whose client (the server, or a script, that started them) is gone: "
+        "they are removed and their GPUs freed. A look reads /proc, no engine call (unused namespace holders are "
+        "looked for every 10 seconds at most).",
     )
     max_connections_per_user = Int(
         32,
@@ -437,20 +444,29 @@ class BrokerDaemon:
         self.sampler.stop()
         self.docker.close()
 
+    def _client_gone(self, lease: KernelLease) -> bool:
+        return bool(
+            lease.state == RUNNING and lease.server_pid and process_start(lease.server_pid) != lease.server_started
+        )
+
     async def sweep_orphans(self, stop: asyncio.Event) -> None:
-        """Kernels whose server process is gone (a killed server, a crashed spawner) are removed."""
+        """Kernels whose client process is gone (a killed server or script, a crashed spawner) are removed within
+        about ``orphan_interval`` seconds, so that their GPUs are free again: the kernel itself ended already (its
+        watcher saw the client's lock go, containers.CLIENT_LOCK), but the lease is the broker's."""
+        holders_swept = time.monotonic()
         while not stop.is_set():
             await asyncio.sleep(self.settings.orphan_interval)
+            if any(self._client_gone(lease) for lease in self.book):  # no lock taken while nothing is to do
+                async with self.lock:
+                    for lease in self.book:
+                        if self._client_gone(lease):
+                            log.warning("gpuenv broker: kernel %s of %s lost its client; removing it", lease.kernel_id,
+                                        lease.user)  # fmt: skip
+                            await self._remove_lease(lease)
+            if time.monotonic() - holders_swept < HOLDER_SWEEP:
+                continue
+            holders_swept = time.monotonic()
             async with self.lock:
-                for lease in self.book:
-                    if (
-                        lease.state == RUNNING
-                        and lease.server_pid
-                        and process_start(lease.server_pid) != (lease.server_started)
-                    ):
-                        log.warning("gpuenv broker: kernel %s of %s lost its server; removing it", lease.kernel_id,
-                                    lease.user)  # fmt: skip
-                        await self._remove_lease(lease)
                 try:  # a user's namespace holder, once no kernel of theirs joins it and its server is gone
                     await self.docker.remove_unused_holders(self._holder_orphaned)
                 except GpuEnvError as exc:

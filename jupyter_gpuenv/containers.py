@@ -16,14 +16,35 @@ from .environments import Environment, Mount
 from .errors import OutsideRoot
 from .host import DRIVER_TARGET, User
 
-# variables that always pass (a local kernel would have them too); everything else needs env_allow
-ALWAYS_PASSED = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "JPY_SESSION_NAME", "JPY_PARENT_PID")
+# variables that always pass (a local kernel would have them too); everything else needs env_allow. Not
+# JPY_PARENT_PID: it names a process of the client's PID namespace, and ipykernel's parent poller, which finds
+# its parent (docker-init, pid 1) is not that one, would end the kernel at once; CLIENT_LOCK does that job.
+ALWAYS_PASSED = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "JPY_SESSION_NAME")
 RUNTIME_TARGET = "/opt/gpuenv-kernel"
 
+# The file in the kernel's socket folder that its client (the process holding the KernelManager: a server, an
+# nbclient run, a script) keeps locked (flock, exclusive) while it lives. The kernel's watcher waits for a shared
+# lock on it, which the host's kernel grants the moment the client's lock goes, however the client ended: the
+# container's way of noticing that the parent of a local kernel is gone, with no network and no polling.
+CLIENT_LOCK = "client.lock"
+CLIENT_LOCK_VARIABLE = "GPUENV_CLIENT_LOCK"
+
 # Runs the kernel with the image's own packages first; ipykernel from the mounted runtime only fills in
-# what the image lacks (stock PyTorch images have no ipykernel).
+# what the image lacks (stock PyTorch images have no ipykernel). A daemon thread first waits on the client's
+# lock and ends the kernel's process group (the kernel and its children) once it gets it; the container ends
+# with them. No lock file (a client that made none): no watcher.
 LAUNCHER = (
-    f"import sys; sys.path.append({RUNTIME_TARGET!r}); sys.argv[0] = 'ipykernel_launcher'; "
+    "import fcntl, os, signal, sys, threading\n"
+    "def watch(path):\n"
+    "    try:\n"
+    "        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)\n"
+    "    except OSError:\n"
+    "        return\n"
+    "    fcntl.flock(fd, fcntl.LOCK_SH)\n"
+    "    os.killpg(0, signal.SIGKILL)\n"
+    f"if os.environ.get({CLIENT_LOCK_VARIABLE!r}):\n"
+    f"    threading.Thread(target=watch, args=(os.environ[{CLIENT_LOCK_VARIABLE!r}],), daemon=True).start()\n"
+    f"sys.path.append({RUNTIME_TARGET!r}); sys.argv[0] = 'ipykernel_launcher'\n"
     "from ipykernel import kernelapp; kernelapp.launch_new_instance()"
 )
 
@@ -106,7 +127,7 @@ class ContainerSpec:
     nano_cpus: int | None = None
     gpu_device_ids: list[str] | None = None  # toolkit mode: what `--gpus device=...` sends
     devices: list[str] = field(default_factory=list)  # devices mode: device nodes passed through as they are
-    init: bool = True  # docker-init forwards SIGINT to the kernel: interrupt works
+    init: bool = True  # docker-init forwards signals to the kernel's process group: interrupt works
     security_opt: list[str] = field(default_factory=lambda: ["no-new-privileges"])
     cap_drop: list[str] = field(default_factory=lambda: ["ALL"])
     read_only: bool = False  # the image's files read-only (a namespace holder writes nothing)
@@ -165,6 +186,10 @@ def environment_variables(env: Environment, facts: LaunchFacts) -> dict[str, str
             "LOGNAME": facts.user.name,
             "PYTHONUNBUFFERED": "1",
             "JUPYTER_RUNTIME_DIR": facts.socket_dir,
+            CLIENT_LOCK_VARIABLE: os.path.join(facts.socket_dir, CLIENT_LOCK),
+            # docker-init (tini) forwards a signal to the kernel's whole process group, not to the kernel alone:
+            # an interrupt, a restart's or a shutdown's SIGTERM reach its children as for a local kernel
+            "TINI_KILL_PROCESS_GROUP": "1",
         }
     )
     if facts.gpu_mode == "devices":

@@ -19,12 +19,16 @@ def server_alive(pid: int) -> bool:
     return True
 
 
-async def remove_orphans(engine: DockerEngine) -> list[str]:
-    """Remove what an earlier, dead server of this user on this host left; the names of what went."""
+async def remove_orphans(engine: DockerEngine, gone: int | None = None) -> list[str]:
+    """Remove what an earlier, dead server (or other client) of this user on this host left; the names of what
+    went. ``gone``: a client known to have ended, which may still be a zombie its parent has not reaped."""
     server, uid = host.this_server(), os.getuid()
 
+    def alive(pid: int) -> bool:
+        return pid != gone and server_alive(pid)
+
     def orphan(c: labels.KernelContainer) -> bool:
-        return labels.is_orphan(c, server.host, uid, server.pid, server_alive)
+        return labels.is_orphan(c, server.host, uid, server.pid, alive)
 
     removed = await engine.remove_orphans(orphan)
     for c in removed:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import inspect
 import logging
 import os
 import re
 import shutil
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,9 +25,9 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import KernelProvisionerBase
 
-from . import engine, host, kernelspecs, nvml, preflight, pulls, runtime
+from . import engine, host, kernelspecs, nvml, preflight, pulls, reaper, runtime
 from .config import GpuEnv
-from .containers import AssignedGpu, check_cwd
+from .containers import CLIENT_LOCK, AssignedGpu, check_cwd
 from .environments import Environment
 from .errors import GpuEnvError, InvalidEnvironment, InvalidKernelId, Refusal, to_http
 from .nvml import NvmlReader, Snapshot
@@ -119,14 +122,26 @@ def serialise_restarts(kernel_manager: Any) -> None:
     jupyter_client's ``KernelManager`` does not order its own restarts: two at once share one ``ready``
     future (``manager.in_pending_state``), set it twice, and both fail (a 500, the kernel left half-gone).
     Every restart, the server's and the auto-restarter's, goes through ``kernel_manager.restart_kernel``.
+    The wrapper keeps the manager's own kind: a coroutine for an ``AsyncKernelManager`` (restarts are tasks on
+    one loop), a plain call for the synchronous ``KernelManager`` of qtconsole, nbclient's scripts and the
+    synchronous ``MultiKernelManager`` (restarts are threads, each running its own loop).
     """
     if getattr(kernel_manager, "_gpuenv_serialised", False) or not hasattr(kernel_manager, "restart_kernel"):
         return
-    restart, lock = kernel_manager.restart_kernel, asyncio.Lock()
+    restart = kernel_manager.restart_kernel
+    if inspect.iscoroutinefunction(restart):
+        lock = asyncio.Lock()
 
-    async def restart_kernel(*args: Any, **kwargs: Any) -> Any:
-        async with lock:
-            return await restart(*args, **kwargs)
+        async def restart_kernel(*args: Any, **kwargs: Any) -> Any:
+            async with lock:
+                return await restart(*args, **kwargs)
+
+    else:
+        thread_lock = threading.Lock()
+
+        def restart_kernel(*args: Any, **kwargs: Any) -> Any:
+            with thread_lock:
+                return restart(*args, **kwargs)
 
     kernel_manager.restart_kernel = restart_kernel
     kernel_manager._gpuenv_serialised = True
@@ -159,6 +174,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         serialise_restarts(self.parent)
         self.placement: engine.Placement | None = None
         self.socket_dir: str | None = None
+        self._client_lock: int | None = None  # fd of the socket folder's CLIENT_LOCK, held while the kernel is ours
         self.last_exit: LastExit | None = None
         self._exit_code: int | None = None
         self._launching = False
@@ -180,6 +196,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
                 self.environment = await self.engine.environment(self.environment_name)
             if not restarting:
                 self.socket_dir = await self._make_socket_dir()
+                self._hold_client_lock()
             if self.environment.transport == "ipc":
                 km.transport, km.ip = "ipc", os.path.join(self.socket_dir, "k")
             else:
@@ -208,6 +225,23 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         os.mkdir(path, 0o700)
         return path
 
+    def _hold_client_lock(self) -> None:
+        """Lock the kernel's CLIENT_LOCK for as long as this process lives or until the kernel is shut down.
+
+        The lock belongs to this process's open file (not inheritable across exec); when the process ends,
+        however, the host's kernel drops it and the kernel's watcher in the container ends the kernel.
+        """
+        path = os.path.join(self.socket_dir, CLIENT_LOCK)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InvalidKernelId(
+                f"kernel id {self.kernel_id!r} is in use by another client on this host: let the server choose one"
+            ) from None
+        self._client_lock = fd
+
     async def _remove_socket_dir(self) -> None:
         if self.socket_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)  # with a broker: what is inside; the folder is its
@@ -215,12 +249,17 @@ class DockerKernelProvisioner(KernelProvisionerBase):
                 with contextlib.suppress(GpuEnvError):  # else the broker sweeps it after c.Broker.socket_folder_grace
                     await self.engine.remove_socket_folder(self.kernel_id)
             self.socket_dir = None
+        if self._client_lock is not None:  # after the container went: a watcher still there ends its kernel
+            os.close(self._client_lock)
+            self._client_lock = None
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         async with self._lifecycle:
             if self.placement is not None:  # a restart that ran at the same time started it already
                 return self.connection_info
             self._launching = True
+            if not self.settings.broker:  # a broker removes what a dead client left; here, this process's reaper
+                await asyncio.get_running_loop().run_in_executor(None, reaper.watch_client, self.settings)
             for path in self._socket_paths():  # a restart: the previous kernel's, which no one listens on
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -367,7 +406,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         return code
 
     async def send_signal(self, signum: int) -> None:
-        if self.placement is not None:  # docker-init is PID 1 in the container and forwards the signal
+        if self.placement is not None:  # docker-init, PID 1 in the container, forwards it to the kernel's group
             await self.engine.signal(self.placement.container_id, signum)
 
     async def kill(self, restart: bool = False) -> None:
