@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -726,20 +727,25 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, she
 
 
 def load_settings(config_file: str | None) -> Broker:
-    from traitlets.config.loader import PyFileConfigLoader
+    """The settings in ``config_file`` (default /etc/jupyter-gpuenv/broker_config.py), checked as a whole:
+    ``broker_setup.ConfigProblems`` names everything wrong with it at once."""
+    from .broker_setup import load_config
 
-    if config_file is None:
-        return Broker()
-    loader = PyFileConfigLoader(os.path.basename(config_file), os.path.dirname(os.path.abspath(config_file)))
-    return Broker(config=loader.load_config())
+    return load_config(config_file)
 
 
 def main(config_file: str | None) -> int:
+    from .broker_catalog import CatalogBroker, serve
+    from .broker_setup import ConfigProblems
+
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s] %(message)s")
     try:
-        daemon = BrokerDaemon(load_settings(config_file))
+        daemon = CatalogBroker(load_settings(config_file))
+    except ConfigProblems as exc:
+        print(f"jupyter gpuenv broker: {exc}", file=sys.stderr, flush=True)
+        return 2
     except (InvalidEnvironment, ValueError) as exc:
         log.error("gpuenv broker: %s", exc)
         return 2
-    asyncio.run(daemon.serve())
+    asyncio.run(serve(daemon))
     return 0
