@@ -238,6 +238,10 @@ class UsageCounter:
         self._callback = PeriodicCallback(self.tick, self.sampler.interval * 1000)
         self._callback.start()
 
+    def flush_soon(self, seconds: float) -> None:
+        """Write the ledger ``seconds`` from now (if anything is pending), then every flush interval."""
+        self._last_flush = time.monotonic() - self.flush_interval + seconds
+
     async def stop(self) -> None:
         if self._callback is not None:
             self._callback.stop()
@@ -400,6 +404,11 @@ def cmd_usage(args) -> int:
         print(f"jupyter gpuenv usage: {exc}", file=sys.stderr)
         return 2
     folders = args.dir or [GpuEnv().usage_dir]
+    missing = [folder for folder in folders if not os.path.isdir(folder)]
+    if missing:  # a mistyped --dir must not read as "nobody used a GPU"
+        print(f"jupyter gpuenv usage: no ledger there: {', '.join(missing)} is not a folder (c.GpuEnv.usage_dir, or "
+              "c.Broker.usage_dir on a shared host, says where it is)", file=sys.stderr)  # fmt: skip
+        return 1
     try:
         records = [r for folder in folders for r in Ledger(folder).read(since, until)]
     except OSError as exc:
