@@ -27,10 +27,13 @@ import time
 from jupyter_client.kernelspec import KernelSpecManager
 
 from . import engine, kernelspecs, pulls, runtime
+from ._version import __version__
 from .config import GpuEnv
 from .environments import PRESETS, parse_environment
-from .errors import GpuEnvError, InvalidEnvironment
+from .errors import EngineUnavailable, GpuEnvError, InvalidEnvironment
 from .usage import add_usage_parser
+
+BROKER_SOCKET = "/run/jupyter-gpuenv/broker.sock"  # c.Broker.socket's default
 
 _OPTIONS = {  # command-line flag -> environment key
     "image": "image",
@@ -97,15 +100,18 @@ def cmd_add(args) -> int:
         raw["env_allow"] = args.env_allow
     if args.env:
         raw["env"] = _variables(args.env)
-    if args.broker:  # only the name: the broker's (or the server configuration's) definition applies
+    if args.broker:  # only the name: the broker's definition applies
         if not re.match(r"^[a-z0-9][a-z0-9._-]{0,62}$", args.name):
             raise CliError(f"{args.name!r} is not an environment name (lower-case letters, digits, '.', '_', '-')")
-        spec = kernelspecs.named_kernelspec_json(args.name, args.display_name or args.name)
+        found = _broker_environment(args.name, args.broker_config)
+        spec = kernelspecs.named_kernelspec_json(args.name, args.display_name or found["display_name"])
         described = f"{spec['display_name']!r} (the environment {args.name!r} as the GPU broker defines it)"
     else:
         env = parse_environment(args.name, raw, "jupyter gpuenv add")
         spec = kernelspecs.kernelspec_json(env)
         described = f"{env.display_name!r} ({env.image}, GPUs {env.gpus})"
+        if env.gpus.kind == "all" and args.gpus is None:
+            _warn_if_no_gpu(args.name)
     where = _install_args(args)
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, "kernel.json"), "w") as f:
@@ -124,12 +130,101 @@ def cmd_add(args) -> int:
     return 0
 
 
+def _warn_if_no_gpu(name: str) -> None:
+    """`add` without --gpus asks for every GPU: on a machine with none, say so now, not at the kernel's start."""
+    from .nvml import NvmlReader, load_pynvml
+
+    try:
+        reader = NvmlReader(load_pynvml())
+        reason = reader.init()
+        count = 0 if reason else reader.nvml.nvmlDeviceGetCount()
+        reader.shutdown()
+    except Exception as exc:  # no nvidia-ml-py, a broken driver: either way, no GPU to give
+        reason, count = str(exc), 0
+    if count == 0:
+        print(
+            f"jupyter gpuenv add: warning: this machine has no GPU ({reason or 'NVML sees none'}), and {name!r} asks "
+            "for all GPUs (the default), so its kernel will be refused here: add --gpus none for a CPU kernel",
+            file=sys.stderr,
+        )
+
+
+def _broker_url(settings: GpuEnv | None = None) -> str:
+    settings = settings or server_settings()
+    return settings.broker or f"unix://{BROKER_SOCKET}"
+
+
+def broker_catalog(url: str) -> list[dict]:
+    """Every environment the GPU broker at ``url`` has (``catalog``); EngineUnavailable if it does not answer."""
+    from .broker_client import BrokerClient
+
+    return asyncio.run(BrokerClient(url, 10.0).call("catalog"))
+
+
+def _broker_environment(name: str, config_file: str | None) -> dict:
+    """The broker's entry for ``name`` (display name, whether the caller may use it), asked of the running broker,
+    else read from its configuration file; CliError with a sentence if the host has no such environment."""
+    url = _broker_url()
+    try:
+        catalog, where = broker_catalog(url), f"the GPU broker at {url}"
+    except EngineUnavailable as exc:
+        from .broker_setup import DEFAULT_CONFIG, ConfigProblems, load_config
+
+        path = config_file or DEFAULT_CONFIG
+        if config_file is None and not os.path.exists(path):
+            raise CliError(f"cannot check {name!r}: {exc}; start the broker, or name its configuration file with "
+                           "--broker-config") from None  # fmt: skip
+        try:
+            settings = load_config(path)
+        except ConfigProblems as problems:
+            raise CliError(str(problems)) from None
+        except PermissionError:
+            raise CliError(f"cannot check {name!r}: the GPU broker at {url} is not answering and {path} is not "
+                           "readable by you") from None  # fmt: skip
+        catalog = [{"name": n, "display_name": raw.get("display_name") or n, "yours": True}
+                   for n, raw in settings.environments.items()]  # fmt: skip
+        where = f"the GPU broker's configuration {path}"
+    for entry in catalog:
+        if entry["name"] == name:
+            if not entry["yours"]:
+                raise CliError(f"the environment {name!r} is not one this host's administrator lets you use")
+            return entry
+    defined = ", ".join(e["name"] for e in catalog) or "none"
+    raise CliError(f"no environment {name!r} on this host ({where} defines: {defined})")
+
+
+def _named_only(specs: dict, kernelspec: str | None) -> bool:
+    """Whether a kernelspec only names its environment (`add --broker`): the broker defines it."""
+    config = kernelspecs.provisioner_config((specs.get(kernelspec) or {}).get("spec") or {}) if kernelspec else None
+    return config is not None and set(config) == {"environment"}
+
+
 def cmd_list(args) -> int:
+    settings = server_settings()
+    specs = KernelSpecManager().get_all_specs()
+    url = _broker_url(settings)
+    catalog: dict[str, dict] | str | None = None  # the broker's, asked once; a sentence if it does not answer
     rows = []
-    for item in kernelspecs.defined_environments(server_settings(), KernelSpecManager().get_all_specs()):
+    for item in kernelspecs.defined_environments(settings, specs):
         env = item.environment
         where = item.kernelspec or "(no kernelspec)"
-        if env is None:
+        if env is None and _named_only(specs, item.kernelspec) and (settings.broker or os.path.exists(BROKER_SOCKET)):
+            if catalog is None:
+                try:
+                    catalog = {e["name"]: e for e in broker_catalog(url)}
+                except EngineUnavailable:
+                    catalog = f"for the GPU broker at {url}, which is not answering"
+            if isinstance(catalog, str):
+                rows.append((item.name, where, catalog))
+            elif item.name in catalog:
+                e = catalog[item.name]
+                mine = "" if e["yours"] else "; not yours to use"
+                rows.append(
+                    (item.name, where, f"{e['display_name']}  [{e['image']}; GPUs {e['gpus']}; GPU broker{mine}]")
+                )
+            else:
+                rows.append((item.name, where, f"invalid: no environment {item.name!r} on this host's GPU broker"))
+        elif env is None:
             rows.append((item.name, where, f"invalid: {item.error}"))
         else:
             rows.append((item.name, where, f"{env.display_name}  [{env.image}; GPUs {env.gpus}; {item.source}]"))
@@ -166,19 +261,41 @@ def cmd_prepare_runtime(args) -> int:
 
 
 def cmd_broker(args) -> int:
+    if args.example_config:
+        from .broker_setup import example_config
+
+        print(example_config(), end="")
+        return 0
     from .broker import main as broker_main
 
     return broker_main(args.config)
 
 
+def cmd_broker_install(args) -> int:
+    from .broker_install import UNIT, install
+    from .broker_setup import ConfigProblems
+
+    if os.geteuid() != 0 and args.unit is None:
+        raise CliError("`broker install` writes /etc and starts a system service: run it as root (sudo)")
+    try:
+        return install(args.config, args.prefix or sys.prefix, args.unit or UNIT, not args.no_pull, not args.no_start)
+    except ConfigProblems as exc:
+        raise CliError(str(exc)) from None
+
+
 def cmd_pull(args) -> int:
     settings = server_settings()
-    found = kernelspecs.defined_environments(settings, KernelSpecManager().get_all_specs())
+    if args.broker or settings.broker:
+        return _pull_by_broker(_broker_url(settings), args.name)
+    specs = KernelSpecManager().get_all_specs()
+    found = kernelspecs.defined_environments(settings, specs)
     match = [d for d in found if d.name == args.name]
     if not match:
         known = ", ".join(d.name for d in found) or "none"
         raise CliError(f"no environment {args.name!r} (defined: {known}); `jupyter gpuenv list` shows them")
     if match[0].environment is None:
+        if _named_only(specs, match[0].kernelspec):
+            raise CliError(f"{args.name!r} is the GPU broker's: `jupyter gpuenv pull {args.name} --broker` asks it")
         raise CliError(str(match[0].error))
     image = match[0].environment.image
     docker = engine.connect(settings)
@@ -190,11 +307,44 @@ def cmd_pull(args) -> int:
         return 130
 
 
+def _pull_by_broker(url: str, name: str) -> int:
+    """The broker pulls (it alone has the engine); its progress lines drawn here as for a local pull."""
+    from .broker_client import BrokerClient
+
+    shown: dict = {}
+
+    def progress(raw: dict) -> None:
+        if "show" not in shown:
+            print(f"The GPU broker pulls {raw.get('image')} for {name!r}", flush=True)
+            shown["show"] = _progress_bar(raw.get("image", ""))
+        shown["show"](pulls.PullProgress(**raw))
+
+    try:
+        answer = asyncio.run(BrokerClient(url, 10.0).call("pull", {"environment": name}, progress=progress))
+    except KeyboardInterrupt:
+        print(f"\nStopped watching; the GPU broker goes on pulling for {name!r}", file=sys.stderr)
+        return 130
+    if answer["pulled"]:
+        print(f"{chr(10) if sys.stdout.isatty() else ''}Pulled {answer['image']}")
+    else:
+        print(f"{answer['image']} is already on the GPU broker's Docker engine")
+    return 0
+
+
 async def _pull(docker: engine.Engine, image: str) -> int:
     """Pull with a progress bar: redrawn in place on a terminal, a line every few seconds in a log."""
     if (await docker.image_facts(image)).present:
         print(f"{image} is already on the Docker engine")
         return 0
+    tty = sys.stdout.isatty()
+    print(f"Pulling {image}", flush=True)
+    await docker.pull(image, _progress_bar(image))
+    print(f"{chr(10) if tty else ''}Pulled {image}")
+    return 0
+
+
+def _progress_bar(image: str):
+    """A pull's progress: redrawn in place on a terminal, a line every few seconds in a log."""
     tty, printed = sys.stdout.isatty(), [0.0]
 
     def show(p: pulls.PullProgress) -> None:
@@ -207,45 +357,101 @@ async def _pull(docker: engine.Engine, image: str) -> int:
             printed[0] = time.monotonic()
             print(line, flush=True)
 
-    print(f"Pulling {image}", flush=True)
-    await docker.pull(image, show)
-    print(f"{chr(10) if tty else ''}Pulled {image}")
-    return 0
+    return show
+
+
+ADD_EXAMPLES = """
+examples:
+  jupyter gpuenv add pytorch-2.6-cuda12.4                      a preset (PyTorch 2.6 / CUDA 12.4, all GPUs)
+  jupyter gpuenv add mytorch --image my/torch:1 --gpus exclusive:1 --display-name "My Torch"
+  jupyter gpuenv add cpu --image python:3.12-slim --gpus none  a CPU kernel
+  sudo jupyter gpuenv add pytorch --broker --sys-prefix        a shared host's environment, for every user
+"""
+
+BROKER_DESCRIPTION = f"""\
+Run the GPU broker of a host shared through JupyterHub: the one process that talks to the Docker engine,
+so no user needs the Docker socket (it is root on the host). Each user's server asks it, over the unix
+socket {BROKER_SOCKET} (c.Broker.socket), to start, signal and remove their container kernels;
+it runs them as that user, with the administrator's environments and policy only.
+
+It runs as root (or an account in the docker group), usually as the systemd unit that
+`jupyter gpuenv broker install` writes. At start it checks its whole configuration (every problem at
+once) and prints a readiness table per environment. Guide: docs/shared-host.md."""
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jupyter gpuenv", description="Container-kernel environments for Jupyter.")
-    sub = p.add_subparsers(dest="command", required=True)
-    add = sub.add_parser("add", help="add an environment as a kernel (a preset name, or --image)")
+    p = argparse.ArgumentParser(
+        prog="jupyter gpuenv",
+        description="Container-kernel environments for Jupyter: notebooks in PyTorch/CUDA containers, with GPUs.",
+        epilog="`jupyter gpuenv COMMAND --help` says more about each command.",
+    )
+    p.add_argument("--version", action="version", version=f"jupyter_gpuenv {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    add = sub.add_parser(
+        "add",
+        help="add an environment as a kernel (a preset name, or --image)",
+        description="Add a container environment as a Jupyter kernel (a kernelspec): a preset, one defined by "
+        "the options below, or (--broker) one that a shared host's GPU broker defines.",
+        epilog=ADD_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add.add_argument("name", help=f"environment name; presets: {', '.join(PRESETS)}")
-    add.add_argument("--image")
-    add.add_argument("--display-name", dest="display_name")
-    add.add_argument("--python", help="interpreter in the image (default python3)")
-    add.add_argument("--gpus", help="all | none | N (a count) | device=0,1 | exclusive:N")
-    add.add_argument("--gpu-mode", dest="gpu_mode", help="auto | toolkit | devices | none")
-    add.add_argument("--shm-size", dest="shm_size")
-    add.add_argument("--memory")
-    add.add_argument("--cpus", type=float)
+    add.add_argument(
+        "--image", help="the Docker image the kernel runs in (e.g. pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime)"
+    )
+    add.add_argument("--display-name", dest="display_name", help="the name in Lab's launcher (default: the name)")
+    add.add_argument("--python", help="interpreter in the image (default: python3)")
+    add.add_argument(
+        "--gpus",
+        help="all | none | N (a count) | device=0,1 | exclusive:N (GPUs no other kernel gets). Default: all "
+        "(a preset's own otherwise); on a machine without GPU, use none",
+    )
+    add.add_argument("--gpu-mode", dest="gpu_mode", help="auto (default) | toolkit | devices | none")
+    add.add_argument(
+        "--shm-size",
+        dest="shm_size",
+        help="shared memory, e.g. 8g (default: 2g; PyTorch DataLoader needs more than Docker's 64m)",
+    )
+    add.add_argument("--memory", help="memory limit of the kernel's container, e.g. 32g (default: none)")
+    add.add_argument("--cpus", type=float, help="CPU limit, in CPUs, e.g. 4 or 0.5 (default: none)")
     add.add_argument("--network", help="none (default) | host")
     add.add_argument("--transport", help="ipc (default) | tcp (needs --network host)")
-    add.add_argument("--cuda-version", dest="cuda_version")
-    add.add_argument("--kernel-runtime", dest="kernel_runtime", help="auto | image | mount")
+    add.add_argument(
+        "--cuda-version",
+        dest="cuda_version",
+        help="the CUDA version the image needs, e.g. 12.4, checked against the driver before a start (default: "
+        "read from the image's CUDA_VERSION)",
+    )
+    add.add_argument("--kernel-runtime", dest="kernel_runtime", help="auto (default) | image | mount")
     add.add_argument("--mount", action="append", help="SOURCE:TARGET[:ro|rw], repeatable")
-    add.add_argument("--env-allow", dest="env_allow", action="append", help="pass this variable through")
+    add.add_argument("--env-allow", dest="env_allow", action="append", help="pass this variable through, repeatable")
     add.add_argument("--env", action="append", help="NAME=VALUE set in the container, repeatable")
     add.add_argument(
         "--broker",
         action="store_true",
-        help="only name the environment: a shared host's GPU broker (or c.GpuEnv.environments) defines it",
+        help="only name the environment: the shared host's GPU broker defines it (asked at c.GpuEnv.broker, "
+        f"default unix://{BROKER_SOCKET}); its display name is the broker's unless --display-name",
+    )
+    add.add_argument(
+        "--broker-config",
+        dest="broker_config",
+        help="with --broker, while the broker is not running: check the name in its configuration file instead "
+        "(default: /etc/jupyter-gpuenv/broker_config.py)",
     )
     where = add.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for this user only")
     where.add_argument("--sys-prefix", action="store_true", help="install into this Python environment")
     where.add_argument("--prefix", help="install under this prefix")
     add.set_defaults(func=cmd_add)
-    sub.add_parser("list", help="list environments").set_defaults(func=cmd_list)
-    rm = sub.add_parser("remove", help="remove an environment's kernel")
-    rm.add_argument("name")
+    sub.add_parser(
+        "list", help="list environments", description="List the container environments: kernelspecs and configured."
+    ).set_defaults(func=cmd_list)
+    rm = sub.add_parser(
+        "remove",
+        help="remove an environment's kernel",
+        description="Remove the kernel (kernelspec) of an environment; the image stays on the engine.",
+    )
+    rm.add_argument("name", help="environment name, or its kernel's (gpuenv-NAME): `jupyter gpuenv list` shows them")
     rm.set_defaults(func=cmd_remove)
     prep = sub.add_parser("prepare-runtime", help="install ipykernel for a Python version, for images without it")
     prep.add_argument("python_version", help="e.g. 3.11")
@@ -253,16 +459,56 @@ def parser() -> argparse.ArgumentParser:
     prep.set_defaults(func=cmd_prepare_runtime)
     pull = sub.add_parser("pull", help="pull an environment's image now (progress bar; exit 2 with why if it fails)")
     pull.add_argument("name", help="environment name (`jupyter gpuenv list`)")
+    pull.add_argument(
+        "--broker",
+        action="store_true",
+        help="ask the shared host's GPU broker to pull it (implied when c.GpuEnv.broker is set)",
+    )
     pull.set_defaults(func=cmd_pull)
     add_usage_parser(sub)
-    brk = sub.add_parser("broker", help="run the shared-host GPU broker (as root, or an account in the docker group)")
-    brk.add_argument("--config", help="its configuration file (c.Broker.* settings)")
+    brk = sub.add_parser(
+        "broker",
+        help="run the shared-host GPU broker (as root), or install it (`broker install`)",
+        description=BROKER_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    brk.add_argument(
+        "--config",
+        help="its configuration file, c.Broker.* settings (default: /etc/jupyter-gpuenv/broker_config.py)",
+    )
+    brk.add_argument(
+        "--example-config",
+        action="store_true",
+        help="print the example configuration (environments, a policy) and exit: "
+        "jupyter gpuenv broker --example-config > /etc/jupyter-gpuenv/broker_config.py",
+    )
     brk.set_defaults(func=cmd_broker)
+    brk_sub = brk.add_subparsers(dest="broker_command", metavar="install")
+    inst = brk_sub.add_parser(
+        "install",
+        help="set this host up: configuration, kernels, images, systemd unit (as root)",
+        description="Do the host's part of a shared GPU server, saying what it does: the configuration (from the "
+        "example, kept if there), this Python's servers pointed at the broker, a kernel per environment, the "
+        "images pulled and kernel runtimes prepared, the systemd unit written, checked, enabled and (re)started. "
+        "Run it again after editing the configuration.",
+    )
+    inst.add_argument("--config", help="the configuration file (default: /etc/jupyter-gpuenv/broker_config.py)")
+    inst.add_argument("--prefix", help="where the users' servers' Python lives (default: this one's, sys.prefix)")
+    inst.add_argument(
+        "--unit", help="the systemd unit file (default: /etc/systemd/system/jupyter-gpuenv-broker.service)"
+    )
+    inst.add_argument("--no-pull", action="store_true", help="pull no image now (the broker pulls at first start)")
+    inst.add_argument("--no-start", action="store_true", help="write the unit, but neither enable nor start it")
+    inst.set_defaults(func=cmd_broker_install)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command is None:  # a bare `jupyter gpuenv`: what it can do, not an argparse error
+        p.print_help()
+        return 0
     try:
         return args.func(args)
     except (CliError, InvalidEnvironment, GpuEnvError) as exc:
