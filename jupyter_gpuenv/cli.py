@@ -162,9 +162,14 @@ def broker_catalog(url: str) -> list[dict]:
 
 
 def _broker_environment(name: str, config_file: str | None) -> dict:
-    """The broker's entry for ``name`` (display name, whether the caller may use it), asked of the running broker,
-    else read from its configuration file; CliError with a sentence if the host has no such environment."""
-    url = _broker_url()
+    """The entry for ``name`` (display name, whether the caller may use it): c.GpuEnv.environments' on a server
+    without a broker, else the running broker's, else its configuration file's; CliError with a sentence if the
+    host has no such environment. Neither broker nor file to ask: added unchecked, with a warning."""
+    settings = server_settings()
+    if not settings.broker and name in settings.environments:  # a server that defines it itself
+        env = parse_environment(name, settings.environments[name], kernelspecs.CONFIGURED)
+        return {"name": name, "display_name": env.display_name or name, "yours": True}
+    url = _broker_url(settings)
     try:
         catalog, where = broker_catalog(url), f"the GPU broker at {url}"
     except EngineUnavailable as exc:
@@ -172,17 +177,18 @@ def _broker_environment(name: str, config_file: str | None) -> dict:
 
         path = config_file or DEFAULT_CONFIG
         if config_file is None and not os.path.exists(path):
-            raise CliError(f"cannot check {name!r}: {exc}; start the broker, or name its configuration file with "
-                           "--broker-config") from None  # fmt: skip
+            print(f"jupyter gpuenv add: warning: {name!r} is added unchecked: {exc}, and there is no {path} to "
+                  "check it in (--broker-config names another)", file=sys.stderr)  # fmt: skip
+            return {"name": name, "display_name": name, "yours": True}
         try:
-            settings = load_config(path)
+            broker = load_config(path)
         except ConfigProblems as problems:
             raise CliError(str(problems)) from None
         except PermissionError:
             raise CliError(f"cannot check {name!r}: the GPU broker at {url} is not answering and {path} is not "
                            "readable by you") from None  # fmt: skip
         catalog = [{"name": n, "display_name": raw.get("display_name") or n, "yours": True}
-                   for n, raw in settings.environments.items()]  # fmt: skip
+                   for n, raw in broker.environments.items()]  # fmt: skip
         where = f"the GPU broker's configuration {path}"
     for entry in catalog:
         if entry["name"] == name:

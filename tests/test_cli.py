@@ -118,3 +118,12 @@ def test_all_gpus_on_a_machine_without_one_is_warned_at_add_time(jp_environ, mon
     fake_nvml(monkeypatch, "h100x2")
     assert main(["add", "mine", "--image", IMAGE, "--user"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_add_broker_takes_a_name_the_servers_configuration_defines(jp_environ, jp_config_dir, capsys):
+    (jp_config_dir / "jupyter_server_config.py").write_text(
+        f'c.GpuEnv.environments = {{"team": {{"image": "{IMAGE}", "display_name": "Team", "gpus": "none"}}}}\n'
+    )
+    assert main(["add", "team", "--broker", "--user"]) == 0
+    assert KernelSpecManager().get_kernel_spec("gpuenv-team").display_name == "Team"
+    assert "warning" not in capsys.readouterr().err
