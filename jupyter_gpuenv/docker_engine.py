@@ -398,7 +398,13 @@ class DockerEngine:
         joins = containers.joins_holder(req.environment, req.shared_network_namespace)
         for attempt in range(3 if joins else 1):
             holder = self._network_holder(c, req) if joins and attempt < 2 else None
-            container_id, placement = self._create_kernel(c, req, holder)
+            try:
+                container_id, placement = self._create_kernel(c, req, holder)
+            except BaseException:  # refused (no free GPU) or failed: a holder made for it does not stay for nothing
+                if holder is not None:
+                    with suppress(DockerException, requests.exceptions.RequestException):
+                        self._remove_holder_if_unused(c, holder)
+                raise
             try:
                 c.api.start(container_id)
             except APIError:

@@ -6,6 +6,7 @@ recorded values where a test is about GPUs, since CI has none; everything else i
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -494,6 +495,7 @@ async def test_a_namespace_holder_goes_with_the_last_kernel_that_joined_it(docke
     from jupyter_gpuenv.docker_engine import DockerEngine
     from jupyter_gpuenv.engine import KernelRequest
     from jupyter_gpuenv.environments import parse_environment
+    from jupyter_gpuenv.errors import GpuEnvError
     from jupyter_gpuenv.host import Server, User
 
     env = parse_environment("test", {"image": IMAGE, "gpus": "none"}, "test")
@@ -525,6 +527,11 @@ async def test_a_namespace_holder_goes_with_the_last_kernel_that_joined_it(docke
         await engine.remove(placements[1].container_id)
         with pytest.raises(docker.errors.NotFound):
             docker_client.api.inspect_container(holder)
+        wants_gpu = parse_environment("test", {"image": IMAGE, "gpus": "exclusive:1"}, "test")
+        refused = dataclasses.replace(request, kernel_id=f"holdertest-{tag}-refused", environment=wants_gpu)
+        with pytest.raises(GpuEnvError):  # no GPU in its inventory: refused after its holder was made
+            await engine.start_kernel(refused)
+        assert docker_client.containers.list(all=True, filters={"label": f"{L_UID}=61003"}) == []
     finally:
         for p in placements:
             await engine.remove(p.container_id)
