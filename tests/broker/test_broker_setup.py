@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -46,6 +47,14 @@ class Lone:
             shutil.chown(data, user, user)
         env = [f"JUPYTER_CONFIG_DIR={self.confdir}", f"JUPYTER_DATA_DIR={data}", "PYTHONUNBUFFERED=1"]
         return as_user(user, ["env", *env, sys.executable, "-m", "jupyter_gpuenv.cli", *args], timeout=timeout)
+
+    def ask(self, user: str, op: str, /, **args) -> dict:
+        """One operation as a process of ``user``: the broker's final line."""
+        request = json.dumps({"op": op, "args": args})
+        done = as_user(user, ["/usr/bin/python3", str(WIRE), self.socket, request], timeout=120)
+        lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        assert lines, (done.stdout, done.stderr)
+        return lines[-1]
 
 
 def _hello(socket_path: str) -> bool:
@@ -241,3 +250,32 @@ def test_pull_by_the_broker_with_progress(lone):
     assert f"The GPU broker pulls {lone.layered} for 'layered'" in done.stdout
     assert f"Pulled {lone.layered}" in done.stdout
     assert "carol pulls" in lone.output()
+
+
+def test_a_users_namespace_holder_goes_with_their_last_kernel(lone):
+    """The broker's kernels without network share their user's gpuenv-netns-* holder; it does not outlive them."""
+    import docker
+
+    client = docker.from_env(timeout=30)
+    home = lone.root / "home-dave"
+    home.mkdir(mode=0o700)
+    shutil.chown(home, "dave", "dave")
+    started = []
+    for _ in range(2):
+        kernel_id = f"setup-{secrets.token_hex(6)}"
+        folder = lone.ask("dave", "socket_folder", kernel_id=kernel_id)["result"]["path"]
+        answer = lone.ask("dave", "start_kernel", kernel_id=kernel_id, environment="cpu", root_dir=str(home),
+                          cwd=str(home), socket_dir=folder, connection_file=f"{folder}/kernel.json",
+                          terminal=True)  # fmt: skip
+        assert "result" in answer, answer
+        started.append(answer["result"]["container_id"])
+    (mode,) = {client.api.inspect_container(c)["HostConfig"]["NetworkMode"] for c in started}
+    holder = mode.removeprefix("container:")
+    assert client.api.inspect_container(holder)["Name"].startswith(f"/gpuenv-netns-{pwd.getpwnam('dave').pw_uid}-")
+    assert lone.ask("dave", "remove", container_id=started[0])["result"] is not None
+    assert client.api.inspect_container(holder)["State"]["Running"]  # dave's other kernel still joins it
+    assert lone.ask("dave", "remove", container_id=started[1])["result"] is not None
+    joined = {c["HostConfig"]["NetworkMode"] for c in client.api.containers(all=True)}
+    if mode not in joined:  # (a kernel of dave's from another broker on this engine would keep it, rightly)
+        with pytest.raises(docker.errors.NotFound):
+            client.api.inspect_container(holder)
