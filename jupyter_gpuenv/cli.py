@@ -7,6 +7,7 @@
     jupyter gpuenv prepare-runtime 3.11                # ipykernel for images that lack it
     jupyter gpuenv pull mytorch                        # pull an environment's image now, with a progress bar
     jupyter gpuenv usage --since 2026-11-01            # GPU-hours per user (or --by notebook)
+    sudo jupyter gpuenv broker install                 # a shared host's GPU broker (cli_broker.py)
 
 The server's configuration (``c.GpuEnv`` in jupyter_server_config.py) is loaded as the server loads it, so
 ``list`` shows configured environments and ``prepare-runtime`` fills the configured runtime folder.
@@ -26,14 +27,12 @@ import time
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-from . import engine, kernelspecs, pulls, runtime
+from . import cli_broker, engine, kernelspecs, pulls, runtime
 from ._version import __version__
 from .config import GpuEnv
 from .environments import PRESETS, parse_environment
-from .errors import EngineUnavailable, GpuEnvError, InvalidEnvironment
+from .errors import GpuEnvError, InvalidEnvironment
 from .usage import add_usage_parser
-
-BROKER_SOCKET = "/run/jupyter-gpuenv/broker.sock"  # c.Broker.socket's default
 
 _OPTIONS = {  # command-line flag -> environment key
     "image": "image",
@@ -103,7 +102,7 @@ def cmd_add(args) -> int:
     if args.broker:  # only the name: the broker's definition applies
         if not re.match(r"^[a-z0-9][a-z0-9._-]{0,62}$", args.name):
             raise CliError(f"{args.name!r} is not an environment name (lower-case letters, digits, '.', '_', '-')")
-        found = _broker_environment(args.name, args.broker_config)
+        found = cli_broker.environment_entry(server_settings(), args.name, args.broker_config)
         spec = kernelspecs.named_kernelspec_json(args.name, args.display_name or found["display_name"])
         described = f"{spec['display_name']!r} (the environment {args.name!r} as the GPU broker defines it)"
     else:
@@ -149,87 +148,17 @@ def _warn_if_no_gpu(name: str) -> None:
         )
 
 
-def _broker_url(settings: GpuEnv | None = None) -> str:
-    settings = settings or server_settings()
-    return settings.broker or f"unix://{BROKER_SOCKET}"
-
-
-def broker_catalog(url: str) -> list[dict]:
-    """Every environment the GPU broker at ``url`` has (``catalog``); EngineUnavailable if it does not answer."""
-    from .broker_client import BrokerClient
-
-    return asyncio.run(BrokerClient(url, 10.0).call("catalog"))
-
-
-def _broker_environment(name: str, config_file: str | None) -> dict:
-    """The entry for ``name`` (display name, whether the caller may use it): c.GpuEnv.environments' on a server
-    without a broker, else the running broker's, else its configuration file's; CliError with a sentence if the
-    host has no such environment. Neither broker nor file to ask: added unchecked, with a warning."""
-    settings = server_settings()
-    if not settings.broker and name in settings.environments:  # a server that defines it itself
-        env = parse_environment(name, settings.environments[name], kernelspecs.CONFIGURED)
-        return {"name": name, "display_name": env.display_name or name, "yours": True}
-    url = _broker_url(settings)
-    try:
-        catalog, where = broker_catalog(url), f"the GPU broker at {url}"
-    except EngineUnavailable as exc:
-        from .broker_setup import DEFAULT_CONFIG, ConfigProblems, load_config
-
-        path = config_file or DEFAULT_CONFIG
-        if config_file is None and not os.path.exists(path):
-            print(f"jupyter gpuenv add: warning: {name!r} is added unchecked: {exc}, and there is no {path} to "
-                  "check it in (--broker-config names another)", file=sys.stderr)  # fmt: skip
-            return {"name": name, "display_name": name, "yours": True}
-        try:
-            broker = load_config(path)
-        except ConfigProblems as problems:
-            raise CliError(str(problems)) from None
-        except PermissionError:
-            raise CliError(f"cannot check {name!r}: the GPU broker at {url} is not answering and {path} is not "
-                           "readable by you") from None  # fmt: skip
-        catalog = [{"name": n, "display_name": raw.get("display_name") or n, "yours": True}
-                   for n, raw in broker.environments.items()]  # fmt: skip
-        where = f"the GPU broker's configuration {path}"
-    for entry in catalog:
-        if entry["name"] == name:
-            if not entry["yours"]:
-                raise CliError(f"the environment {name!r} is not one this host's administrator lets you use")
-            return entry
-    defined = ", ".join(e["name"] for e in catalog) or "none"
-    raise CliError(f"no environment {name!r} on this host ({where} defines: {defined})")
-
-
-def _named_only(specs: dict, kernelspec: str | None) -> bool:
-    """Whether a kernelspec only names its environment (`add --broker`): the broker defines it."""
-    config = kernelspecs.provisioner_config((specs.get(kernelspec) or {}).get("spec") or {}) if kernelspec else None
-    return config is not None and set(config) == {"environment"}
-
-
 def cmd_list(args) -> int:
     settings = server_settings()
     specs = KernelSpecManager().get_all_specs()
-    url = _broker_url(settings)
-    catalog: dict[str, dict] | str | None = None  # the broker's, asked once; a sentence if it does not answer
+    listing = cli_broker.Listing(settings)
     rows = []
     for item in kernelspecs.defined_environments(settings, specs):
         env = item.environment
         where = item.kernelspec or "(no kernelspec)"
-        if env is None and _named_only(specs, item.kernelspec) and (settings.broker or os.path.exists(BROKER_SOCKET)):
-            if catalog is None:
-                try:
-                    catalog = {e["name"]: e for e in broker_catalog(url)}
-                except EngineUnavailable:
-                    catalog = f"for the GPU broker at {url}, which is not answering"
-            if isinstance(catalog, str):
-                rows.append((item.name, where, catalog))
-            elif item.name in catalog:
-                e = catalog[item.name]
-                mine = "" if e["yours"] else "; not yours to use"
-                rows.append(
-                    (item.name, where, f"{e['display_name']}  [{e['image']}; GPUs {e['gpus']}; GPU broker{mine}]")
-                )
-            else:
-                rows.append((item.name, where, f"invalid: no environment {item.name!r} on this host's GPU broker"))
+        named = listing.describe(item.name) if env is None and cli_broker.named_only(specs, item.kernelspec) else None
+        if named is not None:
+            rows.append((item.name, where, named))
         elif env is None:
             rows.append((item.name, where, f"invalid: {item.error}"))
         else:
@@ -266,33 +195,10 @@ def cmd_prepare_runtime(args) -> int:
     return 0
 
 
-def cmd_broker(args) -> int:
-    if args.example_config:
-        from .broker_setup import example_config
-
-        print(example_config(), end="")
-        return 0
-    from .broker import main as broker_main
-
-    return broker_main(args.config)
-
-
-def cmd_broker_install(args) -> int:
-    from .broker_install import UNIT, install
-    from .broker_setup import ConfigProblems
-
-    if os.geteuid() != 0 and args.unit is None:
-        raise CliError("`broker install` writes /etc and starts a system service: run it as root (sudo)")
-    try:
-        return install(args.config, args.prefix or sys.prefix, args.unit or UNIT, not args.no_pull, not args.no_start)
-    except ConfigProblems as exc:
-        raise CliError(str(exc)) from None
-
-
 def cmd_pull(args) -> int:
     settings = server_settings()
     if args.broker or settings.broker:
-        return _pull_by_broker(_broker_url(settings), args.name)
+        return cli_broker.pull(cli_broker.broker_url(settings), args.name, _progress_bar)
     specs = KernelSpecManager().get_all_specs()
     found = kernelspecs.defined_environments(settings, specs)
     match = [d for d in found if d.name == args.name]
@@ -300,7 +206,7 @@ def cmd_pull(args) -> int:
         known = ", ".join(d.name for d in found) or "none"
         raise CliError(f"no environment {args.name!r} (defined: {known}); `jupyter gpuenv list` shows them")
     if match[0].environment is None:
-        if _named_only(specs, match[0].kernelspec):
+        if cli_broker.named_only(specs, match[0].kernelspec):
             raise CliError(f"{args.name!r} is the GPU broker's: `jupyter gpuenv pull {args.name} --broker` asks it")
         raise CliError(str(match[0].error))
     image = match[0].environment.image
@@ -311,30 +217,6 @@ def cmd_pull(args) -> int:
         docker.cancel_pulls()  # the engine drops the pull as its connection closes
         print(f"\nPull of {image} interrupted; layers already downloaded are kept", file=sys.stderr)
         return 130
-
-
-def _pull_by_broker(url: str, name: str) -> int:
-    """The broker pulls (it alone has the engine); its progress lines drawn here as for a local pull."""
-    from .broker_client import BrokerClient
-
-    shown: dict = {}
-
-    def progress(raw: dict) -> None:
-        if "show" not in shown:
-            print(f"The GPU broker pulls {raw.get('image')} for {name!r}", flush=True)
-            shown["show"] = _progress_bar(raw.get("image", ""))
-        shown["show"](pulls.PullProgress(**raw))
-
-    try:
-        answer = asyncio.run(BrokerClient(url, 10.0).call("pull", {"environment": name}, progress=progress))
-    except KeyboardInterrupt:
-        print(f"\nStopped watching; the GPU broker goes on pulling for {name!r}", file=sys.stderr)
-        return 130
-    if answer["pulled"]:
-        print(f"{chr(10) if sys.stdout.isatty() else ''}Pulled {answer['image']}")
-    else:
-        print(f"{answer['image']} is already on the GPU broker's Docker engine")
-    return 0
 
 
 async def _pull(docker: engine.Engine, image: str) -> int:
@@ -373,16 +255,6 @@ examples:
   jupyter gpuenv add cpu --image python:3.12-slim --gpus none  a CPU kernel
   sudo jupyter gpuenv add pytorch --broker --sys-prefix        a shared host's environment, for every user
 """
-
-BROKER_DESCRIPTION = f"""\
-Run the GPU broker of a host shared through JupyterHub: the one process that talks to the Docker engine,
-so no user needs the Docker socket (it is root on the host). Each user's server asks it, over the unix
-socket {BROKER_SOCKET} (c.Broker.socket), to start, signal and remove their container kernels;
-it runs them as that user, with the administrator's environments and policy only.
-
-It runs as root (or an account in the docker group), usually as the systemd unit that
-`jupyter gpuenv broker install` writes. At start it checks its whole configuration (every problem at
-once) and prints a readiness table per environment. Guide: docs/shared-host.md."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -436,7 +308,7 @@ def parser() -> argparse.ArgumentParser:
         "--broker",
         action="store_true",
         help="only name the environment: the shared host's GPU broker defines it (asked at c.GpuEnv.broker, "
-        f"default unix://{BROKER_SOCKET}); its display name is the broker's unless --display-name",
+        f"default unix://{cli_broker.BROKER_SOCKET}); its display name is the broker's unless --display-name",
     )
     add.add_argument(
         "--broker-config",
@@ -472,40 +344,7 @@ def parser() -> argparse.ArgumentParser:
     )
     pull.set_defaults(func=cmd_pull)
     add_usage_parser(sub)
-    brk = sub.add_parser(
-        "broker",
-        help="run the shared-host GPU broker (as root), or install it (`broker install`)",
-        description=BROKER_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    brk.add_argument(
-        "--config",
-        help="its configuration file, c.Broker.* settings (default: /etc/jupyter-gpuenv/broker_config.py)",
-    )
-    brk.add_argument(
-        "--example-config",
-        action="store_true",
-        help="print the example configuration (environments, a policy) and exit: "
-        "jupyter gpuenv broker --example-config > /etc/jupyter-gpuenv/broker_config.py",
-    )
-    brk.set_defaults(func=cmd_broker)
-    brk_sub = brk.add_subparsers(dest="broker_command", metavar="install")
-    inst = brk_sub.add_parser(
-        "install",
-        help="set this host up: configuration, kernels, images, systemd unit (as root)",
-        description="Do the host's part of a shared GPU server, saying what it does: the configuration (from the "
-        "example, kept if there), this Python's servers pointed at the broker, a kernel per environment, the "
-        "images pulled and kernel runtimes prepared, the systemd unit written, checked, enabled and (re)started. "
-        "Run it again after editing the configuration.",
-    )
-    inst.add_argument("--config", help="the configuration file (default: /etc/jupyter-gpuenv/broker_config.py)")
-    inst.add_argument("--prefix", help="where the users' servers' Python lives (default: this one's, sys.prefix)")
-    inst.add_argument(
-        "--unit", help="the systemd unit file (default: /etc/systemd/system/jupyter-gpuenv-broker.service)"
-    )
-    inst.add_argument("--no-pull", action="store_true", help="pull no image now (the broker pulls at first start)")
-    inst.add_argument("--no-start", action="store_true", help="write the unit, but neither enable nor start it")
-    inst.set_defaults(func=cmd_broker_install)
+    cli_broker.add_broker_parser(sub)
     return p
 
 
