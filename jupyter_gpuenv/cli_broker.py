@@ -176,11 +176,14 @@ def add_broker_parser(sub) -> argparse.ArgumentParser:
     brk = sub.add_parser(
         "broker",
         help="run the shared-host GPU broker (as root), or install it (`broker install`)",
+        usage="jupyter gpuenv broker [--config FILE]\n       jupyter gpuenv broker --example-config\n"
+        "       jupyter gpuenv broker install [--help]",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     brk.add_argument(
         "--config",
+        metavar="FILE",
         help="its configuration file, c.Broker.* settings (default: /etc/jupyter-gpuenv/broker_config.py)",
     )
     brk.add_argument(
@@ -190,8 +193,9 @@ def add_broker_parser(sub) -> argparse.ArgumentParser:
         "jupyter gpuenv broker --example-config > /etc/jupyter-gpuenv/broker_config.py",
     )
     brk.set_defaults(func=cmd_broker)
-    inst = brk.add_subparsers(dest="broker_command", metavar="install").add_parser(
+    inst = brk.add_subparsers(dest="broker_command", title="or").add_parser(
         "install",
+        prog="jupyter gpuenv broker install",
         help="set this host up: configuration, kernels, images, systemd unit (as root)",
         description="Do the host's part of a shared GPU server, saying what it does: the configuration (from the "
         "example, kept if there), this Python's servers pointed at the broker, a kernel per environment, the "

@@ -106,3 +106,43 @@ def test_the_unit_is_one_systemd_accepts(tmp_path):
     unit.write_text(unit_text("/etc/x.py").replace("ExecStart=/", "ExecStart=/nonexistent/"))
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, cwd="/")
     assert done.returncode != 0 and "not executable" in done.stderr  # the check can fail
+
+
+@pytest.fixture
+def image_without_ipykernel(engine_with_image):
+    """The test kernel image less its ipykernel, as the stock PyTorch images come."""
+    import docker
+
+    client = docker.from_env(timeout=60)
+    tag = f"gpuenv-test-no-ipykernel:{os.getpid()}"
+    container = client.containers.create(
+        IMAGE, ["sh", "-c", "rm -rf /usr/local/lib/python3*/dist-packages/ipykernel*"], network_mode="none"
+    )
+    try:
+        container.start()
+        assert container.wait(timeout=60)["StatusCode"] == 0
+        container.commit(*tag.split(":"))
+    finally:
+        container.remove(force=True)
+    yield tag
+    client.images.remove(tag, force=True)
+
+
+def test_install_prepares_a_kernel_runtime_for_an_image_without_ipykernel(tmp_path, image_without_ipykernel):
+    config = tmp_path / "etc" / "broker_config.py"
+    config.parent.mkdir()
+    runtimes = tmp_path / "runtimes"
+    config.write_text(
+        f"c.Broker.environments = {{'bare': {{'image': {image_without_ipykernel!r}, 'gpus': 'none'}}}}\n"
+        f"c.Broker.kernel_runtime_dir = {str(runtimes)!r}\n"
+    )
+    done = install(tmp_path, "--no-start")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    (line,) = [line for line in done.stdout.splitlines() if "kernel runtime for Python" in line]
+    assert line.startswith("  done     kernel runtime for Python 3.") and "no ipykernel in its image" in line
+    from jupyter_gpuenv.runtime import prepared_versions
+
+    (version,) = prepared_versions(str(runtimes))
+    assert f"Python {version} in {runtimes}" in line
+    again = install(tmp_path, "--no-start")  # prepared once: kept the second time
+    assert f"  kept     kernel runtime for Python {version}" in again.stdout
