@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -741,8 +740,8 @@ def main(config_file: str | None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s] %(message)s")
     try:
         daemon = CatalogBroker(load_settings(config_file))
-    except ConfigProblems as exc:
-        print(f"jupyter gpuenv broker: {exc}", file=sys.stderr, flush=True)
+    except ConfigProblems as exc:  # every problem, each on a line of its own
+        log.error("gpuenv broker: %s", exc)
         return 2
     except (InvalidEnvironment, ValueError) as exc:
         log.error("gpuenv broker: %s", exc)

@@ -141,7 +141,7 @@ def test_every_configuration_problem_is_said_at_once(tmp_path):
     done = broker_command("--config", str(config))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = done.stderr.splitlines()
-    assert lines[0] == f"jupyter gpuenv broker: 5 problems in {config}:"
+    assert lines[0].endswith(f"] gpuenv broker: 5 problems in {config}:") and len(lines) == 6
     text = done.stderr
     assert "c.Broker.enviroments is not a setting of the broker; did you mean c.Broker.environments?" in text
     assert "'most' is not a GPU policy" in text
