@@ -239,7 +239,8 @@ class UsageCounter:
         self._callback.start()
 
     def flush_soon(self, seconds: float) -> None:
-        """Write the ledger ``seconds`` from now (if anything is pending), then every flush interval."""
+        """Write the ledger ``seconds`` from now, or as soon after as there is something to write; then every
+        flush interval."""
         self._last_flush = time.monotonic() - self.flush_interval + seconds
 
     async def stop(self) -> None:
@@ -276,9 +277,11 @@ class UsageCounter:
     def _start_flush(self) -> None:
         if self._flushing is not None and not self._flushing.done():
             return
-        self._last_flush = time.monotonic()
         records = self.meter.take_pending()
-        if records and self.ledger is not None:
+        if not records:  # nothing to write yet: the first record after a quiet spell is written at once
+            return
+        self._last_flush = time.monotonic()
+        if self.ledger is not None:
             self._flushing = asyncio.get_running_loop().run_in_executor(None, self._write, records)
 
     async def flush(self) -> None:

@@ -7,6 +7,7 @@ with the broker), started as `jupyter gpuenv broker --config FILE` is, its outpu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -15,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,3 +281,33 @@ def test_a_users_namespace_holder_goes_with_their_last_kernel(lone):
     if mode not in joined:  # (a kernel of dave's from another broker on this engine would keep it, rightly)
         with pytest.raises(docker.errors.NotFound):
             client.api.inspect_container(holder)
+
+
+def test_the_broker_writes_its_ledger_soon_after_start_not_a_flush_interval_later(tmp_path, monkeypatch):
+    from jupyter_gpuenv import broker_metrics
+    from jupyter_gpuenv.broker import Broker
+    from jupyter_gpuenv.leases import RUNNING, KernelLease
+    from jupyter_gpuenv.ledger import Ledger
+    from jupyter_gpuenv.nvml import GpuSample, Snapshot
+
+    monkeypatch.setattr(broker_metrics, "FIRST_FLUSH", 0.0)  # 5 s in the broker: no test waits that long
+    settings = Broker(metrics_port=0, usage_dir=str(tmp_path / "usage"), usage_flush_interval=60.0)
+    sampler = type("Sampler", (), {"interval": 3600.0, "latest": Snapshot(available=False)})()
+    book = [KernelLease("k-alice", 1000, "alice", "gpu", "/run/x", RUNNING, "a" * 64, ["GPU-0"])]
+    metrics = broker_metrics.BrokerMetrics(settings, book, sampler)
+
+    async def run():
+        await metrics.start()
+        assert (tmp_path / "usage").is_dir()  # made at start, before anything is written
+        now = time.time()
+        for at in (now, now + 3.0):
+            sampler.latest = Snapshot(available=True, sampled_at=at, gpus=[GpuSample(0, "GPU-0")])
+            await metrics.usage.tick()
+        if metrics.usage._flushing is not None:
+            await metrics.usage._flushing
+        written = Ledger(tmp_path / "usage").read(now - 60, now + 60)
+        await metrics.stop()
+        return written
+
+    (record,) = asyncio.run(run())
+    assert (record.user, record.gpu_seconds) == ("alice", 3.0)
