@@ -162,6 +162,8 @@ def test_the_example_configuration_ships_and_passes_the_check(tmp_path):
 
     (tmp_path / "broker_config.py").write_text(done.stdout)
     assert check(PyFileConfigLoader("broker_config.py", str(tmp_path)).load_config()) == []
+    hub_token = Path(__file__).resolve().parents[2] / "docs" / "examples"  # the DockerSpawner example passes too
+    assert check(PyFileConfigLoader("broker_hub_token_config.py", str(hub_token)).load_config()) == []
 
 
 # -- the broker at start -------------------------------------------------------------------------------------------
