@@ -27,7 +27,7 @@ from . import kernelspecs, preflight, pulls, runtime
 from .broker import Broker
 from .broker_setup import DEFAULT_CONFIG, example_config, load_config
 from .environments import parse_environment
-from .errors import GpuEnvError
+from .errors import EngineUnavailable, GpuEnvError
 
 UNIT = "/etc/systemd/system/jupyter-gpuenv-broker.service"
 SERVER_CONFIG = "jupyter_gpuenv_broker.json"
@@ -151,6 +151,9 @@ async def _images(settings: Broker, report: Report) -> None:
                 print(f"  pulling  {image}", flush=True)
                 await docker.pull(image, _progress(image))
                 report.done(f"image {image} pulled")
+            except EngineUnavailable as exc:  # no engine: every other image and runtime would say the same
+                report.failed(f"images and kernel runtimes: {exc}")
+                return
             except GpuEnvError as exc:
                 report.failed(f"image {image}: {exc}")
         prepared = runtime.prepared_versions(settings.kernel_runtime_dir)

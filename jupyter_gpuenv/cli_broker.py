@@ -163,7 +163,7 @@ def cmd_broker_install(args) -> int:
     from .broker_install import UNIT, install
     from .broker_setup import ConfigProblems
 
-    if os.geteuid() != 0 and args.unit is None:
+    if os.geteuid() != 0 and None in (args.config, args.unit):  # /etc is root's
         raise NotPermitted("`broker install` writes /etc and starts a system service: run it as root (sudo)")
     try:
         return install(args.config, args.prefix or sys.prefix, args.unit or UNIT, not args.no_pull, not args.no_start)

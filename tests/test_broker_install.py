@@ -146,3 +146,19 @@ def test_install_prepares_a_kernel_runtime_for_an_image_without_ipykernel(tmp_pa
     assert f"Python {version} in {runtimes}" in line
     again = install(tmp_path, "--no-start")  # prepared once: kept the second time
     assert f"  kept     kernel runtime for Python {version}" in again.stdout
+
+
+def test_install_without_a_docker_engine_says_so_once(tmp_path):
+    config = tmp_path / "etc" / "broker_config.py"
+    config.parent.mkdir()
+    config.write_text(
+        f"c.Broker.docker_url = {'unix://' + str(tmp_path / 'no-docker.sock')!r}\n"
+        "c.Broker.environments = {'a': {'image': 'img/a:1', 'gpus': 'none'},\n"
+        "                          'b': {'image': 'img/b:1', 'gpus': 'none'}}\n"
+    )
+    done = install(tmp_path, "--no-start")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (failed,) = [line for line in done.stdout.splitlines() if line.startswith("  FAILED")]
+    assert failed.startswith("  FAILED   images and kernel runtimes:") and "no-docker.sock" in failed
+    assert "1 step(s) FAILED" in done.stdout
+    assert (tmp_path / "systemd" / "jupyter-gpuenv-broker.service").is_file()  # the rest was done
