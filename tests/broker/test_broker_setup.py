@@ -249,6 +249,12 @@ def test_pull_by_the_broker_with_progress(lone):
     assert done.returncode == 2 and "no environment 'nope' on this host" in done.stderr
     done = lone.cli("bob", "pull", "pair", "--broker")  # bob's own rule: gpu and cpu only
     assert done.returncode == 2 and "not one this host's administrator lets you use" in done.stderr
+    for bad in ({}, {"environment": 5}, {"environment": "../gpu"}):  # bad input is a 4xx, never a 500
+        error = lone.ask("alice", "pull", **bad)["error"]
+        assert error["status"] == 400 and "see its log" not in error["message"], (bad, error)
+    catalog = {e["name"]: e for e in lone.ask("alice", "catalog")["result"]}
+    assert catalog["gpu"]["yours"] and not catalog["power"]["yours"]
+    assert catalog["gpu"]["display_name"] == "Test GPU kernel" and "definition" not in catalog["gpu"]
     done = lone.cli("carol", "pull", "layered", "--broker", timeout=300)  # gpu-power: every environment
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert f"The GPU broker pulls {lone.layered} for 'layered'" in done.stdout
