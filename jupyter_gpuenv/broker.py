@@ -177,7 +177,12 @@ class Broker(Configurable):
         help="The host's usage ledger (every user's kernels; root's, 0700): `sudo jupyter gpuenv usage --dir <it>` "
         "prints GPU-hours per user without Prometheus. Empty: no ledger.",
     )
-    usage_flush_interval = Float(60.0, config=True, help="Seconds between two writes of the usage ledger.")
+    usage_flush_interval = Float(
+        60.0,
+        config=True,
+        help="Seconds between two writes of the usage ledger (the first record after a quiet spell is written at "
+        "once, and one when the broker stops).",
+    )
     orphan_interval = Float(
         10.0, config=True, help="Seconds between two looks for kernels whose server is gone (they are removed)."
     )
