@@ -21,13 +21,11 @@ import sys
 import tempfile
 import time
 
-from jupyter_client.kernelspec import KernelSpecManager
-
 from . import kernelspecs, preflight, pulls, runtime
 from .broker import Broker
 from .broker_setup import DEFAULT_CONFIG, example_config, load_config
 from .environments import parse_environment
-from .errors import EngineUnavailable, GpuEnvError
+from .errors import EngineUnreachable, GpuEnvError
 
 UNIT = "/etc/systemd/system/jupyter-gpuenv-broker.service"
 SERVER_CONFIG = "jupyter_gpuenv_broker.json"
@@ -127,14 +125,19 @@ def _servers(settings: Broker, prefix: str, report: Report) -> None:
     report.done(f"{target}: servers of this Python ask the broker at {settings.socket}")
     for name, raw in sorted(settings.environments.items()):
         display = raw.get("display_name") or name
-        spec = kernelspecs.named_kernelspec_json(name, display)
-        with tempfile.TemporaryDirectory() as folder:
-            with open(os.path.join(folder, "kernel.json"), "w") as f:
-                json.dump(spec, f, indent=1)
-            os.chmod(folder, 0o755)
-            os.chmod(os.path.join(folder, "kernel.json"), 0o644)
-            path = KernelSpecManager().install_kernel_spec(folder, kernelspecs.kernelspec_name(name), prefix=prefix)
+        path = kernelspecs.install(kernelspecs.named_kernelspec_json(name, display), name, prefix=prefix)
         report.done(f"kernel {display!r} ({path})")
+    # a kernel whose environment left the configuration would be offered in the launcher and refused at start
+    kernels = os.path.join(prefix, "share", "jupyter", "kernels")
+    for folder in sorted(os.listdir(kernels)) if os.path.isdir(kernels) else []:
+        try:
+            with open(os.path.join(kernels, folder, "kernel.json")) as f:
+                config = kernelspecs.provisioner_config(json.load(f))
+        except (OSError, ValueError):
+            continue
+        if config is not None and set(config) == {"environment"} and config["environment"] not in settings.environments:
+            shutil.rmtree(os.path.join(kernels, folder))
+            report.done(f"removed kernel {folder}: {config['environment']!r} is no longer in the configuration")
 
 
 async def _images(settings: Broker, report: Report) -> None:
@@ -151,7 +154,7 @@ async def _images(settings: Broker, report: Report) -> None:
                 print(f"  pulling  {image}", flush=True)
                 await docker.pull(image, _progress(image))
                 report.done(f"image {image} pulled")
-            except EngineUnavailable as exc:  # no engine: every other image and runtime would say the same
+            except EngineUnreachable as exc:  # no engine: every other image and runtime would say the same
                 report.failed(f"images and kernel runtimes: {exc}")
                 return
             except GpuEnvError as exc:

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 
 from jupyter_client.kernelspec import KernelSpecManager
@@ -111,20 +109,13 @@ def cmd_add(args) -> int:
         described = f"{env.display_name!r} ({env.image}, GPUs {env.gpus})"
         if env.gpus.kind == "all" and args.gpus is None:
             _warn_if_no_gpu(args.name)
-    where = _install_args(args)
-    with tempfile.TemporaryDirectory() as folder:
-        with open(os.path.join(folder, "kernel.json"), "w") as f:
-            json.dump(spec, f, indent=1)
-        # the copy keeps these modes: a kernelspec every user of this Python (or prefix) can read
-        os.chmod(folder, 0o755)
-        os.chmod(os.path.join(folder, "kernel.json"), 0o644)
-        try:
-            path = KernelSpecManager().install_kernel_spec(folder, kernelspecs.kernelspec_name(args.name), **where)
-        except PermissionError as exc:
-            raise CliError(
-                f"cannot write the kernelspec to {exc.filename}: add --user (for you alone), --sys-prefix (this "
-                "Python environment), or run it as a user who may write there"
-            ) from None
+    try:
+        path = kernelspecs.install(spec, args.name, **_install_args(args))
+    except PermissionError as exc:
+        raise CliError(
+            f"cannot write the kernelspec to {exc.filename}: add --user (for you alone), --sys-prefix (this "
+            "Python environment), or run it as a user who may write there"
+        ) from None
     print(f"Added {described} as kernel {kernelspecs.kernelspec_name(args.name)} in {path}")
     return 0
 

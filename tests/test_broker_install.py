@@ -72,6 +72,12 @@ def test_install_does_the_hosts_part_and_says_what_it_did(tmp_path, engine_with_
     again = install(tmp_path)  # idempotent: the same result, nothing doubled
     assert again.returncode == 0 and again.stdout == out
 
+    config.write_text(config.read_text().replace("'cpu': ", "'cpu2': "))  # an environment renamed
+    third = install(tmp_path, "--no-pull")
+    assert third.returncode == 0, third.stdout
+    assert "removed kernel gpuenv-cpu: 'cpu' is no longer in the configuration" in third.stdout
+    assert sorted(os.listdir(kernels)) == ["gpuenv-cpu2", "gpuenv-gpu"]
+
 
 def test_install_without_a_configuration_writes_the_example(tmp_path):
     done = install(tmp_path, "--no-pull", "--no-start")
