@@ -96,10 +96,14 @@ def check(config: Config) -> list[str]:
             problems.append(f"c.Broker.{key}: {exc}")
             bad.add(key)
     settings = Broker(config=Config({"Broker": {k: v for k, v in section.items() if k not in bad}}))
+    problems += _out_of_range(settings, set(section) - bad)
     environments = {}
     for name, raw in settings.environments.items():
+        if not isinstance(name, str):
+            problems.append(f"c.Broker.environments: the name {name!r} must be a string such as 'pytorch'")
+            continue
         try:
-            environments[name] = parse_environment(str(name), raw, "c.Broker.environments")
+            environments[name] = parse_environment(name, raw, "c.Broker.environments")
         except InvalidEnvironment as exc:
             environments[name] = None
             problems.append(str(exc))
@@ -115,6 +119,21 @@ def check(config: Config) -> list[str]:
             "every user's notebooks. Set c.Broker.metrics_public = True to serve them there anyway"
         )
     return problems
+
+
+POSITIVE = ("sample_interval", "orphan_interval", "usage_flush_interval", "docker_timeout", "park_timeout")
+AT_LEAST_ZERO = ("park_idle_minutes", "park_min_gpu_memory_gib", "hub_uid", "hub_gid")
+
+
+def _out_of_range(settings: Broker, given: set[str]) -> list[str]:
+    """Values of the right type that the broker still cannot work with (a 0 s sample interval divides by 0)."""
+    out = [f"c.Broker.{k} must be more than 0, not {getattr(settings, k)!r}"
+           for k in POSITIVE if k in given and not getattr(settings, k) > 0]  # fmt: skip
+    out += [f"c.Broker.{k} must be 0 or more, not {getattr(settings, k)!r}"
+            for k in AT_LEAST_ZERO if k in given and not getattr(settings, k) >= 0]  # fmt: skip
+    if "metrics_port" in given and not 0 <= settings.metrics_port <= 65535:
+        out.append(f"c.Broker.metrics_port must be a port (1 to 65535), or 0 for none, not {settings.metrics_port}")
+    return out
 
 
 def _unknown_in_policy(policy: Policy, environments: dict) -> list[str]:

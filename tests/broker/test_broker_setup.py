@@ -139,17 +139,21 @@ def test_every_configuration_problem_is_said_at_once(tmp_path):
         "c.Broker.policy = {'default': {'environments': ['cpu', 'pytorch']},\n"
         "                   'users': {'bob': {'environments': ['gpux']}}}\n"
         "c.Broker.metrics_port = 'ninety'\n"
+        "c.Broker.environments[7] = {'image': 'x'}\n"
+        "c.Broker.sample_interval = 0.0\n"
     )
     done = broker_command("--config", str(config))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = done.stderr.splitlines()
-    assert lines[0].endswith(f"] gpuenv broker: 5 problems in {config}:") and len(lines) == 6
+    assert lines[0].endswith(f"] gpuenv broker: 7 problems in {config}:") and len(lines) == 8
     text = done.stderr
     assert "c.Broker.enviroments is not a setting of the broker; did you mean c.Broker.environments?" in text
     assert "'most' is not a GPU policy" in text
     assert "c.Broker.policy['default'] names the environment 'pytorch', which c.Broker.environments does not" in text
     assert "c.Broker.policy['users']['bob'] names the environment 'gpux'" in text
     assert "c.Broker.metrics_port:" in text
+    assert "c.Broker.environments: the name 7 must be a string" in text
+    assert "c.Broker.sample_interval must be more than 0, not 0.0" in text  # it would divide by it
 
 
 def test_the_example_configuration_ships_and_passes_the_check(tmp_path):
