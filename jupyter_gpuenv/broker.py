@@ -220,7 +220,12 @@ class Broker(Configurable):
         help="The host's usage ledger (every user's kernels; root's, 0700): `sudo jupyter gpuenv usage --dir <it>` "
         "prints GPU-hours per user without Prometheus. Empty: no ledger.",
     )
-    usage_flush_interval = Float(60.0, config=True, help="Seconds between two writes of the usage ledger.")
+    usage_flush_interval = Float(
+        60.0,
+        config=True,
+        help="Seconds between two writes of the usage ledger (the first record after a quiet spell is written at "
+        "once, and one when the broker stops).",
+    )
     orphan_interval = Float(
         1.0,
         config=True,
@@ -1081,20 +1086,25 @@ def _error(exc: GpuEnvError) -> dict[str, Any]:
 
 
 def load_settings(config_file: str | None) -> Broker:
-    from traitlets.config.loader import PyFileConfigLoader
+    """The settings in ``config_file`` (default /etc/jupyter-gpuenv/broker_config.py), checked as a whole:
+    ``broker_setup.ConfigProblems`` names everything wrong with it at once."""
+    from .broker_setup import load_config
 
-    if config_file is None:
-        return Broker()
-    loader = PyFileConfigLoader(os.path.basename(config_file), os.path.dirname(os.path.abspath(config_file)))
-    return Broker(config=loader.load_config())
+    return load_config(config_file)
 
 
 def main(config_file: str | None) -> int:
+    from .broker_catalog import CatalogBroker, serve
+    from .broker_setup import ConfigProblems
+
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s] %(message)s")
     try:
-        daemon = BrokerDaemon(load_settings(config_file))
+        daemon = CatalogBroker(load_settings(config_file))
+    except ConfigProblems as exc:  # every problem, each on a line of its own
+        log.error("gpuenv broker: %s", exc)
+        return 2
     except (InvalidEnvironment, ValueError) as exc:
         log.error("gpuenv broker: %s", exc)
         return 2
-    asyncio.run(daemon.serve())
+    asyncio.run(serve(daemon))
     return 0

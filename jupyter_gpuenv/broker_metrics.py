@@ -31,7 +31,7 @@ from tornado.web import Application, RequestHandler
 
 from . import attribution
 from .leases import KernelLease
-from .ledger import Ledger
+from .ledger import Ledger, private_folder
 from .metrics import Collector
 from .nvml import Snapshot
 from .usage import KernelUsage, UsageCounter
@@ -40,6 +40,7 @@ log = logging.getLogger("jupyter_gpuenv.broker")
 BIND_RETRY = 10.0
 IDLE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
+FIRST_FLUSH = 5.0  # seconds after start before the ledger is first written
 UNAUTHORIZED = (
     "The broker's metrics need its token: send 'Authorization: Bearer <token>', the token being the contents of "
     "c.Broker.metrics_token_file on the GPU host.\n"
@@ -169,6 +170,11 @@ class BrokerMetrics:
     async def start(self) -> None:
         if not self.enabled:
             return
+        if self.usage.ledger is not None:
+            # the folder from the start, so `usage --dir` finds a ledger (empty) rather than no folder; the first
+            # records soon after, not a whole flush interval later
+            private_folder(self.usage.ledger.folder)
+            self.usage.flush_soon(FIRST_FLUSH)
         self.usage.start()
         if not self.settings.metrics_port:
             return

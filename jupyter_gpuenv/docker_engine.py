@@ -398,7 +398,13 @@ class DockerEngine:
         joins = containers.joins_holder(req.environment, req.shared_network_namespace)
         for attempt in range(3 if joins else 1):
             holder = self._network_holder(c, req) if joins and attempt < 2 else None
-            container_id, placement = self._create_kernel(c, req, holder)
+            try:
+                container_id, placement = self._create_kernel(c, req, holder)
+            except BaseException:  # refused (no free GPU) or failed: a holder made for it does not stay for nothing
+                if holder is not None:
+                    with suppress(DockerException, requests.exceptions.RequestException):
+                        self._remove_holder_if_unused(c, holder)
+                raise
             try:
                 c.api.start(container_id)
             except APIError:
@@ -639,6 +645,10 @@ class DockerEngine:
             state = c.api.inspect_container(container_id)["State"]
         except NotFound:
             return ContainerState(running=False, gone=True)
+        return DockerEngine._state_of(state)
+
+    @staticmethod
+    def _state_of(state: dict) -> ContainerState:
         return ContainerState(
             running=bool(state.get("Running")),
             exit_code=None if state.get("Running") else int(state.get("ExitCode") or 0),
@@ -668,12 +678,38 @@ class DockerEngine:
             raise
 
     def _remove(self, c: docker.DockerClient, container_id: str) -> ContainerState | None:
-        last = self._state(c, container_id)  # read before it is gone: why did it end (OOMKilled)?
-        if last.gone:
+        try:  # read before it is gone: why did it end (OOMKilled)? which namespace did it join?
+            attrs = c.api.inspect_container(container_id)
+        except NotFound:
             return None
+        last = self._state_of(attrs["State"])
         with suppress(NotFound):
             c.api.remove_container(container_id, force=True)
+        joined = (attrs.get("HostConfig") or {}).get("NetworkMode") or ""
+        if joined.startswith("container:"):
+            try:
+                self._remove_holder_if_unused(c, joined[len("container:") :])
+            except (DockerException, requests.exceptions.RequestException) as exc:  # the sweep removes it later
+                self.log.warning("gpuenv: the network namespace holder of %s stays for now: %s", container_id[:12], exc)
         return last
+
+    def _remove_holder_if_unused(self, c: docker.DockerClient, holder_id: str) -> None:
+        """A user's namespace holder goes with the last kernel that joined it: nothing outlives their kernels.
+
+        A start that was about to join it meanwhile finds it gone and makes another (``_start_kernel``)."""
+        try:
+            found = (c.api.inspect_container(holder_id).get("Config") or {}).get("Labels") or {}
+        except NotFound:
+            return
+        if labels.NETNS not in found:
+            return  # joined something that is not a holder of ours: not ours to remove
+        joined = {(s.get("HostConfig") or {}).get("NetworkMode") for s in c.api.containers(all=True)}
+        if f"container:{holder_id}" in joined:
+            return
+        with suppress(NotFound):
+            c.api.remove_container(holder_id, force=True)
+        with self._client_lock:
+            self._holders = {n: i for n, i in self._holders.items() if i != holder_id}
 
     async def remove_orphans(self, is_orphan: Callable[[labels.KernelContainer], bool]) -> list[labels.KernelContainer]:
         """Remove the kernel containers ``is_orphan`` names, probes left behind by this user, and the network

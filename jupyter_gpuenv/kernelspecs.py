@@ -8,6 +8,9 @@ an environment through :func:`resolve`, so they cannot disagree about what a ker
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +48,20 @@ def _kernelspec(name: str, display_name: str, python: str, config: dict[str, Any
             "gpuenv": {"environment": name},
         },
     }
+
+
+def install(spec: dict[str, Any], environment_name: str, **where: Any) -> str:
+    """Write ``spec`` as the kernelspec of ``environment_name`` (``where``: KernelSpecManager's ``user`` or
+    ``prefix``); its folder. PermissionError if that place is not this user's to write."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "kernel.json"), "w") as f:
+            json.dump(spec, f, indent=1)
+        # the copy keeps these modes: a kernelspec every user of this Python (or prefix) can read
+        os.chmod(folder, 0o755)
+        os.chmod(os.path.join(folder, "kernel.json"), 0o644)
+        return KernelSpecManager().install_kernel_spec(folder, kernelspec_name(environment_name), **where)
 
 
 def provisioner_config(spec: dict[str, Any]) -> dict[str, Any] | None:

@@ -238,6 +238,11 @@ class UsageCounter:
         self._callback = PeriodicCallback(self.tick, self.sampler.interval * 1000)
         self._callback.start()
 
+    def flush_soon(self, seconds: float) -> None:
+        """Write the ledger ``seconds`` from now, or as soon after as there is something to write; then every
+        flush interval."""
+        self._last_flush = time.monotonic() - self.flush_interval + seconds
+
     async def stop(self) -> None:
         if self._callback is not None:
             self._callback.stop()
@@ -272,9 +277,11 @@ class UsageCounter:
     def _start_flush(self) -> None:
         if self._flushing is not None and not self._flushing.done():
             return
-        self._last_flush = time.monotonic()
         records = self.meter.take_pending()
-        if records and self.ledger is not None:
+        if not records:  # nothing to write yet: the first record after a quiet spell is written at once
+            return
+        self._last_flush = time.monotonic()
+        if self.ledger is not None:
             self._flushing = asyncio.get_running_loop().run_in_executor(None, self._write, records)
 
     async def flush(self) -> None:
@@ -400,6 +407,11 @@ def cmd_usage(args) -> int:
         print(f"jupyter gpuenv usage: {exc}", file=sys.stderr)
         return 2
     folders = args.dir or [GpuEnv().usage_dir]
+    missing = [folder for folder in folders if not os.path.isdir(folder)]
+    if missing:  # a mistyped --dir must not read as "nobody used a GPU"
+        print(f"jupyter gpuenv usage: no ledger there: {', '.join(missing)} is not a folder (c.GpuEnv.usage_dir, or "
+              "c.Broker.usage_dir on a shared host, says where it is)", file=sys.stderr)  # fmt: skip
+        return 1
     try:
         records = [r for folder in folders for r in Ledger(folder).read(since, until)]
     except OSError as exc:

@@ -69,3 +69,61 @@ def test_a_folder_it_may_not_write_is_a_sentence(jp_environ, tmp_path, capsys):
         assert "cannot write the kernelspec to" in err and "--user" in err and "Traceback" not in err
     finally:
         subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
+
+
+def test_a_bare_command_prints_help_and_version_is_there(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: jupyter gpuenv") and "add" in out and "broker" in out
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("jupyter_gpuenv ")
+
+
+def help_of(capsys, *command: str) -> str:
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare words
+
+
+def test_every_option_says_what_it_does(capsys):
+    text = help_of(capsys, "add")
+    for option in ("--image", "--display-name", "--shm-size", "--memory", "--cpus", "--cuda-version", "--gpus"):
+        metavar, first_word = text.split(option, 2)[-1].split()[:2]  # the second mention: in the option list
+        assert not first_word.startswith("-"), f"{option} {metavar} has no help text"
+    assert "Default: all" in text and "use none" in text
+    text = help_of(capsys, "remove")
+    assert "Remove the kernel" in text and "gpuenv-NAME" in text
+    text = help_of(capsys, "broker")
+    assert "root" in text and "/run/jupyter-gpuenv/broker.sock" in text and "docs/shared-host.md" in text
+    assert "--example-config" in text and "install" in text
+
+
+def fake_nvml(monkeypatch, recording: str) -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    import fake_pynvml
+
+    from jupyter_gpuenv import nvml
+
+    monkeypatch.setattr(nvml, "load_pynvml", lambda: fake_pynvml.FakePynvml(fake_pynvml.load(recording)))
+
+
+def test_all_gpus_on_a_machine_without_one_is_warned_at_add_time(jp_environ, monkeypatch, capsys):
+    fake_nvml(monkeypatch, "no-driver")
+    assert main(["add", "mine", "--image", IMAGE, "--user"]) == 0
+    err = capsys.readouterr().err
+    assert "this machine has no GPU" in err and "add --gpus none" in err
+    assert main(["add", "cpu", "--image", IMAGE, "--gpus", "none", "--user"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    fake_nvml(monkeypatch, "h100x2")
+    assert main(["add", "mine", "--image", IMAGE, "--user"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_add_broker_takes_a_name_the_servers_configuration_defines(jp_environ, jp_config_dir, capsys):
+    (jp_config_dir / "jupyter_server_config.py").write_text(
+        f'c.GpuEnv.environments = {{"team": {{"image": "{IMAGE}", "display_name": "Team", "gpus": "none"}}}}\n'
+    )
+    assert main(["add", "team", "--broker", "--user"]) == 0
+    assert KernelSpecManager().get_kernel_spec("gpuenv-team").display_name == "Team"
+    assert "warning" not in capsys.readouterr().err

@@ -6,6 +6,7 @@ recorded values where a test is about GPUs, since CI has none; everything else i
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -487,6 +488,56 @@ async def test_another_users_kernels_never_share_a_namespace(docker_client, tmp_
         engine.close()
     left = docker_client.containers.list(all=True, filters={"label": f"{L_UID}=61001"})
     assert left == []
+
+
+async def test_a_namespace_holder_goes_with_the_last_kernel_that_joined_it(docker_client, tmp_path):
+    """A user's namespace holder outlives none of their kernels: a clean stop leaves no gpuenv-netns-* behind."""
+    from jupyter_gpuenv.docker_engine import DockerEngine
+    from jupyter_gpuenv.engine import KernelRequest
+    from jupyter_gpuenv.environments import parse_environment
+    from jupyter_gpuenv.errors import GpuEnvError
+    from jupyter_gpuenv.host import Server, User
+
+    env = parse_environment("test", {"image": IMAGE, "gpus": "none"}, "test")
+    engine = DockerEngine(None, 10.0)
+    user, tag = User("gpuenv-holder", 61003, 61003, str(tmp_path)), secrets.token_hex(4)
+    placements = []
+    try:
+        for i in range(2):
+            folder = tmp_path / f"k{i}"
+            folder.mkdir()
+            request = KernelRequest(
+                environment=env,
+                kernel_id=f"holdertest-{tag}-{i}",
+                user=user,
+                server=Server(socket.gethostname(), os.getpid()),
+                root_dir=str(tmp_path),
+                cwd=str(tmp_path),
+                socket_dir=str(folder),
+                connection_file=str(folder / "connection.json"),
+                terminal=True,  # a container that only waits: enough to join the namespace
+                shared_network_namespace=True,
+            )
+            placements.append(await engine.start_kernel(request))
+        (mode,) = {docker_client.api.inspect_container(p.container_id)["HostConfig"]["NetworkMode"] for p in placements}
+        holder = mode.removeprefix("container:")
+        assert docker_client.api.inspect_container(holder)["Name"].startswith("/gpuenv-netns-61003-")
+        await engine.remove(placements[0].container_id)
+        assert docker_client.api.inspect_container(holder)["State"]["Running"]  # another kernel still joins it
+        await engine.remove(placements[1].container_id)
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.api.inspect_container(holder)
+        wants_gpu = parse_environment("test", {"image": IMAGE, "gpus": "exclusive:1"}, "test")
+        refused = dataclasses.replace(request, kernel_id=f"holdertest-{tag}-refused", environment=wants_gpu)
+        with pytest.raises(GpuEnvError):  # no GPU in its inventory: refused after its holder was made
+            await engine.start_kernel(refused)
+        assert docker_client.containers.list(all=True, filters={"label": f"{L_UID}=61003"}) == []
+    finally:
+        for p in placements:
+            await engine.remove(p.container_id)
+        await engine.remove_unused_holders(lambda h: h.uid == "61003" and h.server_pid == str(os.getpid()))
+        engine.close()
+    assert docker_client.containers.list(all=True, filters={"label": f"{L_UID}=61003"}) == []
 
 
 @pytest.fixture

@@ -74,8 +74,11 @@ def load_broker(name):
     from traitlets.config.loader import PyFileConfigLoader
 
     from jupyter_gpuenv.broker import Broker
+    from jupyter_gpuenv.broker_setup import EXAMPLE
 
-    config = PyFileConfigLoader(name, str(EXAMPLES)).load_config()
+    # the peer-mode example ships in the wheel (`jupyter gpuenv broker --example-config`)
+    folder = EXAMPLE.parent if name == EXAMPLE.name else EXAMPLES
+    config = PyFileConfigLoader(name, str(folder)).load_config()
     assert unknown_keys(config, [Broker]) == []
     return Broker(config=config)
 

@@ -1,7 +1,8 @@
 """The GPU broker of a shared host: /etc/jupyter-gpuenv/broker_config.py, read by `jupyter gpuenv broker`.
 
-Four people, two teams, one box with several GPUs. See docs/shared-host.md. tests/hub/test_deploy_docs.py
-loads this file and checks every setting.
+Four people, two teams, one box with several GPUs. `jupyter gpuenv broker install` writes this file if there
+is none (`jupyter gpuenv broker --example-config` prints it); see docs/shared-host.md. tests/hub/test_deploy_docs.py
+loads it and checks every setting.
 """
 
 c = get_config()  # noqa: F821 (provided by the configuration loader)
