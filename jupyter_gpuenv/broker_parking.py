@@ -77,7 +77,8 @@ class BrokerParking:
         self.policy = policy
         names = lambda: {k.kernel_id: daemon.name_of(k) for k in daemon.book}  # noqa: E731
         self.store = LeaseStore(daemon.book, daemon.lock, names)
-        self.parker = Parker(self.store, timeout=timeout, log=log)
+        self.parker = Parker(self.store, timeout=timeout, log=log, inventory=lambda: list(daemon.sampler.latest.gpus))
+        daemon.book.release_listeners.append(self.parker.released)  # a kernel's end wakes a cell waiting for its GPU
         self.activity: dict[str, KernelActivity] = {}  # container id -> its kernel's IOPub
         self.unreadable: dict[str, float] = {}  # container id -> when its connection file could not be read
 

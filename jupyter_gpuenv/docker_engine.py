@@ -112,6 +112,9 @@ class DockerEngine:
         self._gpu_mode: str | None = None
         self._said: set[str] = set()  # conditions already logged once
         self.pull_stall_timeout = pull_stall_timeout
+        # called on the loop with the container id once a kernel container is removed: its GPUs are free (parking
+        # wakes a cell that waits for one)
+        self.removal_listeners: list[Callable[[str], None]] = []
         self._pulls = pulls.Pulls(self._pull, self._pull_journal())
 
     # -- plumbing ----------------------------------------------------------------------------------------
@@ -660,12 +663,15 @@ class DockerEngine:
 
     async def remove(self, container_id: str) -> ContainerState | None:
         try:
-            return await self._call(
+            last = await self._call(
                 self._control, self.timeout * 2 + 1, "remove the kernel container", self._remove, container_id
             )
         except EngineUnavailable:
             self._remove_later(container_id)
             raise
+        for listener in list(self.removal_listeners):
+            listener(container_id)
+        return last
 
     def _remove(self, c: docker.DockerClient, container_id: str) -> ContainerState | None:
         last = self._state(c, container_id)  # read before it is gone: why did it end (OOMKilled)?
