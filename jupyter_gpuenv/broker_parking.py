@@ -152,8 +152,8 @@ class BrokerParking:
                 self.parker.forget(container_id)  # its kernel restarted: the new one holds what it was given
             if container_id not in self.activity and (lease.gpus or lease.park):
                 await self._follow(lease)
-        inventory = list(self.daemon.sampler.latest.gpus)
-        await self.parker.retry_waiting(inventory)
+        # no retry of waiting cells here: every GPU on this host is released through the lease book (a lease dropped,
+        # a kernel parked), which wakes them (``Parker.released``)
         facts = [self.facts(k) for k in leases.values() if k.gpus and not k.park]
         unavailable = await self.parker.unavailable() if self.policy.on else None
         for f in idle_to_park(time.time(), facts, self.policy, self.daemon.sampler.history(), unavailable):
