@@ -86,6 +86,7 @@ class LaunchFacts:
     # a folder the kernel sees -> the host path Docker mounts it from: the broker's pinned copies of a user's
     # folders (broker_folders.staged), so that Docker never resolves a path the user can change
     sources: dict[str, str] = field(default_factory=dict)
+    command: list[str] | None = None  # instead of LAUNCHER: a warm kernel waits for its connection file (warm.py)
 
 
 @dataclass
@@ -218,7 +219,9 @@ def spec(env: Environment, facts: LaunchFacts) -> ContainerSpec:
     out = ContainerSpec(
         name=container_name(facts.kernel_id),
         image=env.image,
-        command=list(TERMINAL_COMMAND) if facts.terminal else [env.python, "-c", LAUNCHER, "-f", facts.connection_file],
+        command=list(TERMINAL_COMMAND)
+        if facts.terminal
+        else list(facts.command or [env.python, "-c", LAUNCHER, "-f", facts.connection_file]),
         user=f"{facts.user.uid}:{facts.user.gid}",
         working_dir=facts.cwd,
         environment=environment_variables(env, facts),

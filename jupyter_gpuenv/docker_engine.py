@@ -456,6 +456,7 @@ class DockerEngine:
                 terminal=req.terminal,
                 network_holder=holder,
                 sources=req.sources,
+                command=req.command,
             )
             spec = containers.spec(env, facts)
             try:

@@ -1,0 +1,239 @@
+"""Warm kernels: containers started ahead, Python running and ipykernel imported, handed to the next start.
+
+One person's machine (``c.GpuEnv.warm_kernels = {"torch": 1}``): for each named environment of
+``c.GpuEnv.environments``, this server keeps that many containers made exactly as a kernel's would be (image, user,
+mounts, limits, its own socket folder, no network), running ``WARM_LAUNCHER``: it imports ipykernel and the
+environment's ``c.GpuEnv.warm_imports`` (no CUDA context: a warm kernel holds no GPU memory), marks that it is
+ready, and waits on a FIFO in its socket folder. A start takes a ready one: the provisioner writes the connection
+file into its folder and the order (connection file, working folder, variables) into the FIFO; the kernel binds
+its sockets and answers. The kernel id is bound at that moment in the provisioner's placement, from which the panel,
+attribution, metrics and the ledger read it; the container's labels keep the warm name it was made with. The pool
+refills in the background; a warm kernel whose environment definition changed is replaced; the server's stop
+removes every warm container (an earlier server's, left by a crash, are orphans: its pid is in their labels).
+
+Not built yet: warm kernels of exclusive environments (a soft GPU claim any start may take) and on shared hosts
+(the broker); an exclusive environment named here is skipped with a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from tornado.ioloop import PeriodicCallback
+
+from . import containers, engine, host
+from .environments import Environment, parse_environment
+from .errors import GpuEnvError
+
+PREFIX = "warm-"  # a warm container's kernel id (its labels) and socket folder
+REFILL_INTERVAL = 5.0  # seconds between two looks at the pools (a take refills at once)
+HAND_OVER_TRIES = 400  # 5 ms apart: a ready warm kernel opens its FIFO within microseconds
+
+# Imports what a kernel needs (the slow part), marks that it is ready, waits for its order.
+WARM_LAUNCHER = (
+    f"import json, os, sys; sys.path.append({containers.RUNTIME_TARGET!r}); sys.argv[0] = 'ipykernel_launcher'\n"
+    "from ipykernel import kernelapp, ipkernel\n"
+    "for name in json.loads(sys.argv[2]):\n"
+    "    __import__(name)\n"
+    "open(sys.argv[1] + '.ready', 'w').close()\n"
+    "with open(sys.argv[1]) as go:\n"
+    "    order = json.loads(go.read())\n"
+    "os.chdir(order['cwd']); os.environ.update(order['env'])\n"
+    "kernelapp.launch_new_instance(argv=['-f', order['connection_file']])\n"
+)
+
+
+def warm_variables(env: Environment, server_env: dict[str, str]) -> dict[str, str]:
+    """What a start passes to its warm kernel: the server's variables a kernel container gets (the session's
+    name, the allow-list); the rest were set when the container was made."""
+    return {k: v for k, v in server_env.items() if k in containers.ALWAYS_PASSED or k in env.env_allow}
+
+
+def definition(env: Environment) -> str:
+    """What makes two environments start the same container (the display name does not)."""
+    return json.dumps({k: v for k, v in env.to_config().items() if k != "display_name"}, sort_keys=True)
+
+
+@dataclass
+class WarmKernel:
+    name: str  # warm-<hex>: its container's kernel id label and its socket folder's name
+    environment: Environment
+    folder: str
+    placement: engine.Placement
+
+    @property
+    def fifo(self) -> str:
+        return os.path.join(self.folder, "go")
+
+    @property
+    def ready(self) -> bool:
+        return os.path.exists(self.fifo + ".ready")
+
+
+class WarmKernels:
+    """This server's warm kernels, per environment."""
+
+    def __init__(self, settings: Any, the_engine: Any, sampler: Any, root_dir: str, log: logging.Logger) -> None:
+        self.settings, self.engine, self.sampler, self.root_dir, self.log = settings, the_engine, sampler, root_dir, log
+        self.pools: dict[str, list[WarmKernel]] = {}
+        self._callback: PeriodicCallback | None = None
+        self._refilling: asyncio.Future | None = None
+        self._again = False
+        self._said: set[str] = set()
+        self._stopped = False
+
+    # -- what is wanted ----------------------------------------------------------------------------------
+    def wanted(self) -> dict[str, tuple[Environment, int]]:
+        out: dict[str, tuple[Environment, int]] = {}
+        if self.settings.broker:
+            return out
+        for name, count in self.settings.warm_kernels.items():
+            raw = self.settings.environments.get(name)
+            if raw is None or not isinstance(count, int) or count <= 0:
+                self._say(name, "gpuenv: c.GpuEnv.warm_kernels names %r, which c.GpuEnv.environments does not define")
+                continue
+            try:
+                env = parse_environment(name, raw, "c.GpuEnv.environments")
+            except GpuEnvError as exc:
+                self._say(name, f"gpuenv: no warm kernels of %r: {exc}")
+                continue
+            if env.gpus.kind == "exclusive":
+                self._say(name, "gpuenv: no warm kernels of %r: warm kernels of exclusive environments are not built")
+                continue
+            out[name] = (env, count)
+        return out
+
+    def _say(self, name: str, message: str) -> None:
+        if (name, message) not in self._said:
+            self._said.add((name, message))
+            self.log.warning(message, name)
+
+    # -- the background ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.settings.warm_kernels and not self.settings.broker:
+            self._callback = PeriodicCallback(self.refill_soon, REFILL_INTERVAL * 1000)
+            self._callback.start()
+            self.refill_soon()
+
+    def refill_soon(self) -> None:
+        """Refill now; a call while a refill runs makes one more after it (it may have read the old settings)."""
+        if self._stopped:
+            return
+        self._again = True
+        if self._refilling is None or self._refilling.done():
+            with contextlib.suppress(RuntimeError):  # no loop runs yet: the periodic callback will
+                self._refilling = asyncio.ensure_future(self._refill_while_asked())
+
+    async def _refill_while_asked(self) -> None:
+        while self._again and not self._stopped:
+            self._again = False
+            await self.refill()
+
+    async def refill(self) -> None:
+        """Replace the warm kernels whose environment changed, drop those that died, start the missing ones."""
+        wanted = self.wanted()
+        for name in list(self.pools):
+            current = wanted.get(name)
+            keep = []
+            for warm in self.pools[name]:
+                same = current is not None and definition(warm.environment) == definition(current[0])
+                if same and await self._alive(warm):
+                    keep.append(warm)
+                else:
+                    await self._discard(warm)
+            self.pools[name] = keep
+        for name, (env, count) in wanted.items():
+            pool = self.pools.setdefault(name, [])
+            while len(pool) < count and not self._stopped:
+                try:
+                    pool.append(await self._make(env))
+                except (GpuEnvError, OSError) as exc:
+                    self._say(name, f"gpuenv: a warm kernel of %r could not be started: {exc}")
+                    break
+
+    async def _alive(self, warm: WarmKernel) -> bool:
+        try:
+            return (await self.engine.state(warm.placement.container_id)).running
+        except GpuEnvError:
+            return True  # the engine did not answer: look again next time
+
+    async def _make(self, env: Environment) -> WarmKernel:
+        name = f"{PREFIX}{uuid.uuid4().hex[:12]}"
+        root = host.private_folder(os.path.join(self.settings.socket_root, f"gpuenv-{os.getuid()}"))
+        folder = os.path.join(root, name)
+        os.mkdir(folder, 0o700)
+        os.mkfifo(os.path.join(folder, "go"), 0o600)
+        imports = list(self.settings.warm_imports.get(env.name, []))
+        request = engine.KernelRequest(
+            environment=env,
+            kernel_id=name,
+            user=host.current_user(),
+            server=host.this_server(),
+            root_dir=self.root_dir,
+            cwd=self.root_dir,
+            socket_dir=folder,
+            connection_file=os.path.join(folder, "connection.json"),
+            inventory=list(self.sampler.latest.gpus) if self.sampler is not None else [],
+            shared_network_namespace=self.settings.shared_network_namespace,
+            command=[env.python, "-c", WARM_LAUNCHER, os.path.join(folder, "go"), json.dumps(imports)],
+        )
+        try:
+            placement = await self.engine.start_kernel(request)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return WarmKernel(name, env, folder, placement)
+
+    async def _discard(self, warm: WarmKernel) -> None:
+        with contextlib.suppress(GpuEnvError):
+            await self.engine.remove(warm.placement.container_id)
+        shutil.rmtree(warm.folder, ignore_errors=True)
+
+    # -- a start -------------------------------------------------------------------------------------------
+    def take(self, env: Environment) -> WarmKernel | None:
+        """A ready warm kernel of exactly this environment, now the caller's; the pool refills behind it."""
+        pool = self.pools.get(env.name) or []
+        for warm in pool:
+            if warm.ready and definition(warm.environment) == definition(env):
+                pool.remove(warm)
+                self.refill_soon()
+                return warm
+        return None
+
+    @staticmethod
+    async def hand_over(warm: WarmKernel, connection_file: str, cwd: str, variables: dict[str, str]) -> None:
+        """The order: the warm kernel reads it, changes to ``cwd``, sets ``variables`` and binds its sockets."""
+        order = json.dumps({"connection_file": connection_file, "cwd": cwd, "env": variables}).encode()
+        for _ in range(HAND_OVER_TRIES):
+            try:  # ENXIO: the reader is between its mark and opening the FIFO
+                fd = os.open(warm.fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                await asyncio.sleep(0.005)
+        else:
+            raise OSError(f"warm kernel {warm.name} does not read its orders")
+        try:
+            os.write(fd, order)
+        finally:
+            os.close(fd)
+
+    async def stop(self) -> None:
+        """The server stops: no warm container stays behind."""
+        self._stopped = True
+        if self._callback is not None:
+            self._callback.stop()
+        if self._refilling is not None and not self._refilling.done():
+            with contextlib.suppress(BaseException):
+                await self._refilling
+        for pool in self.pools.values():
+            for warm in pool:
+                await self._discard(warm)
+        self.pools.clear()

@@ -1,0 +1,78 @@
+"""Warm kernels on one person's machine: started ahead, taken by a start, refilled, replaced, gone at the stop.
+
+Real Docker engine, real kernels in the test image (no GPU: the environment asks for none).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+from container_harness import IMAGE, execute, install_spec, provisioner, start, until
+
+from jupyter_gpuenv.labels import KERNEL, SERVER_PID
+
+WARM = {"image": IMAGE, "gpus": "none"}
+
+
+@pytest.fixture
+def jp_server_config(jp_server_config):
+    socket_root = tempfile.mkdtemp(prefix="gw")  # short: unix socket paths stay under ~100 bytes
+    yield {
+        "ServerApp": {"jpserver_extensions": {"jupyter_gpuenv": True}},
+        "GpuEnv": {
+            "socket_root": socket_root,
+            "environments": {"warm": dict(WARM)},
+            "warm_kernels": {"warm": 1},
+            "warm_imports": {"warm": ["json"]},
+        },
+    }
+    shutil.rmtree(socket_root, ignore_errors=True)
+
+
+@pytest.fixture
+def warm(jp_serverapp, docker_client):
+    pool = next(iter(jp_serverapp.extension_manager.extension_apps["jupyter_gpuenv"])).warm
+    yield pool
+    for c in _warm_containers(docker_client):  # what a failed test left
+        c.remove(force=True)
+
+
+def _warm_containers(client):
+    ours = client.containers.list(all=True, filters={"label": f"{SERVER_PID}={os.getpid()}"})
+    return [c for c in ours if c.labels.get(KERNEL, "").startswith("warm-")]
+
+
+def _ready(pool, name="warm"):
+    return [w for w in pool.pools.get(name, []) if w.ready]
+
+
+async def test_a_start_takes_the_warm_kernel_and_the_pool_refills(warm, jp_fetch, jp_serverapp, jp_data_dir):
+    spec = install_spec(jp_data_dir, "warm", {})
+    (ready,) = await until(lambda: _ready(warm), 60, what="a warm kernel ready")
+    kernel_id = await start(jp_fetch, spec)
+    assert provisioner(jp_serverapp, kernel_id).placement.container_id == ready.placement.container_id
+    rows = json.loads((await jp_fetch("gpuenv", "api", "kernels")).body)["kernels"]
+    row = next(r for r in rows if r["kernel_id"] == kernel_id)  # bound to the kernel id now, not to its warm name
+    assert row["container_id"] == ready.placement.container_id and row["environment"] == "warm"
+    out, error = await execute(jp_serverapp, kernel_id, "import os, sys; print(os.getcwd(), 'json' in sys.modules)")
+    assert error is None and out.split() == [os.path.abspath(jp_serverapp.root_dir), "True"]
+    (again,) = await until(lambda: _ready(warm), 60, what="the pool refilled")
+    assert again.placement.container_id != ready.placement.container_id
+
+    await jp_fetch("api", "kernels", kernel_id, method="DELETE")
+    assert {c.id for c in _warm_containers(warm.engine._client())} == {again.placement.container_id}
+
+
+async def test_a_changed_environment_is_replaced_and_the_stop_leaves_no_warm_container(warm, docker_client):
+    (old,) = await until(lambda: _ready(warm), 60, what="a warm kernel ready")
+    warm.settings.environments = {"warm": {**WARM, "shm_size": "1g"}}
+    warm.refill_soon()
+    (new,) = await until(
+        lambda: [w for w in _ready(warm) if w is not old], 60, what="the warm kernel of the new definition"
+    )
+    assert docker_client.containers.get(new.placement.container_id).attrs["HostConfig"]["ShmSize"] == 1 << 30
+    assert {c.id for c in _warm_containers(docker_client)} == {new.placement.container_id}
+    await warm.stop()
+    assert _warm_containers(docker_client) == [] and not os.path.exists(new.folder)
