@@ -37,10 +37,26 @@ PREFIX = "warm-"  # a warm container's kernel id (its labels) and socket folder
 REFILL_INTERVAL = 5.0  # seconds between two looks at the pools (a take refills at once)
 HAND_OVER_TRIES = 400  # 5 ms apart: a ready warm kernel opens its FIFO within microseconds
 
-# Imports what a kernel needs (the slow part), marks that it is ready, waits for its order.
+# Imports what a kernel needs (the slow part), marks that it is ready, waits for its order. Besides ipykernel, the
+# modules its app imports only while it initializes (the debugger's debugpy: a quarter of a second).
+KERNEL_MODULES = (
+    "ipykernel.debugger",
+    "ipykernel.zmqshell",
+    "ipykernel.iostream",
+    "ipykernel.heartbeat",
+    "ipykernel.comm",
+    "ipykernel.eventloops",
+    "ipykernel.displayhook",
+    "ipykernel.parentpoller",
+)
 WARM_LAUNCHER = (
     f"import json, os, sys; sys.path.append({containers.RUNTIME_TARGET!r}); sys.argv[0] = 'ipykernel_launcher'\n"
     "from ipykernel import kernelapp, ipkernel\n"
+    f"for name in {KERNEL_MODULES!r}:\n"
+    "    try:\n"
+    "        __import__(name)\n"
+    "    except ImportError:\n"
+    "        pass\n"
     "for name in json.loads(sys.argv[2]):\n"
     "    __import__(name)\n"
     "open(sys.argv[1] + '.ready', 'w').close()\n"
