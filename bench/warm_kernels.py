@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import docker
 from jupyter_client import AsyncKernelManager
@@ -35,10 +36,12 @@ from traitlets.config import Config
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernel_ready import settings_for  # noqa: E402
 
-from jupyter_gpuenv import engine, host, provisioner  # noqa: E402
+from jupyter_gpuenv import engine, host, nvml, provisioner  # noqa: E402
 from jupyter_gpuenv.config import GpuEnv  # noqa: E402
 from jupyter_gpuenv.environments import parse_environment  # noqa: E402
 from jupyter_gpuenv.kernelspecs import kernelspec_json  # noqa: E402
+from jupyter_gpuenv.nvml import NvmlReader, Snapshot  # noqa: E402
+from jupyter_gpuenv.visibility import from_environment  # noqa: E402
 from jupyter_gpuenv.warm import WarmKernels  # noqa: E402
 
 
@@ -74,6 +77,17 @@ async def until_ready(pool: WarmKernels, count: int, timeout: float = 300) -> No
         await asyncio.sleep(0.05)
 
 
+def gpu_inventory(settings: GpuEnv) -> SimpleNamespace:
+    """What the server's sampler gives warm kernels: the GPUs now, read once from NVML."""
+    reader = NvmlReader(nvml.load_pynvml())
+    if reader.init() is not None:
+        return SimpleNamespace(latest=Snapshot(available=False, reason="no NVML"))
+    try:
+        return SimpleNamespace(latest=reader.read(from_environment(settings.visible_devices).allows))
+    finally:
+        reader.shutdown()
+
+
 def med(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -85,6 +99,7 @@ async def main() -> None:
     parser.add_argument("--warm-imports", nargs="*", default=None, help="default: torch with the torch image")
     parser.add_argument("--first-cell", default=None, help="default: 'import torch; torch.cuda.is_available()'")
     parser.add_argument("--image", default="auto")
+    parser.add_argument("--gpus", help="the environment's gpus (default: all with the torch image, else none)")
     parser.add_argument("--out")
     args = parser.parse_args()
     for name in ("python", "env", "local_python", "local_env"):
@@ -94,7 +109,8 @@ async def main() -> None:
     first_cell = args.first_cell if args.first_cell is not None else ("import torch; torch.cuda.is_available()"
                                                                         if torch else "")  # fmt: skip
     imports = args.warm_imports if args.warm_imports is not None else (["torch"] if torch else [])
-    definition = {"image": chosen["image"], "python": chosen["python"], "gpus": "none"}
+    gpus = args.gpus or ("all" if torch else "none")  # the torch image: every way sees the GPU, the local kernel too
+    definition = {"image": chosen["image"], "python": chosen["python"], "gpus": gpus}
     if chosen["env"]:
         definition["env"] = dict(item.split("=", 1) for item in chosen["env"])
     env = parse_environment("bench", definition, "bench")
@@ -108,7 +124,7 @@ async def main() -> None:
     warm_settings = {**settings, "warm_kernels": {"bench": max(1, args.burst)}, "warm_imports": {"bench": imports}}
     warm_config = Config({"GpuEnv": warm_settings})
     gpuenv = GpuEnv(config=warm_config)
-    pool = WarmKernels(gpuenv, engine.connect(gpuenv), None, cwd, logging.getLogger("bench"))
+    pool = WarmKernels(gpuenv, engine.connect(gpuenv), gpu_inventory(gpuenv), cwd, logging.getLogger("bench"))
     gpuenv.warm_kernels = {"bench": 1}  # one waits for each single start; the burst asks for more
     context = provisioner.server_context
     provisioner.server_context = lambda p: replace(
