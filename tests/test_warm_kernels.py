@@ -51,6 +51,8 @@ def _ready(pool, name="warm"):
 async def test_a_start_takes_the_warm_kernel_and_the_pool_refills(warm, jp_fetch, jp_serverapp, jp_data_dir):
     spec = install_spec(jp_data_dir, "warm", {})
     (ready,) = await until(lambda: _ready(warm), 60, what="a warm kernel ready")
+    rows = json.loads((await jp_fetch("gpuenv", "api", "kernels")).body)["kernels"]
+    assert rows == []  # a warm container is no one's kernel (nor counted in the metrics, which read the same)
     kernel_id = await start(jp_fetch, spec)
     assert provisioner(jp_serverapp, kernel_id).placement.container_id == ready.placement.container_id
     rows = json.loads((await jp_fetch("gpuenv", "api", "kernels")).body)["kernels"]
@@ -76,3 +78,17 @@ async def test_a_changed_environment_is_replaced_and_the_stop_leaves_no_warm_con
     assert {c.id for c in _warm_containers(docker_client)} == {new.placement.container_id}
     await warm.stop()
     assert _warm_containers(docker_client) == [] and not os.path.exists(new.folder)
+
+
+async def test_a_warm_kernel_that_died_is_not_handed_over_the_start_is_cold(
+    warm, jp_fetch, jp_serverapp, jp_data_dir, docker_client
+):
+    spec = install_spec(jp_data_dir, "warm", {})
+    (ready,) = await until(lambda: _ready(warm), 60, what="a warm kernel ready")
+    docker_client.containers.get(ready.placement.container_id).kill()  # it reads no order any more
+    kernel_id = await start(jp_fetch, spec)
+    placement = provisioner(jp_serverapp, kernel_id).placement
+    assert placement.container_id != ready.placement.container_id
+    out, error = await execute(jp_serverapp, kernel_id, "print(6 * 7)")
+    assert (out, error) == ("42\n", None)
+    assert ready.placement.container_id not in {c.id for c in docker_client.containers.list(all=True)}
