@@ -14,17 +14,26 @@ from container_harness import IMAGE, execute, install_spec, provisioner, start, 
 from jupyter_gpuenv.labels import KERNEL, SERVER_PID
 
 WARM = {"image": IMAGE, "gpus": "none"}
+GPU = {"image": IMAGE, "gpus": "1", "gpu_mode": "none"}  # one GPU, shared; NVML replayed (fake_nvml)
+GIB = 1 << 30
 
 
 @pytest.fixture
-def jp_server_config(jp_server_config):
+def warm_envs():
+    """How many warm kernels of which environment (a test parametrizes it)."""
+    return {"warm": 1}
+
+
+@pytest.fixture
+def jp_server_config(jp_server_config, warm_envs):
     socket_root = tempfile.mkdtemp(prefix="gw")  # short: unix socket paths stay under ~100 bytes
     yield {
         "ServerApp": {"jpserver_extensions": {"jupyter_gpuenv": True}},
         "GpuEnv": {
             "socket_root": socket_root,
-            "environments": {"warm": dict(WARM)},
-            "warm_kernels": {"warm": 1},
+            "sample_interval": 0.05,
+            "environments": {"warm": dict(WARM), "gpu": dict(GPU)},
+            "warm_kernels": warm_envs,
             "warm_imports": {"warm": ["json"]},
         },
     }
@@ -92,3 +101,27 @@ async def test_a_warm_kernel_that_died_is_not_handed_over_the_start_is_cold(
     out, error = await execute(jp_serverapp, kernel_id, "print(6 * 7)")
     assert (out, error) == ("42\n", None)
     assert ready.placement.container_id not in {c.id for c in docker_client.containers.list(all=True)}
+
+
+@pytest.mark.parametrize("warm_envs", [{"gpu": 1}])
+async def test_a_warm_kernel_on_a_gpu_is_attributed_to_the_kernel_that_took_it(
+    fake_nvml, warm_envs, warm, jp_fetch, jp_serverapp, jp_data_dir, docker_client
+):
+    spec = install_spec(jp_data_dir, "gpu", {"gpus": "1", "gpu_mode": "none"})
+    (ready,) = await until(lambda: _ready(warm, "gpu"), 60, what="a warm kernel of the GPU environment ready")
+    kernel_id = await start(jp_fetch, spec)
+    placement = provisioner(jp_serverapp, kernel_id).placement
+    assert placement.container_id == ready.placement.container_id and len(placement.gpus) == 1
+    index = placement.gpus[0].index
+    pid = docker_client.containers.get(placement.container_id).attrs["State"]["Pid"]
+    fake_nvml.recording["devices"][index]["nvmlDeviceGetComputeRunningProcesses"] = [{"pid": pid, "usedGpuMemory": GIB}]
+
+    async def attributed():
+        gpus = json.loads((await jp_fetch("gpuenv", "api", "gpus")).body)["gpus"]
+        return [p for g in gpus if g["index"] == index for p in g["processes"] if p["kernel_id"] == kernel_id]
+
+    (process,) = await until(attributed, 30, what="the warm-born kernel's GPU process attributed to its kernel id")
+    assert process["container_id"] == placement.container_id
+    rows = json.loads((await jp_fetch("gpuenv", "api", "kernels")).body)["kernels"]
+    row = next(r for r in rows if r["kernel_id"] == kernel_id)
+    assert row["gpus"] == [index] and row["gpu_memory"] == GIB
