@@ -463,6 +463,9 @@ class ServerParking:
     def stop(self) -> None:
         if self._callback is not None:
             self._callback.stop()
+        listeners = getattr(self.engine, "removal_listeners", [])
+        if self.parker.released in listeners:  # the engine is the process's: it outlives this server
+            listeners.remove(self.parker.released)
         self.parker.close()
 
     # -- facts -----------------------------------------------------------------------------------------
