@@ -67,8 +67,8 @@ class GpuEnv(Configurable):
         help="Warm kernels per environment of c.GpuEnv.environments, e.g. {'pytorch': 1}: containers started ahead "
         "with ipykernel imported, so that a start of that environment takes one and is ready at once; the pool "
         "refills in the background, a changed environment's are replaced, none stays after the server stops. "
-        "Each holds its container's memory (tens of MB) and no GPU memory. Not for exclusive environments yet, nor "
-        "with a broker.",
+        "Each holds its container's memory (tens of MB) and no GPU memory; an exclusive environment's only a soft "
+        "claim on a free GPU, which any start may take. Not with a broker yet.",
     )
 
     warm_imports = Dict(

@@ -44,6 +44,7 @@ from .errors import (
     PullFailed,
 )
 from .parking import released_in
+from .warm import soft_claims
 
 # One line of Python run in an image (as the kernel's user, no network) to learn what a kernel needs of it.
 PROBE = (
@@ -470,8 +471,11 @@ class DockerEngine:
 
     def _holdings(self, c: docker.DockerClient, kernel_id: str) -> allocation.Holdings:
         """What this user's running kernels hold, as their labels say, less what parked kernels released."""
-        released = released_in(self.private_dir) if self.private_dir else ()
-        return labels.holdings(self._kernels(c), excluding=kernel_id, released=released)
+        kernels = self._kernels(c)
+        released = (released_in(self.private_dir) if self.private_dir else set()) | soft_claims(
+            kernels, self.private_dir
+        )
+        return labels.holdings(kernels, excluding=kernel_id, released=released)
 
     # -- the user's network namespace holder ------------------------------------------------------------
     def _network_holder(self, c: docker.DockerClient, req: KernelRequest) -> str | None:

@@ -43,6 +43,7 @@ from .parking import (
     why_not_park,
 )
 from .timeline import CELL, POLICY, RELEASE, REQUEST, ROUND, Timeline
+from .warm import soft_claims
 
 PARKING, RESUMING, RUNNING = "parking", "resuming", "running"
 BROKER_SUMMARY_TTL = 60.0  # seconds the broker's "can this host park" answer is reused
@@ -402,7 +403,9 @@ class FileStore:
             os.close(fd)
 
     async def others(self, kernel_id: str) -> Holdings:
-        return labels.holdings(await self._kernels(), excluding=kernel_id, released=released_in(self.private_dir))
+        kernels = await self._kernels()
+        released = released_in(self.private_dir) | soft_claims(kernels, self.private_dir)  # warm: a soft claim only
+        return labels.holdings(kernels, excluding=kernel_id, released=released)
 
 
 def _epoch(value: Any) -> float:

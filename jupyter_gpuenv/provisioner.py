@@ -260,6 +260,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
             cwd = os.path.abspath(str(kwargs.get("cwd") or self._root_dir))
             check_cwd(cwd, self._root_dir, host.current_user().home)
             variables = warm_variables(self.environment, dict(kwargs.get("env") or {}))
+            await self._warm_kernels.bind(warm)
             await self._warm_kernels.hand_over(warm, self.parent.connection_file, cwd, variables)
             return warm.placement
         except BaseException as exc:  # it is not this kernel: it goes (a refusal is still raised)

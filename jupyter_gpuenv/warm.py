@@ -11,14 +11,20 @@ attribution, metrics and the ledger read it; the container's labels keep the war
 refills in the background; a warm kernel whose environment definition changed is replaced; the server's stop
 removes every warm container (an earlier server's, left by a crash, are orphans: its pid is in their labels).
 
-Not built yet: warm kernels of exclusive environments (a soft GPU claim any start may take) and on shared hosts
-(the broker); an exclusive environment named here is skipped with a log line.
+Exclusive environments: a warm kernel is made on a GPU free now and holds only a soft claim: allocation and resume
+leave out every warm container that no start has bound (``soft_claims``), so any start may take its GPU; the pool
+then discards it and refills on another free GPU, if there is one. A start that takes a warm kernel binds it under
+the allocation lock, after checking that its GPU is still free (else it starts cold), and records it in this
+server's warm book (``warm-bound-<pid>.json``, private): from then on its labels' exclusive claim counts.
+
+Not built yet: warm kernels on shared hosts (the broker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -29,9 +35,10 @@ from typing import Any
 
 from tornado.ioloop import PeriodicCallback
 
-from . import containers, engine, host
+from . import containers, engine, host, labels
 from .environments import Environment, parse_environment
 from .errors import GpuEnvError
+from .parking import released_in
 
 PREFIX = "warm-"  # a warm container's kernel id (its labels) and socket folder
 REFILL_INTERVAL = 5.0  # seconds between two looks at the pools (a take refills at once)
@@ -71,6 +78,26 @@ def warm_variables(env: Environment, server_env: dict[str, str]) -> dict[str, st
     """What a start passes to its warm kernel: the server's variables a kernel container gets (the session's
     name, the allow-list); the rest were set when the container was made."""
     return {k: v for k, v in server_env.items() if k in containers.ALWAYS_PASSED or k in env.env_allow}
+
+
+def bound_in(private_dir: str) -> set[str]:
+    """The warm containers a start has bound to a kernel (every server of this user: their warm books)."""
+    found: set[str] = set()
+    for path in glob.glob(os.path.join(private_dir, "warm-bound-*.json")):
+        found |= bound_in_file(path)
+    return found
+
+
+def bound_in_file(path: str) -> set[str]:
+    with contextlib.suppress(OSError, ValueError), open(path) as f:
+        return {c for c in json.load(f) if isinstance(c, str)}
+    return set()
+
+
+def soft_claims(kernels: list[labels.KernelContainer], private_dir: str | None) -> set[str]:
+    """Warm containers no start has bound: their GPUs are free for any start (leave them out of holdings)."""
+    warm = {c.id for c in kernels if c.kernel_id.startswith(PREFIX)}
+    return warm - bound_in(private_dir) if warm and private_dir else warm
 
 
 def definition(env: Environment) -> str:
@@ -121,9 +148,6 @@ class WarmKernels:
             except GpuEnvError as exc:
                 self._say(name, f"gpuenv: no warm kernels of %r: {exc}")
                 continue
-            if env.gpus.kind == "exclusive":
-                self._say(name, "gpuenv: no warm kernels of %r: warm kernels of exclusive environments are not built")
-                continue
             out[name] = (env, count)
         return out
 
@@ -154,14 +178,25 @@ class WarmKernels:
             await self.refill()
 
     async def refill(self) -> None:
-        """Replace the warm kernels whose environment changed, drop those that died, start the missing ones."""
+        """Replace the warm kernels whose environment changed, drop those that died or whose GPU a start took (a
+        soft claim), start the missing ones."""
         wanted = self.wanted()
+        taken = (
+            await self._held()
+            if any(w.environment.gpus.kind == "exclusive" for p in self.pools.values() for w in p)
+            else None
+        )
         for name in list(self.pools):
             current = wanted.get(name)
             keep = []
             for warm in self.pools[name]:
                 same = current is not None and definition(warm.environment) == definition(current[0])
-                if same and await self._alive(warm):
+                lost = (  # an exclusive one's soft claim: a start took its GPU
+                    taken is not None
+                    and warm.environment.gpus.kind == "exclusive"
+                    and any(taken.held_by_anyone(g.uuid) for g in warm.placement.gpus)
+                )
+                if same and not lost and await self._alive(warm):
                     keep.append(warm)
                 else:
                     await self._discard(warm)
@@ -174,6 +209,18 @@ class WarmKernels:
                 except (GpuEnvError, OSError) as exc:
                     self._say(name, f"gpuenv: a warm kernel of %r could not be started: {exc}")
                     break
+
+    @property
+    def private_dir(self) -> str:
+        return os.path.join(self.settings.socket_root, f"gpuenv-{os.getuid()}")
+
+    async def _held(self, with_soft_claims: bool = False) -> Any:
+        """What kernels hold now (``labels.holdings``), parked ones released; warm ones only ``with_soft_claims``."""
+        kernels = await self.engine.kernels()
+        released = released_in(self.private_dir) | (
+            set() if with_soft_claims else soft_claims(kernels, self.private_dir)
+        )
+        return labels.holdings(kernels, released=released)
 
     async def _alive(self, warm: WarmKernel) -> bool:
         try:
@@ -200,6 +247,8 @@ class WarmKernels:
             inventory=list(self.sampler.latest.gpus) if self.sampler is not None else [],
             shared_network_namespace=self.settings.shared_network_namespace,
             command=[env.python, "-c", WARM_LAUNCHER, os.path.join(folder, "go"), json.dumps(imports)],
+            # exclusive: a GPU no kernel holds, nor another warm kernel (a soft claim is still no place for two)
+            held=await self._held(with_soft_claims=True) if env.gpus.kind == "exclusive" else None,
         )
         try:
             placement = await self.engine.start_kernel(request)
@@ -223,6 +272,28 @@ class WarmKernels:
                 self.refill_soon()
                 return warm
         return None
+
+    async def bind(self, warm: WarmKernel) -> None:
+        """The start that took ``warm`` makes it its kernel: an exclusive one's GPU must still be free (a start may
+        have taken it since: OSError, the caller starts cold), and its claim counts from now on (the warm book)."""
+        if warm.environment.gpus.kind != "exclusive":
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self._bind, warm)
+
+    def _bind(self, warm: WarmKernel) -> None:
+        with self.engine._lease_lock():  # the allocation lock: no start chooses GPUs meanwhile
+            c = self.engine._client()
+            held = self.engine._holdings(c, warm.name)
+            if any(held.held_by_anyone(g.uuid) for g in warm.placement.gpus):
+                raise OSError("another kernel took its GPU")
+            book = os.path.join(self.private_dir, f"warm-bound-{os.getpid()}.json")
+            alive = {k.id for k in self.engine._kernels(c)}
+            bound = sorted({i for i in bound_in_file(book) if i in alive} | {warm.placement.container_id})
+            staging = f"{book}.new"
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(bound, f)
+            os.replace(staging, book)
 
     @staticmethod
     async def hand_over(warm: WarmKernel, connection_file: str, cwd: str, variables: dict[str, str]) -> None:

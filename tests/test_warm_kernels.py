@@ -15,7 +15,26 @@ from jupyter_gpuenv.labels import KERNEL, SERVER_PID
 
 WARM = {"image": IMAGE, "gpus": "none"}
 GPU = {"image": IMAGE, "gpus": "1", "gpu_mode": "none"}  # one GPU, shared; NVML replayed (fake_nvml)
+EXCL = {"image": IMAGE, "gpus": "exclusive:1", "gpu_mode": "none"}
 GIB = 1 << 30
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    """Two H100s replayed, with GPU uuids of this test's own: kernels of other tests on the same engine (and user)
+    hold the recordings' uuids, and holdings count every kernel of the user."""
+    import uuid
+
+    import fake_pynvml
+
+    from jupyter_gpuenv import nvml
+
+    recording = fake_pynvml.load("h100x2")
+    for device in recording["devices"]:
+        device["nvmlDeviceGetUUID"] = f"GPU-{uuid.uuid4()}"
+    fake = fake_pynvml.FakePynvml(recording)
+    monkeypatch.setattr(nvml, "load_pynvml", lambda: fake)
+    return fake
 
 
 @pytest.fixture
@@ -32,7 +51,7 @@ def jp_server_config(jp_server_config, warm_envs):
         "GpuEnv": {
             "socket_root": socket_root,
             "sample_interval": 0.05,
-            "environments": {"warm": dict(WARM), "gpu": dict(GPU)},
+            "environments": {"warm": dict(WARM), "gpu": dict(GPU), "excl": dict(EXCL), "other": dict(EXCL)},
             "warm_kernels": warm_envs,
             "warm_imports": {"warm": ["json"]},
         },
@@ -125,3 +144,39 @@ async def test_a_warm_kernel_on_a_gpu_is_attributed_to_the_kernel_that_took_it(
     rows = json.loads((await jp_fetch("gpuenv", "api", "kernels")).body)["kernels"]
     row = next(r for r in rows if r["kernel_id"] == kernel_id)
     assert row["gpus"] == [index] and row["gpu_memory"] == GIB
+
+
+def _gpu(app, kernel_id):
+    return provisioner(app, kernel_id).placement.gpus[0].index
+
+
+@pytest.mark.parametrize("warm_envs", [{"excl": 1}])
+async def test_an_exclusive_warm_kernel_holds_a_soft_claim_any_start_may_take(
+    fake_nvml, warm_envs, warm, jp_fetch, jp_serverapp, jp_data_dir, docker_client
+):
+    """Two GPUs. Warm kernels of "excl" never make a start of "other" fail with no free GPU: each start takes a GPU
+    a warm kernel waits on, and the pool gives it up; a start that takes a warm kernel holds its GPU exclusively."""
+    excl, other = (install_spec(jp_data_dir, name, {"gpus": "exclusive:1", "gpu_mode": "none"})
+                   for name in ("excl", "other"))  # fmt: skip
+    (first,) = await until(lambda: _ready(warm, "excl"), 60, what="a warm kernel on a free GPU")
+    mine = await start(jp_fetch, excl)  # takes it: its GPU is now held exclusively
+    assert provisioner(jp_serverapp, mine).placement.container_id == first.placement.container_id
+    (second,) = await until(lambda: _ready(warm, "excl"), 60, what="the pool refilled on the other GPU")
+    assert second.placement.gpus[0].index != _gpu(jp_serverapp, mine)
+
+    theirs = await start(jp_fetch, other)  # cold: the only GPU left is the warm kernel's soft claim
+    assert _gpu(jp_serverapp, theirs) == second.placement.gpus[0].index
+    bound = provisioner(jp_serverapp, mine).placement.container_id  # a warm container, now the kernel "mine"
+    await until(lambda: {c.id for c in _warm_containers(docker_client)} == {bound}, 30, what="the warm kernel given up")
+    code = await _start_code(jp_fetch, other)
+    assert code == 409  # both GPUs held by kernels now: the warm kernels never held one
+
+
+async def _start_code(jp_fetch, spec):
+    from tornado.httpclient import HTTPClientError
+
+    try:
+        await start(jp_fetch, spec)
+    except HTTPClientError as exc:
+        return exc.code
+    return 201
