@@ -4,10 +4,9 @@ A pool container is what a kernel container would be (same image, user, mounts, 
 ahead with its Python running and ipykernel imported, waiting on a FIFO in its own socket folder. A start then
 writes the connection file and one line into the FIFO; the kernel binds its sockets and answers.
 
-Why it stays out of the product (see the README's performance section): a container's labels are fixed when it
-is made, so a pooled container cannot carry the kernel id that GPU holdings, attribution, GET kernels and
-orphan removal read from them; the notebook's folder and the server's variables would be set after Python
-started; and each idle container holds tens of MB per environment and user.
+The product's warm kernels (jupyter_gpuenv/warm.py, c.GpuEnv.warm_kernels; bench/warm_kernels.py measures them)
+grew from it once placements, not labels, named a kernel's container; this prototype stays for kernel_ready.py's
+"warm-pool" direction.
 """
 
 from __future__ import annotations

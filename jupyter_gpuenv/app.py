@@ -23,6 +23,7 @@ from .sampler import Sampler
 from .terminals import Terminals
 from .usage import UsageTracker
 from .visibility import from_environment
+from .warm import WarmKernels
 
 
 def kernel_index(kernel_manager) -> attribution.KernelIndex:
@@ -89,6 +90,16 @@ class GpuEnvApp(ExtensionApp):
         )
         self.sampler.start()
         self.settings["gpuenv_sampler"] = self.sampler
+        # -- warm kernels (warm.py): started ahead on the server's loop, handed to the next start --
+        self.warm = WarmKernels(
+            self.gpuenv,
+            engine.connect(self.gpuenv, self.serverapp.log),
+            self.sampler,
+            os.path.abspath(self.serverapp.root_dir),
+            self.serverapp.log,
+        )
+        self.warm.start()
+        self.settings["gpuenv_warm"] = self.warm
         self.terminals = Terminals(
             self.gpuenv,
             kernel_manager,
@@ -165,3 +176,4 @@ class GpuEnvApp(ExtensionApp):
         self.sampler.stop()
         await self.terminals.close_all()  # their shells hung up, the terminals' own containers removed
         self.parking.stop()  # parked kernels stay parked: a kernel that outlives its server keeps its state
+        await self.warm.stop()  # no warm container stays behind

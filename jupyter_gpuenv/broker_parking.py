@@ -77,7 +77,8 @@ class BrokerParking:
         self.policy = policy
         names = lambda: {k.kernel_id: daemon.name_of(k) for k in daemon.book}  # noqa: E731
         self.store = LeaseStore(daemon.book, daemon.lock, names)
-        self.parker = Parker(self.store, timeout=timeout, log=log)
+        self.parker = Parker(self.store, timeout=timeout, log=log, inventory=lambda: list(daemon.sampler.latest.gpus))
+        daemon.book.release_listeners.append(self.parker.released)  # a kernel's end wakes a cell waiting for its GPU
         self.activity: dict[str, KernelActivity] = {}  # container id -> its kernel's IOPub
         self.unreadable: dict[str, float] = {}  # container id -> when its connection file could not be read
 
@@ -151,8 +152,8 @@ class BrokerParking:
                 self.parker.forget(container_id)  # its kernel restarted: the new one holds what it was given
             if container_id not in self.activity and (lease.gpus or lease.park):
                 await self._follow(lease)
-        inventory = list(self.daemon.sampler.latest.gpus)
-        await self.parker.retry_waiting(inventory)
+        # no retry of waiting cells here: every GPU on this host is released through the lease book (a lease dropped,
+        # a kernel parked), which wakes them (``Parker.released``)
         facts = [self.facts(k) for k in leases.values() if k.gpus and not k.park]
         unavailable = await self.parker.unavailable() if self.policy.on else None
         for f in idle_to_park(time.time(), facts, self.policy, self.daemon.sampler.history(), unavailable):

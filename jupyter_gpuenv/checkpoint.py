@@ -7,12 +7,21 @@ while its process is locked or checkpointed waits inside the driver until unlock
 
 ``load_driver`` is the one seam where tests put a stand-in (``tests/fake_cuda.py``), as ``nvml.load_pynvml`` is
 for NVML. Every call blocks (a checkpoint of 40 GiB takes seconds): callers run these in a thread of their own.
+
+Custom storage (not built): newer drivers are to let the caller copy the checkpoint itself
+(``CUcheckpointCheckpointArgs`` with a storage callback, ``cuCheckpointOperationComplete``), which could move the
+bytes at the link's speed instead of the driver's staging. The driver on the GPU machine (580.159.04, CUDA 13000)
+has neither: its ``CUcheckpointCheckpointArgs`` holds only ``reserved`` (docs/parking.md). The seam is
+``LibCuda.checkpoint_args`` (today: none, the driver stages the copy) with ``LibCuda.offers`` saying what a driver
+has; a storage backend would fill the args there and nothing above this module would change. Build it only
+against a driver that has it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -119,8 +128,29 @@ class LibCuda:
         args = _LockArgs(timeoutMs=timeout_ms)
         self._call("cuCheckpointProcessLock", pid, ctypes.byref(args))
 
+    def offers(self) -> dict:
+        """What this driver has: its CUDA version (``cuDriverGetVersion``), the checkpoint calls, and whether it has
+        ``cuCheckpointOperationComplete`` (the custom-storage API's completion call)."""
+        self._load()
+        try:
+            lib = ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            return {"driver_version": None, "checkpoint_api": False, "operation_complete": False}
+        version = ctypes.c_int(0)
+        lib.cuDriverGetVersion(ctypes.byref(version))
+        return {
+            "driver_version": version.value,
+            "checkpoint_api": self._lib is not None,
+            "operation_complete": hasattr(lib, "cuCheckpointOperationComplete"),
+        }
+
+    def checkpoint_args(self) -> ctypes.c_void_p | None:
+        """The seam for custom storage: the ``CUcheckpointCheckpointArgs`` to pass. None: the driver stages the copy
+        itself (the only choice up to CUDA 13000, where the struct holds only ``reserved``)."""
+        return None
+
     def checkpoint(self, pid: int) -> None:
-        self._call("cuCheckpointProcessCheckpoint", pid, None)
+        self._call("cuCheckpointProcessCheckpoint", pid, self.checkpoint_args())
 
     def restore(self, pid: int) -> None:
         self._call("cuCheckpointProcessRestore", pid, None)
@@ -142,48 +172,61 @@ def load_driver() -> CheckpointDriver:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a park or resume did: ``error`` is None when every process made it."""
+    """What a park or resume did: ``error`` is None when every process made it. ``steps``: each driver call as
+    ``(call, pid, time.monotonic() at its start, seconds)``, for the operation's timeline."""
 
     error: CheckpointError | None = None
     rolled_back: bool = True  # on error: every process is back as it was (running, GPU memory on the GPU)
+    steps: tuple[tuple[str, int, float, float], ...] = ()
+
+
+class _Steps(list):
+    def time(self, name: str, pid: int, call, *args):
+        start = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            self.append((name, pid, start, time.monotonic() - start))
 
 
 def park(driver: CheckpointDriver, pids: list[int], lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> Outcome:
     """Lock every process, then checkpoint each. On a failure, undo what was done: the kernel runs as before."""
     locked: list[int] = []
     saved: list[int] = []
+    steps = _Steps()
     try:
         for pid in pids:
-            driver.lock(pid, lock_timeout_ms)
+            steps.time("lock", pid, driver.lock, pid, lock_timeout_ms)
             locked.append(pid)
         for pid in pids:
-            driver.checkpoint(pid)
+            steps.time("checkpoint", pid, driver.checkpoint, pid)
             saved.append(pid)
-        return Outcome()
+        return Outcome(steps=tuple(steps))
     except CheckpointError as exc:
         clean = True
         for pid in locked:
             try:
                 if pid in saved:
-                    driver.restore(pid)
-                driver.unlock(pid)
+                    steps.time("restore", pid, driver.restore, pid)
+                steps.time("unlock", pid, driver.unlock, pid)
             except CheckpointError:
                 clean = False
-        return Outcome(exc, rolled_back=clean)
+        return Outcome(exc, rolled_back=clean, steps=tuple(steps))
 
 
 def resume(driver: CheckpointDriver, pids: list[int]) -> Outcome:
     """Restore and unlock every process; a process already running (a retry) is left alone."""
+    steps = _Steps()
     try:
         for pid in pids:
-            state = driver.state(pid)
+            state = steps.time("state", pid, driver.state, pid)
             if state == CHECKPOINTED:
-                driver.restore(pid)
+                steps.time("restore", pid, driver.restore, pid)
                 state = LOCKED
             if state == LOCKED:
-                driver.unlock(pid)
+                steps.time("unlock", pid, driver.unlock, pid)
             elif state != RUNNING:
                 raise CheckpointError(f"process {pid} is in the driver's {state} state", "ILLEGAL_STATE")
-        return Outcome()
+        return Outcome(steps=tuple(steps))
     except CheckpointError as exc:
-        return Outcome(exc, rolled_back=False)
+        return Outcome(exc, rolled_back=False, steps=tuple(steps))

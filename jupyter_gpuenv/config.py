@@ -61,6 +61,22 @@ class GpuEnv(Configurable):
         "with metadata.kernel_provisioner.config = {'environment': NAME}; `jupyter gpuenv add` writes those.",
     )
 
+    warm_kernels = Dict(
+        value_trait=Int(),
+        config=True,
+        help="Warm kernels per environment of c.GpuEnv.environments, e.g. {'pytorch': 1}: containers started ahead "
+        "with ipykernel imported, so that a start of that environment takes one and is ready at once; the pool "
+        "refills in the background, a changed environment's are replaced, none stays after the server stops. "
+        "Each holds its container's memory (tens of MB) and no GPU memory; an exclusive environment's only a soft "
+        "claim on a free GPU, which any start may take. Not with a broker yet.",
+    )
+
+    warm_imports = Dict(
+        config=True,
+        help="Modules a warm kernel imports ahead, per environment, e.g. {'pytorch': ['torch']}: the first cell's "
+        "`import torch` is then instant. No CUDA context is made (that would hold GPU memory).",
+    )
+
     allow_kernelspec_environments = Bool(
         True,
         config=True,

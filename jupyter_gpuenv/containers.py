@@ -33,7 +33,7 @@ CLIENT_LOCK_VARIABLE = "GPUENV_CLIENT_LOCK"
 # what the image lacks (stock PyTorch images have no ipykernel). A daemon thread first waits on the client's
 # lock and ends the kernel's process group (the kernel and its children) once it gets it; the container ends
 # with them. No lock file (a client that made none): no watcher.
-LAUNCHER = (
+CLIENT_WATCHER = (
     "import fcntl, os, signal, sys, threading\n"
     "def watch(path):\n"
     "    try:\n"
@@ -44,7 +44,9 @@ LAUNCHER = (
     "    os.killpg(0, signal.SIGKILL)\n"
     f"if os.environ.get({CLIENT_LOCK_VARIABLE!r}):\n"
     f"    threading.Thread(target=watch, args=(os.environ[{CLIENT_LOCK_VARIABLE!r}],), daemon=True).start()\n"
-    f"sys.path.append({RUNTIME_TARGET!r}); sys.argv[0] = 'ipykernel_launcher'\n"
+)
+LAUNCHER = (
+    CLIENT_WATCHER + f"sys.path.append({RUNTIME_TARGET!r}); sys.argv[0] = 'ipykernel_launcher'\n"
     "from ipykernel import kernelapp; kernelapp.launch_new_instance()"
 )
 
@@ -107,6 +109,7 @@ class LaunchFacts:
     # a folder the kernel sees -> the host path Docker mounts it from: the broker's pinned copies of a user's
     # folders (broker_folders.staged), so that Docker never resolves a path the user can change
     sources: dict[str, str] = field(default_factory=dict)
+    command: list[str] | None = None  # instead of LAUNCHER: a warm kernel waits for its connection file (warm.py)
 
 
 @dataclass
@@ -243,7 +246,9 @@ def spec(env: Environment, facts: LaunchFacts) -> ContainerSpec:
     out = ContainerSpec(
         name=container_name(facts.kernel_id),
         image=env.image,
-        command=list(TERMINAL_COMMAND) if facts.terminal else [env.python, "-c", LAUNCHER, "-f", facts.connection_file],
+        command=list(TERMINAL_COMMAND)
+        if facts.terminal
+        else list(facts.command or [env.python, "-c", LAUNCHER, "-f", facts.connection_file]),
         user=f"{facts.user.uid}:{facts.user.gid}",
         working_dir=facts.cwd,
         environment=environment_variables(env, facts),

@@ -44,6 +44,7 @@ from .errors import (
     PullFailed,
 )
 from .parking import released_in
+from .warm import soft_claims
 
 # One line of Python run in an image (as the kernel's user, no network) to learn what a kernel needs of it.
 PROBE = (
@@ -112,6 +113,9 @@ class DockerEngine:
         self._gpu_mode: str | None = None
         self._said: set[str] = set()  # conditions already logged once
         self.pull_stall_timeout = pull_stall_timeout
+        # called on the loop with the container id once a kernel container is removed: its GPUs are free (parking
+        # wakes a cell that waits for one)
+        self.removal_listeners: list[Callable[[str], None]] = []
         self._pulls = pulls.Pulls(self._pull, self._pull_journal())
 
     # -- plumbing ----------------------------------------------------------------------------------------
@@ -459,6 +463,7 @@ class DockerEngine:
                 terminal=req.terminal,
                 network_holder=holder,
                 sources=req.sources,
+                command=req.command,
             )
             spec = containers.spec(env, facts)
             try:
@@ -472,8 +477,11 @@ class DockerEngine:
 
     def _holdings(self, c: docker.DockerClient, kernel_id: str) -> allocation.Holdings:
         """What this user's running kernels hold, as their labels say, less what parked kernels released."""
-        released = released_in(self.private_dir) if self.private_dir else ()
-        return labels.holdings(self._kernels(c), excluding=kernel_id, released=released)
+        kernels = self._kernels(c)
+        released = (released_in(self.private_dir) if self.private_dir else set()) | soft_claims(
+            kernels, self.private_dir
+        )
+        return labels.holdings(kernels, excluding=kernel_id, released=released)
 
     # -- the user's network namespace holder ------------------------------------------------------------
     def _network_holder(self, c: docker.DockerClient, req: KernelRequest) -> str | None:
@@ -670,12 +678,15 @@ class DockerEngine:
 
     async def remove(self, container_id: str) -> ContainerState | None:
         try:
-            return await self._call(
+            last = await self._call(
                 self._control, self.timeout * 2 + 1, "remove the kernel container", self._remove, container_id
             )
         except EngineUnavailable:
             self._remove_later(container_id)
             raise
+        for listener in list(self.removal_listeners):
+            listener(container_id)
+        return last
 
     def _remove(self, c: docker.DockerClient, container_id: str) -> ContainerState | None:
         try:  # read before it is gone: why did it end (OOMKilled)? which namespace did it join?

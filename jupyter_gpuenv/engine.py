@@ -67,6 +67,7 @@ class KernelRequest:
     terminal: bool = False  # a container for a terminal alone: it runs containers.TERMINAL_COMMAND, not a kernel
     shared_network_namespace: bool = False  # join the user's no-network namespace holder (network "none" only)
     sources: dict[str, str] = field(default_factory=dict)  # folder -> a root-owned path to mount it from (broker)
+    command: list[str] | None = None  # instead of the kernel's launcher: a warm kernel's (warm.py)
 
 
 @dataclass(frozen=True)

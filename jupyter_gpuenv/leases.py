@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from .allocation import Holdings
@@ -49,6 +49,8 @@ class LeaseBook:
     def __init__(self, path: str) -> None:
         self.path = path
         self._kernels: dict[tuple[str, str], KernelLease] = {}
+        # called with a dropped lease that held GPUs: they are free now (parking wakes a cell that waits for one)
+        self.release_listeners: list[Callable[[KernelLease], None]] = []
 
     def load(self) -> None:
         try:
@@ -87,6 +89,9 @@ class LeaseBook:
     def drop(self, lease: KernelLease) -> None:
         if self._kernels.pop((lease.user, lease.kernel_id), None) is not None:
             self.save()
+            if lease.gpus:
+                for listener in list(self.release_listeners):
+                    listener(lease)
 
     def of_user(self, user: str) -> list[KernelLease]:
         return [k for k in self._kernels.values() if k.user == user]

@@ -42,6 +42,8 @@ from .parking import (
     resume_blocker,
     why_not_park,
 )
+from .timeline import CELL, POLICY, RELEASE, REQUEST, ROUND, Timeline
+from .warm import soft_claims
 
 PARKING, RESUMING, RUNNING = "parking", "resuming", "running"
 BROKER_SUMMARY_TTL = 60.0  # seconds the broker's "can this host park" answer is reused
@@ -66,11 +68,23 @@ class Store(Protocol):
 
 
 class Parker:
-    def __init__(self, store: Store, *, timeout: float, log: logging.Logger, driver: Any = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timeout: float,
+        log: logging.Logger,
+        driver: Any = None,
+        inventory: Callable[[], list[GpuSample]] = list,
+    ) -> None:
         self.store = store
         self.timeout = timeout
         self.log = log
         self._driver = driver
+        self.inventory = inventory  # the GPUs now (the sampler's), for the sentences that name a GPU's holder
+        self.timelines: dict[str, dict[str, dict]] = {}  # kernel id -> {"park": …, "resume": …}: the last of each
+        self._release_pending = False
+        self._release_task: asyncio.Future | None = None
         self.under_way: dict[str, str] = {}  # kernel id -> PARKING or RESUMING
         self.waiting: dict[str, str] = {}  # kernel id -> why a cell waits for its GPU (auto-resume refused)
         self.watches: dict[str, KernelActivity] = {}
@@ -145,7 +159,8 @@ class Parker:
         if reason:
             raise CannotPark(reason)
         self.under_way[kid] = PARKING
-        started = time.monotonic()
+        timeline = Timeline("park", POLICY if by == BY_POLICY else REQUEST, facts.gpu_memory)
+        error: str | None = None
         try:
             pids = list(facts.pids)
 
@@ -155,6 +170,8 @@ class Parker:
                     self._pool.submit(checkpoint.resume, self.driver, pids)
 
             outcome = await self._blocking("park the kernel", checkpoint.park, self.driver, pids, late=undo)
+            for step, _pid, start, seconds in outcome.steps:
+                timeline.add(step, start, seconds)
             if outcome.error is not None:
                 if outcome.rolled_back:
                     raise DriverFailed(f"the kernel could not be parked, and runs as it was: {outcome.error}")
@@ -169,21 +186,39 @@ class Parker:
                 since=time.time(),
                 by=by,
             )
-            async with self.store.locked():
-                self.store.put(record)  # from here its GPUs are free for the next kernel
+            async with self._locked(timeline):
+                with timeline.phase("book"):
+                    self.store.put(record)  # from here its GPUs are free for the next kernel
+        except GpuEnvError as exc:
+            error = str(exc)
+            raise
         finally:
             self.under_way.pop(kid, None)
+            self._keep(kid, timeline.end(error))
         self.log.info(
-            "gpuenv: kernel %s parked by %s: %.2f GiB to host memory in %.1f s",
+            "gpuenv: kernel %s parked by %s: %.2f GiB to host memory in %.3f s (%s)",
             kid,
             by,
             facts.gpu_memory / 2**30,
-            time.monotonic() - started,
+            timeline.seconds,
+            timeline.summary(),
         )
+        self.released()  # a cell of another kernel may wait for this GPU
         return record
 
+    def _keep(self, kernel_id: str, timeline: Timeline) -> None:
+        self.timelines.setdefault(kernel_id, {})[timeline.action] = timeline.as_dict()
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, timeline: Timeline) -> AsyncIterator[None]:
+        """The store's allocation lock, the wait for it a phase of ``timeline``."""
+        start = time.monotonic()
+        async with self.store.locked():
+            timeline.add("allocation lock", start, time.monotonic() - start)
+            yield
+
     # -- resume ----------------------------------------------------------------------------------------
-    async def resume(self, kernel_id: str, inventory: list[GpuSample]) -> None:
+    async def resume(self, kernel_id: str, inventory: list[GpuSample], trigger: str = REQUEST) -> None:
         record = self.store.get(kernel_id)
         if record is None or record.state != PARKED:
             if record is not None:  # failed: its GPU state is gone
@@ -192,31 +227,47 @@ class Parker:
         if kernel_id in self.under_way:
             raise CannotPark(f"the kernel is {self.under_way[kernel_id]} already")
         self.under_way[kernel_id] = RESUMING
-        started = time.monotonic()
+        timeline = Timeline("resume", trigger, record.host_memory)
+        keep = True
         try:
-            async with self.store.locked():
-                blocker = resume_blocker(record, await self.store.others(kernel_id), inventory)
+            async with self._locked(timeline):
+                with timeline.phase("holdings"):
+                    others = await self.store.others(kernel_id)
+                blocker = resume_blocker(record, others, inventory)
                 if blocker is not None:
+                    keep = False  # refused before anything was done: the last resume's timeline stays
                     raise blocker
                 try:
                     outcome = await self._blocking("restore the kernel", checkpoint.resume, self.driver, record.pids)
                     error = outcome.error
+                    for step, _pid, start, seconds in outcome.steps:
+                        timeline.add(step, start, seconds)
                 except DriverFailed as exc:
                     error = exc
+                with timeline.phase("book"):
+                    if error is None:
+                        self.store.drop(kernel_id)  # it holds its GPUs again
+                    else:
+                        record.state = FAILED
+                        record.message = (
+                            f"its GPU state could not be restored ({error}): restart the kernel; its variables are lost"
+                        )
+                        self.store.put(record)
                 if error is not None:
-                    record.state = FAILED
-                    record.message = (
-                        f"its GPU state could not be restored ({error}): restart the kernel; its variables are lost"
-                    )
-                    self.store.put(record)
                     raise DriverFailed(record.message)
-                self.store.drop(kernel_id)  # it holds its GPUs again
+        except GpuEnvError as exc:
+            if keep:
+                self._keep(kernel_id, timeline.end(str(exc)))
+            raise
         finally:
             self.under_way.pop(kernel_id, None)
+        self._keep(kernel_id, timeline.end())
         self.waiting.pop(kernel_id, None)
         self.resumed_at[kernel_id] = time.time()
         self.unwatch(kernel_id)
-        self.log.info("gpuenv: kernel %s resumed in %.1f s", kernel_id, time.monotonic() - started)
+        self.log.info(
+            "gpuenv: kernel %s resumed (%s) in %.3f s (%s)", kernel_id, trigger, timeline.seconds, timeline.summary()
+        )
 
     # -- a cell run in a parked kernel resumes it -------------------------------------------------------
     def cell_started(self, kernel_id: str, inventory: Callable[[], list[GpuSample]]) -> None:
@@ -224,7 +275,7 @@ class Parker:
         record = self.store.get(kernel_id)
         if record is not None and record.state == PARKED and kernel_id not in self.under_way:
             self.waiting.setdefault(kernel_id, "resuming for the cell that was run")
-            asyncio.ensure_future(self.resume_for_cell(kernel_id, inventory()))
+            asyncio.ensure_future(self.resume_for_cell(kernel_id, inventory(), CELL))
 
     def watch(self, kernel_id: str, address: str, inventory: Callable[[], list[GpuSample]]) -> None:
         """Follow a parked kernel's IOPub until it resumes (a server; the broker follows every GPU kernel)."""
@@ -239,27 +290,46 @@ class Parker:
         if watch is not None:
             watch.stop()
 
-    async def resume_for_cell(self, kernel_id: str, inventory: list[GpuSample]) -> None:
+    async def resume_for_cell(self, kernel_id: str, inventory: list[GpuSample], trigger: str = CELL) -> None:
         """The cell waits inside the driver until the kernel is resumed; when its GPU is taken it waits on (the
-        reason is on the kernel's row) and ``retry_waiting`` tries again."""
+        reason is on the kernel's row) until a GPU is released (``released``) or the background round tries again
+        (``retry_waiting``)."""
         try:
-            await self.resume(kernel_id, inventory)
+            await self.resume(kernel_id, inventory, trigger)
         except NoFreeGpu as exc:
             self.waiting[kernel_id] = f"a cell waits for this kernel's GPU: {exc}"
         except GpuEnvError as exc:
             self.waiting.pop(kernel_id, None)
             self.log.warning("gpuenv: kernel %s was not resumed for its cell: %s", kernel_id, exc)
 
-    async def retry_waiting(self, inventory: list[GpuSample]) -> None:
+    async def retry_waiting(self, inventory: list[GpuSample], trigger: str = ROUND) -> None:
         for kernel_id in list(self.waiting):
             if kernel_id not in self.under_way:
-                await self.resume_for_cell(kernel_id, inventory)
+                await self.resume_for_cell(kernel_id, inventory, trigger)
+
+    def released(self, *_: Any) -> None:
+        """A GPU was released here (a kernel's container removed, a lease dropped, a kernel parked): the cells that
+        wait for a GPU try again now, not at the next round. Calls while a retry runs make one more retry."""
+        if not self.waiting:
+            return
+        self._release_pending = True
+        if self._release_task is None or self._release_task.done():
+            try:
+                self._release_task = asyncio.ensure_future(self._retry_released())
+            except RuntimeError:  # no loop runs (a book loaded at start): the first round tries
+                self._release_pending = False
+
+    async def _retry_released(self) -> None:
+        while self._release_pending:
+            self._release_pending = False
+            await self.retry_waiting(self.inventory(), RELEASE)
 
     def forget(self, kernel_id: str) -> None:
         """The kernel ended or restarted: its record goes (its processes, and what they held, are gone)."""
         self.unwatch(kernel_id)
         self.waiting.pop(kernel_id, None)
         self.resumed_at.pop(kernel_id, None)
+        self.timelines.pop(kernel_id, None)
         if self.store.get(kernel_id) is not None:
             self.store.drop(kernel_id)
 
@@ -278,6 +348,7 @@ class Parker:
             "since": record.since if record else None,
             "by": record.by if record else None,
             "message": message,
+            "timeline": self.timelines.get(kernel_id, {}),
         }
 
 
@@ -332,7 +403,9 @@ class FileStore:
             os.close(fd)
 
     async def others(self, kernel_id: str) -> Holdings:
-        return labels.holdings(await self._kernels(), excluding=kernel_id, released=released_in(self.private_dir))
+        kernels = await self._kernels()
+        released = released_in(self.private_dir) | soft_claims(kernels, self.private_dir)  # warm: a soft claim only
+        return labels.holdings(kernels, excluding=kernel_id, released=released)
 
 
 def _epoch(value: Any) -> float:
@@ -364,7 +437,17 @@ class ServerParking:
             if settings.broker
             else os.path.join(settings.socket_root, f"gpuenv-{os.getuid()}")
         )
-        self.parker = Parker(FileStore(private, engine.kernels), timeout=settings.park_timeout, log=log)
+        self.parker = Parker(
+            FileStore(private, engine.kernels),
+            timeout=settings.park_timeout,
+            log=log,
+            inventory=lambda: list(sampler.latest.gpus),
+        )
+        # a kernel container removed by this server releases its GPU: a cell waiting for it resumes at once (a
+        # release by another server of the same user is seen at the next round)
+        listeners = getattr(engine, "removal_listeners", None)
+        if listeners is not None:
+            listeners.append(self.parker.released)
         self.policy = IdlePolicy(settings.park_idle_minutes, int(settings.park_min_gpu_memory_gib * 2**30))
         self.brokered: dict[str, dict] = {}  # with a broker: container id -> the broker's park row
         self._callback: PeriodicCallback | None = None
@@ -383,6 +466,9 @@ class ServerParking:
     def stop(self) -> None:
         if self._callback is not None:
             self._callback.stop()
+        listeners = getattr(self.engine, "removal_listeners", [])
+        if self.parker.released in listeners:  # the engine is the process's: it outlives this server
+            listeners.remove(self.parker.released)
         self.parker.close()
 
     # -- facts -----------------------------------------------------------------------------------------

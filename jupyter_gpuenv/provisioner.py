@@ -32,6 +32,7 @@ from .environments import Environment
 from .errors import GpuEnvError, InvalidEnvironment, InvalidKernelId, Refusal, to_http
 from .nvml import NvmlReader, Snapshot
 from .visibility import from_environment
+from .warm import warm_variables
 
 _BASE_KWARGS = {"kernel_id", "kernel_spec", "parent", "config", "log"}
 # a kernel id names a folder and a container: what jupyter_server makes (a uuid), nothing that walks paths
@@ -55,20 +56,21 @@ class ServerContext:
     settings: GpuEnv
     sampler: Any  # the server's Sampler; None outside a Jupyter server
     root_dir: str
+    warm: Any = None  # the server's warm kernels (warm.WarmKernels); None outside a Jupyter server
 
 
 def server_context(provisioner: KernelProvisionerBase) -> ServerContext:
     """One walk up the parents (kernel manager, multi-kernel manager, server app) for what the server has."""
-    node, sampler, root_dir = provisioner.parent, None, None
+    node, sampler, root_dir, warm = provisioner.parent, None, None, None
     while node is not None:
         web_app = getattr(node, "web_app", None)
         if web_app is not None and sampler is None:
-            sampler = web_app.settings.get("gpuenv_sampler")
+            sampler, warm = web_app.settings.get("gpuenv_sampler"), web_app.settings.get("gpuenv_warm")
         root = getattr(node, "root_dir", None)
         if root_dir is None and isinstance(root, str) and root:
             root_dir = os.path.abspath(root)
         node = getattr(node, "parent", None)
-    return ServerContext(GpuEnv(config=provisioner.config), sampler, root_dir or os.getcwd())
+    return ServerContext(GpuEnv(config=provisioner.config), sampler, root_dir or os.getcwd(), warm)
 
 
 def refuse(kernel_manager: Any, kernel_id: str, exc: GpuEnvError) -> Refusal:
@@ -155,6 +157,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         super().__init__(**kwargs)
         context = server_context(self)
         self.settings, self._sampler, self._root_dir = context.settings, context.sampler, context.root_dir
+        self._warm_kernels, self._warm = context.warm, None  # a warm kernel taken for this start (warm.py)
         source = f"kernelspec {getattr(self.parent, 'kernel_name', None) or '?'}"
         try:
             if not _KERNEL_ID.fullmatch(self.kernel_id or ""):
@@ -195,8 +198,12 @@ class DockerKernelProvisioner(KernelProvisionerBase):
             if self.environment is None:  # broker mode: the definition is the broker's
                 self.environment = await self.engine.environment(self.environment_name)
             if not restarting:
-                self.socket_dir = await self._make_socket_dir()
-                self._hold_client_lock()
+                self._warm = self._warm_kernels.take(self.environment) if self._warm_kernels else None
+                if self._warm:  # its folder, and the client lock this process holds on it, are this kernel's now
+                    self.socket_dir, self._client_lock = self._warm.folder, self._warm.release_lock()
+                else:
+                    self.socket_dir = await self._make_socket_dir()
+                    self._hold_client_lock()
             if self.environment.transport == "ipc":
                 km.transport, km.ip = "ipc", os.path.join(self.socket_dir, "k")
             else:
@@ -264,7 +271,9 @@ class DockerKernelProvisioner(KernelProvisionerBase):
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             try:
-                self.placement = await self.engine.start_kernel(await self._request(kwargs))
+                self.placement = await self._hand_over(kwargs) or await self.engine.start_kernel(
+                    await self._request(kwargs)
+                )
             except GpuEnvError as exc:
                 if not self._restarting:
                     await self._remove_socket_dir()
@@ -283,6 +292,26 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         )
         await self._until_listening()
         return self.connection_info
+
+    async def _hand_over(self, kwargs: dict[str, Any]) -> engine.Placement | None:
+        """The warm kernel taken for this start, now this kernel; None for a cold start (none taken, or it failed)."""
+        warm, self._warm = self._warm, None
+        if warm is None:
+            return None
+        try:
+            cwd = os.path.abspath(str(kwargs.get("cwd") or self._root_dir))
+            check_cwd(cwd, self._root_dir, host.current_user().home)
+            variables = warm_variables(self.environment, dict(kwargs.get("env") or {}))
+            await self._warm_kernels.bind(warm)
+            await self._warm_kernels.hand_over(warm, self.parent.connection_file, cwd, variables)
+            return warm.placement
+        except BaseException as exc:  # it is not this kernel: it goes (a refusal is still raised)
+            with contextlib.suppress(GpuEnvError):
+                await self.engine.remove(warm.placement.container_id)
+            if not isinstance(exc, OSError):
+                raise
+            self.log.warning("gpuenv: kernel %s starts cold: its warm kernel failed (%s)", self.kernel_id, exc)
+            return None
 
     def _socket_paths(self) -> list[str]:
         km = self.parent

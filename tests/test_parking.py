@@ -140,6 +140,49 @@ def test_park_then_resume_moves_the_memory_off_and_back_and_a_retry_is_harmless(
     assert checkpoint.resume(driver, [me]).error is None and driver.state(me) == RUNNING
 
 
+def test_each_driver_call_is_timed_in_order_for_the_timeline():
+    me = os.getpid()
+    driver = fake_cuda.FakeCheckpoint(Nvml([me]))
+    parked = checkpoint.park(driver, [me])
+    assert [s[0] for s in parked.steps] == ["lock", "checkpoint"] and all(s[1] == me for s in parked.steps)
+    assert parked.steps[0][2] <= parked.steps[1][2] and all(s[3] >= 0 for s in parked.steps)
+    resumed = checkpoint.resume(driver, [me])
+    assert [s[0] for s in resumed.steps] == ["state", "restore", "unlock"]
+
+
+async def test_a_released_gpu_wakes_the_waiting_cells_once_more_for_releases_during_a_retry():
+    """Releases while a retry runs are not lost: one more retry follows; with no cell waiting nothing runs."""
+    from jupyter_gpuenv.leases import KernelLease, LeaseBook
+    from jupyter_gpuenv.parker import Parker
+
+    class Store:
+        def get(self, kernel_id):
+            return None
+
+    parker = Parker(Store(), timeout=5, log=None)
+    tries = []
+
+    async def retry(inventory, trigger):
+        tries.append(trigger)
+        if len(tries) == 1:
+            parker.released()  # a second release while the first retry runs
+        await asyncio.sleep(0)
+
+    parker.retry_waiting = retry
+    parker.released()
+    assert parker._release_task is None  # no cell waits: nothing to do
+    parker.waiting["k"] = "a cell waits for this kernel's GPU"
+    with tempfile.TemporaryDirectory() as folder:
+        book = LeaseBook(os.path.join(folder, "leases.json"))
+        book.release_listeners.append(parker.released)
+        holder = KernelLease("other", 1001, "bob", "gpu", folder, gpus=["A"])
+        book.put(holder)
+        book.drop(holder)  # bob's kernel ended: its GPU is released
+        await parker._release_task
+    assert tries == ["release", "release"]
+    parker.close()
+
+
 def test_without_libcuda_parking_says_why():
     driver = checkpoint.LibCuda()
     reason = driver.unavailable()
@@ -258,13 +301,61 @@ async def test_a_parked_kernel_frees_its_gpu_for_another_exclusive_kernel_and_re
     assert code == 409 and second
 
 
+async def test_each_park_and_resume_shows_its_phases_in_order_on_the_row(site, gpu_spec):
+    kernel_id = await site.gpu_kernel(gpu_spec)
+    parked = (await site.post(kernel_id, "park"))["park"]["timeline"]["park"]
+    assert [p["phase"] for p in parked["phases"]] == ["lock", "checkpoint", "allocation lock", "book"]
+    assert parked["trigger"] == "request" and parked["host_memory"] == 4 * GIB and parked["error"] is None
+    _in_order(parked)
+    await until(lambda: not site.on_gpu(kernel_id), what="the parked kernel gone from its GPU")
+    row = (await site.post(kernel_id, "resume"))["park"]
+    resumed = row["timeline"]["resume"]
+    assert [p["phase"] for p in resumed["phases"]] == [
+        "allocation lock", "holdings", "state", "restore", "unlock", "book"
+    ]  # fmt: skip
+    assert resumed["trigger"] == "request" and resumed["error"] is None
+    _in_order(resumed)
+    assert row["timeline"]["park"] == parked  # the last park stays beside the last resume
+
+
+def _in_order(timeline):
+    """Each phase starts after the one before it ended, and all of them within the operation."""
+    end = 0.0
+    for phase in timeline["phases"]:
+        assert phase["start"] >= end - 1e-6 and phase["seconds"] >= 0, timeline
+        end = phase["start"] + phase["seconds"]
+    assert end <= timeline["seconds"] + 1e-6, timeline
+
+
+async def test_a_cell_waiting_for_a_taken_gpu_is_woken_by_its_release_not_by_a_round(site, gpu_spec, jp_serverapp):
+    first = await site.gpu_kernel(gpu_spec)
+    await site.gpu_kernel(gpu_spec)  # both GPUs held
+    await site.post(first, "park")
+    holder = await site.gpu_kernel(gpu_spec)  # takes the GPU the parked kernel gave back
+    out, error = await execute(site.app, first, "print('ran')")  # the fake driver does not hold the cell back
+    assert (out, error) == ("ran\n", None)
+    row = await until(lambda: _waiting(site, first), what="the cell waiting for the kernel's GPU")
+    assert row["park"]["state"] == "parked" and holder[:8] in row["park"]["message"]
+    parking = next(iter(jp_serverapp.extension_manager.extension_apps["jupyter_gpuenv"])).parking
+    parking._callback.stop()  # no background round from here: only the release can resume it
+
+    await site.fetch("api", "kernels", holder, method="DELETE")
+    row = await until(lambda: _state(site, first, "running"), what="the waiting kernel resumed")
+    assert row["park"]["timeline"]["resume"]["trigger"] == "release" and row["park"]["message"] is None
+
+
+async def _waiting(site, kernel_id):
+    row = await site.row(kernel_id)
+    return row if "a cell waits" in (row["park"]["message"] or "") else None
+
+
 async def test_running_a_cell_in_a_parked_kernel_resumes_it_and_the_cell_runs(site, gpu_spec):
     kernel_id = await site.gpu_kernel(gpu_spec)
     await site.post(kernel_id, "park")
     out, error = await execute(site.app, kernel_id, "print(6 * 7)")
     assert (out, error) == ("42\n", None)
     row = await until(lambda: _state(site, kernel_id, "running"), what="the kernel resumed by the cell that was run")
-    assert row["park"]["host_memory"] is None
+    assert row["park"]["host_memory"] is None and row["park"]["timeline"]["resume"]["trigger"] == "cell"
 
 
 async def _metric(site, name, kernel_id):

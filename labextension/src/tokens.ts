@@ -168,6 +168,18 @@ export interface IKernelPark {
   since: number | null; // seconds since the epoch when it was parked
   by: 'you' | 'idle policy' | null;
   message: string | null; // failed: what went wrong and what to do; parked by the policy: a notice
+  timeline: { park?: IParkTimeline; resume?: IParkTimeline }; // the last park and the last resume
+}
+
+/** Where the time of one park or resume went (the server's log has the same, one line each). */
+export interface IParkTimeline {
+  action: 'park' | 'resume';
+  trigger: 'request' | 'idle policy' | 'cell' | 'release' | 'round';
+  at: number; // seconds since the epoch when it began
+  seconds: number | null; // the whole operation
+  host_memory: number; // bytes moved
+  error: string | null;
+  phases: { phase: string; start: number; seconds: number }[]; // start: seconds after it began
 }
 
 /** Whether this server can park kernels at all, and its idle policy. */

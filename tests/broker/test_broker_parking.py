@@ -1,5 +1,5 @@
 """Park and resume on a shared host: the broker parks a user's kernel, its GPU goes to another user, and a cell
-run in it brings it back once that GPU is free.
+run in it meanwhile waits, and brings it back the moment that GPU is released.
 
 alice and bob hold the two GPUs exclusively; their containers' processes are put on their GPUs in the broker's
 NVML (broker_fake_nvml.py), and the broker's checkpoint API is ``fake_cuda.FakeCheckpoint``. The users, servers,
@@ -84,9 +84,11 @@ def test_a_parked_kernel_gives_its_gpu_to_another_user_and_a_cell_resumes_it(two
     r = act(site, "alice", alice, "resume")
     assert r.status_code == 409 and "carol" in r.json()["message"], r.text[:300]
 
-    site.shutdown_kernel("carol", carol)
-    assert site.execute("alice", alice, "print(6 * 7)").strip() == "42"  # the cell runs; the broker resumes it
+    assert site.execute("alice", alice, "print(6 * 7)").strip() == "42"  # the fake driver does not hold it back
+    wait_until(lambda: "a cell waits" in (row(site, "alice", alice)["park"]["message"] or ""), 30, "alice's cell waits")
+    site.shutdown_kernel("carol", carol)  # carol's lease is dropped: the broker resumes alice's kernel at once
     wait_until(lambda: row(site, "alice", alice)["park"]["state"] == "running", 30, "alice's kernel resumed")
+    assert row(site, "alice", alice)["park"]["timeline"]["resume"]["trigger"] == "release"
     lease = next(k for k in site.ask("alice", "kernels")["result"] if k["kernel_id"] == alice)
     assert lease["gpus"] == [gpus_uuid(site, gpus["alice"])] and lease["park"]["state"] == "running", lease
     r = site.start_kernel("carol", "gpu")
