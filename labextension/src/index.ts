@@ -70,7 +70,7 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
     });
     app.commands.addCommand(CommandIDs.refresh, {
       label: 'Refresh GPUs',
-      execute: () => model.refresh()
+      execute: () => model.reload()
     });
     palette?.addItem({ command: CommandIDs.open, category: 'GPU' });
     palette?.addItem({ command: CommandIDs.refresh, category: 'GPU' });

@@ -14,7 +14,8 @@ test('history keeps the last N points per GPU and ignores repeated samples', () 
   assert.ok(Math.abs(s.memory[0] - 0.1) < 1e-6);
   assert.deepEqual(s.utilization, [50, 50, 50]);
   assert.equal(h.lastTime, 4);
-  assert.deepEqual(h.series(7), { memory: [], utilization: [], seconds: 0 });
+  assert.equal(h.series(7).memory.length, 0);
+  assert.equal(h.series(7).seconds, 0);
 });
 
 test('shortening the history trims what is kept', () => {
@@ -36,4 +37,16 @@ test('polyline maps values into the box, y down', () => {
   assert.equal(polyline([0, 50, 100], 200, 32, 100), '0,32 100,16 200,0');
   assert.equal(polyline([], 200, 32, 100), '');
   assert.equal(polyline([150], 200, 32, 100), '200,0');
+});
+
+test("the history covers the server's window: older points go once newer ones span it", () => {
+  const h = new History(1000);
+  h.add(historyReply([1, 2, 3, 4, 5, 6]).samples);
+  h.window = 3;
+  assert.deepEqual(h.series(0).t, [3, 4, 5, 6]);
+  h.add(historyReply([7, 8]).samples);
+  assert.deepEqual(h.series(0).t, [5, 6, 7, 8]);
+  const s = h.series(0);
+  assert.equal(s.temperature.length, 4);
+  assert.equal(s.memoryTotal, 85520809984);
 });

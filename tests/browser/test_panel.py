@@ -9,7 +9,15 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 
-from .lab_harness import PANEL, RECORDINGS, environment_item, gpu_card, kernel_pid, open_gpu_panel, open_lab
+from .lab_harness import (
+    PANEL,
+    RECORDINGS,
+    environment_item,
+    gpu_card,
+    kernel_pid,
+    open_gpu_panel,
+    open_lab,
+)
 
 
 def endpoint(name: str) -> re.Pattern:
@@ -328,3 +336,71 @@ def test_dark_theme_and_screenshots(page: Page, gpu_lab, notebook_on_gpu, screen
         gpu_lab.set_theme("JupyterLab Light")
     assert colors["light"][0] != colors["dark"][0], colors
     assert colors["light"][1] != colors["dark"][1], colors
+
+
+def run_command(page: Page, label: str) -> None:
+    """Run a command from Lab's palette, as a person does."""
+    page.locator("#jp-main-dock-panel").click()  # Lab's shortcuts listen where the focus is
+    page.keyboard.press("Control+Shift+C")
+    search = page.locator(".lm-CommandPalette-input")
+    expect(search).to_be_visible()
+    search.fill(label)
+    expect(page.locator(".lm-CommandPalette-item.lm-mod-active")).to_contain_text(label)
+    search.press("Enter")
+
+
+def test_a_slow_docker_call_keeps_the_environment_list(page: Page, gpu_lab):
+    """One reply saying Docker did not answer (a loaded machine) keeps the list with a note; only repeated ones
+    replace it."""
+    down = {"docker": {"available": False, "reason": "the Docker engine did not answer within 5 s"}, "environments": []}
+    served = []
+
+    def handle(route):
+        served.append(ENVIRONMENTS if not served else down)
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(served[-1]))
+
+    page.route(endpoint("environments"), handle)
+    open_lab(page, gpu_lab)
+    panel = open_gpu_panel(page)
+    expect(environment_item(page, "pytorch")).to_be_visible()
+    run_command(page, "Refresh GPUs")
+    stale = panel.locator('[data-state="env-stale"]')
+    expect(stale).to_have_text("Could not refresh; showing the last list. The Docker engine did not answer within 5 s.")
+    expect(environment_item(page, "pytorch")).to_be_visible()
+    expect(panel.locator('[data-state="env-no-docker"]')).to_have_count(0)
+    for _ in range(2):  # a third failure in a row: now it says so
+        with page.expect_response(endpoint("environments")):
+            run_command(page, "Refresh GPUs")
+    expect(panel.locator('[data-state="env-no-docker"]')).to_contain_text("Docker is not available")
+    expect(stale).to_have_count(0)
+
+
+def test_a_normal_state_is_a_note_not_a_warning(page: Page, gpu_lab):
+    missing = {
+        **ENVIRONMENTS["environments"][0],
+        "state": "image-missing",
+        "image_present": False,
+        "reason": "image pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime is not on the engine yet: it is pulled at "
+        "first start",
+        "reason_code": "image-missing",
+    }
+    reply = {"docker": {"available": True, "reason": None}, "environments": [missing]}
+    page.route(
+        endpoint("environments"),
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(reply)),
+    )
+    open_lab(page, gpu_lab)
+    open_gpu_panel(page)
+    note = environment_item(page, "pytorch").locator(".jp-GpuEnv-envReason")
+    expect(note).to_contain_text("it is pulled at first start.")
+    color, warn, plain = note.evaluate(
+        """e => {
+            const probe = document.createElement('span');
+            e.append(probe);
+            const read = v => { probe.style.color = `var(${v})`; return getComputedStyle(probe).color; };
+            const out = [getComputedStyle(e).color, read('--jp-warn-color0'), read('--jp-ui-font-color2')];
+            probe.remove();
+            return out;
+        }"""
+    )
+    assert color != warn and color == plain, (color, warn, plain)
