@@ -146,3 +146,31 @@ export function polyline(values: number[], width: number, height: number, max: n
 }
 
 const round = (v: number): number => Math.round(v * 10) / 10;
+
+/** SVG polyline points for values placed by their time `t` (gaps stay gaps in width), y as in `polyline`. */
+export function polylineAt(t: number[], values: number[], width: number, height: number, max: number): string {
+  const first = t[0];
+  const span = t.length > 1 ? t[t.length - 1] - first : 0;
+  return values
+    .map((v, i) => {
+      const x = span > 0 ? ((t[i] - first) / span) * width : width;
+      const y = height - (Math.min(max, Math.max(0, v)) / max) * height;
+      return `${round(x)},${round(y)}`;
+    })
+    .join(' ');
+}
+
+/** The index of the sample nearest to `fraction` (0..1) of the way from the first time to the last. */
+export function nearestIndex(t: number[], fraction: number): number {
+  if (t.length === 0) {
+    return -1;
+  }
+  const at = t[0] + Math.min(1, Math.max(0, fraction)) * (t[t.length - 1] - t[0]);
+  let best = 0;
+  for (let i = 1; i < t.length; i++) {
+    if (Math.abs(t[i] - at) < Math.abs(t[best] - at)) {
+      best = i;
+    }
+  }
+  return best;
+}

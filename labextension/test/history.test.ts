@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { History, polyline, sampleOf } from '../src/history';
+import { History, nearestIndex, polyline, polylineAt, sampleOf } from '../src/history';
+import { readout } from '../src/components/HistoryChart';
 import { gpusReply, historyReply } from './fixtures';
 
 test('history keeps the last N points per GPU and ignores repeated samples', () => {
@@ -49,4 +50,17 @@ test("the history covers the server's window: older points go once newer ones sp
   const s = h.series(0);
   assert.equal(s.temperature.length, 4);
   assert.equal(s.memoryTotal, 85520809984);
+});
+
+test('the chart places samples by time and the readout names the one nearest the pointer', () => {
+  assert.equal(polylineAt([0, 1, 4], [0, 50, 100], 200, 40, 100), '0,40 50,20 200,0');
+  assert.equal(nearestIndex([0, 1, 4], 0), 0);
+  assert.equal(nearestIndex([0, 1, 4], 0.3), 1);
+  assert.equal(nearestIndex([0, 1, 4], 1), 2);
+  assert.equal(nearestIndex([], 0.5), -1);
+  const h = new History(100);
+  h.add(historyReply([100, 130, 160]).samples);
+  const s = h.series(0);
+  assert.equal(readout(s, 0), '1 min ago · memory 8.0 GiB (10 %) · utilization 50 %');
+  assert.equal(readout(s, 2), 'now · memory 8.0 GiB (10 %) · utilization 50 %');
 });

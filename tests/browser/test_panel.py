@@ -404,3 +404,20 @@ def test_a_normal_state_is_a_note_not_a_warning(page: Page, gpu_lab):
         }"""
     )
     assert color != warn and color == plain, (color, warn, plain)
+
+
+def test_history_chart_has_a_scale_and_a_readout_of_the_recorded_values(page: Page, gpu_lab):
+    open_lab(page, gpu_lab)
+    open_gpu_panel(page)
+    card = gpu_card(page, 0)
+    chart = card.locator(".jp-GpuEnv-chart")
+    expect(chart.locator(".jp-GpuEnv-chartScale")).to_have_text(re.compile(r"100 %\s*0"))
+    expect(chart.locator(".jp-GpuEnv-span")).to_have_text(re.compile(r"−\d+ (s|min) … now"))
+    plot = chart.locator(".jp-GpuEnv-chartPlot")
+    box = plot.bounding_box()
+    plot.hover(position={"x": box["width"] - 1, "y": box["height"] / 2})  # the newest sample
+    # the recording: 6.5 of 79.6 GiB used, 87 % busy
+    expect(chart.locator(".jp-GpuEnv-readout")).to_have_text("now · memory 6.5 GiB (8 %) · utilization 87 %")
+    expect(chart.locator(".jp-GpuEnv-cursor")).to_be_visible()
+    page.mouse.move(0, 0)
+    expect(chart.locator(".jp-GpuEnv-readout")).to_have_count(0)

@@ -4,7 +4,7 @@ import { celsius, fraction, memoryUsage, percent, power } from '../format';
 import type { IGpu, IGpuModel } from '../tokens';
 import { Meter } from './Meter';
 import { ProcessList } from './ProcessList';
-import { Sparkline } from './Sparkline';
+import { HistoryChart } from './HistoryChart';
 
 /** One GPU: memory, utilization, temperature and power, a short history, and who uses it. */
 export function GpuCard(props: { gpu: IGpu; model: IGpuModel }): JSX.Element {
@@ -51,7 +51,7 @@ export function GpuCard(props: { gpu: IGpu; model: IGpuModel }): JSX.Element {
               <dd>{power(gpu.power_w, gpu.power_limit_w)}</dd>
             </div>
           </dl>
-          <Sparkline series={model.series(gpu.index)} />
+          <HistoryChart series={model.series(gpu.index)} />
           <ProcessList processes={gpu.processes ?? []} model={model} />
         </>
       )}
