@@ -3,6 +3,7 @@ import { test } from 'node:test';
 
 import { History, nearestIndex, polyline, polylineAt, sampleOf } from '../src/history';
 import { readout } from '../src/components/HistoryChart';
+import { metricsOf } from '../src/dashboard';
 import { gpusReply, historyReply } from './fixtures';
 
 test('history keeps the last N points per GPU and ignores repeated samples', () => {
@@ -63,4 +64,21 @@ test('the chart places samples by time and the readout names the one nearest the
   const s = h.series(0);
   assert.equal(readout(s, 0), '1 min ago · memory 8.0 GiB (10 %) · utilization 50 %');
   assert.equal(readout(s, 2), 'now · memory 8.0 GiB (10 %) · utilization 50 %');
+});
+
+test("a GPU's dashboard charts utilization, memory, power and temperature; PCIe only where it was read", () => {
+  const h = new History(100);
+  h.add(historyReply([1, 2]).samples);
+  const titles = metricsOf(h.series(0), null).map(m => m.title);
+  assert.deepEqual(titles, ['Utilization', 'Memory', 'Power', 'Temperature']);
+  const withPcie = historyReply([3]);
+  withPcie.samples[0].gpus[0].pcie_mb_s = { tx: 120, rx: 80 };
+  h.add(withPcie.samples);
+  const metrics = metricsOf(h.series(0), null);
+  assert.deepEqual(
+    metrics.map(m => m.title),
+    ['Utilization', 'Memory', 'Power', 'Temperature', 'PCIe TX', 'PCIe RX']
+  );
+  assert.equal(metrics[1].format(8552080998), '8.0 GiB');
+  assert.equal(metrics[1].max, 85520809984); // the memory chart's scale is the GPU's total
 });

@@ -421,3 +421,24 @@ def test_history_chart_has_a_scale_and_a_readout_of_the_recorded_values(page: Pa
     expect(chart.locator(".jp-GpuEnv-cursor")).to_be_visible()
     page.mouse.move(0, 0)
     expect(chart.locator(".jp-GpuEnv-readout")).to_have_count(0)
+
+
+def test_a_gpu_opens_as_a_dashboard_with_the_recorded_values(page: Page, gpu_lab):
+    open_lab(page, gpu_lab)
+    open_gpu_panel(page)
+    gpu_card(page, 0).get_by_role("button", name="Open GPU 0 dashboard").click()
+    dashboard = page.locator("#jp-main-dock-panel .jp-GpuEnv-dashboard")
+    expect(dashboard).to_contain_text("GPU 0 · NVIDIA H100 80GB HBM3")
+    # the recording's numbers, fed by the same poll (and the server's one sampler) as the panel
+    for title, now in (("Utilization", "87 %"), ("Memory", "6.5 GiB"), ("Power", "312 W"), ("Temperature", "54 °C")):
+        expect(dashboard.locator(f'section[aria-label="{title}"] .jp-GpuEnv-metricNow')).to_have_text(now)
+    expect(dashboard.locator('section[aria-label="Memory"] .jp-GpuEnv-chartScale')).to_contain_text("79.6 GiB")
+    expect(dashboard.locator('section[aria-label^="PCIe"]')).to_have_count(0)  # not read by this server
+    expect(dashboard).to_contain_text("PCIe throughput is not read by this server")
+    plot = dashboard.locator('section[aria-label="Power"] .jp-GpuEnv-chartPlot')
+    box = plot.bounding_box()
+    plot.hover(position={"x": box["width"] - 1, "y": box["height"] / 2})
+    expect(dashboard.locator('section[aria-label="Power"] .jp-GpuEnv-readout')).to_have_text("now · 312 W")
+    # a second click shows the same tab
+    gpu_card(page, 0).get_by_role("button", name="Open GPU 0 dashboard").click()
+    expect(page.locator("#jp-main-dock-panel .jp-GpuEnv-dashboard")).to_have_count(1)

@@ -6,8 +6,11 @@ import { Meter } from './Meter';
 import { ProcessList } from './ProcessList';
 import { HistoryChart } from './HistoryChart';
 
-/** One GPU: memory, utilization, temperature and power, a short history, and who uses it. */
-export function GpuCard(props: { gpu: IGpu; model: IGpuModel }): JSX.Element {
+export type OpenDashboard = (index: number) => void;
+
+/** One GPU: memory, utilization, temperature and power, its history, and who uses it. */
+export function GpuCard(props: { gpu: IGpu; model: IGpuModel; onDashboard?: OpenDashboard }): JSX.Element {
+  const onDashboard = props.onDashboard;
   const { gpu, model } = props;
   const title = `GPU ${gpu.index}`;
   const migCount = gpu.mig_devices?.length ?? 0;
@@ -22,6 +25,16 @@ export function GpuCard(props: { gpu: IGpu; model: IGpuModel }): JSX.Element {
           <span className="jp-GpuEnv-badge" title={`MIG mode on: ${migCount} GPU instance${migCount === 1 ? '' : 's'}`}>
             MIG{migCount ? ` · ${migCount}` : ''}
           </span>
+        ) : null}
+        {onDashboard ? (
+          <button
+            className="jp-GpuEnv-dashboardButton jp-mod-styled"
+            title={`Open ${title} as a dashboard in the main area: utilization, memory, power, temperature`}
+            aria-label={`Open ${title} dashboard`}
+            onClick={() => onDashboard(gpu.index)}
+          >
+            Dashboard
+          </button>
         ) : null}
       </header>
       {gpu.error ? (

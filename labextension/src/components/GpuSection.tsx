@@ -2,11 +2,11 @@ import React from 'react';
 
 import { noGpuMessage, retryIn } from '../format';
 import type { IGpuModel, IGpusReply } from '../tokens';
-import { GpuCard } from './GpuCard';
+import { GpuCard, OpenDashboard } from './GpuCard';
 import { StateMessage } from './StateMessage';
 
 /** The GPU cards, or the state that stands in for them. */
-export function GpuSection(props: { model: IGpuModel }): JSX.Element {
+export function GpuSection(props: { model: IGpuModel; onDashboard?: OpenDashboard }): JSX.Element {
   const { model } = props;
   const status = model.status;
   switch (status.kind) {
@@ -57,11 +57,16 @@ export function GpuSection(props: { model: IGpuModel }): JSX.Element {
   }
 }
 
-function Cards(props: { reply: IGpusReply; model: IGpuModel; stale?: boolean }): JSX.Element {
+function Cards(props: {
+  reply: IGpusReply;
+  model: IGpuModel;
+  stale?: boolean;
+  onDashboard?: OpenDashboard;
+}): JSX.Element {
   return (
     <div className={`jp-GpuEnv-cards${props.stale ? ' jp-mod-stale' : ''}`}>
       {(props.reply.gpus ?? []).map(gpu => (
-        <GpuCard key={gpu.uuid ?? gpu.index} gpu={gpu} model={props.model} />
+        <GpuCard key={gpu.uuid ?? gpu.index} gpu={gpu} model={props.model} onDashboard={props.onDashboard} />
       ))}
     </div>
   );

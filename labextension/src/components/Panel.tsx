@@ -4,6 +4,7 @@ import React from 'react';
 import type { IGpuModel } from '../tokens';
 import { EnvironmentList, UseEnvironment } from './EnvironmentList';
 import type { OpenTerminal } from './EnvironmentTerminals';
+import type { OpenDashboard } from './GpuCard';
 import { GpuSection } from './GpuSection';
 import { KernelSection } from './KernelList';
 import { KernelNotices } from './KernelNotices';
@@ -14,7 +15,8 @@ export class GpuPanel extends ReactWidget {
   constructor(
     private _model: IGpuModel,
     private _onUse: UseEnvironment,
-    private _onTerminal?: OpenTerminal
+    private _onTerminal?: OpenTerminal,
+    private _onDashboard?: OpenDashboard
   ) {
     super();
     this.id = 'jupyter-gpuenv-panel';
@@ -23,11 +25,23 @@ export class GpuPanel extends ReactWidget {
   }
 
   protected render(): JSX.Element {
-    return <PanelBody model={this._model} onUse={this._onUse} onTerminal={this._onTerminal} />;
+    return (
+      <PanelBody
+        model={this._model}
+        onUse={this._onUse}
+        onTerminal={this._onTerminal}
+        onDashboard={this._onDashboard}
+      />
+    );
   }
 }
 
-function PanelBody(props: { model: IGpuModel; onUse: UseEnvironment; onTerminal?: OpenTerminal }): JSX.Element {
+function PanelBody(props: {
+  model: IGpuModel;
+  onUse: UseEnvironment;
+  onTerminal?: OpenTerminal;
+  onDashboard?: OpenDashboard;
+}): JSX.Element {
   const { model } = props;
   useModel(model);
   const reply = model.status.kind === 'ready' ? model.status.reply : null;
@@ -42,7 +56,7 @@ function PanelBody(props: { model: IGpuModel; onUse: UseEnvironment; onTerminal?
           <h2 id="jp-GpuEnv-gpusTitle">GPUs</h2>
           {driver ? <span className="jp-GpuEnv-driver">{driver}</span> : null}
         </header>
-        <GpuSection model={model} />
+        <GpuSection model={model} onDashboard={props.onDashboard} />
       </section>
       <KernelSection model={model} />
       <section aria-labelledby="jp-GpuEnv-envsTitle">
