@@ -442,3 +442,29 @@ def test_a_gpu_opens_as_a_dashboard_with_the_recorded_values(page: Page, gpu_lab
     # a second click shows the same tab
     gpu_card(page, 0).get_by_role("button", name="Open GPU 0 dashboard").click()
     expect(page.locator("#jp-main-dock-panel .jp-GpuEnv-dashboard")).to_have_count(1)
+
+
+def test_sections_fold_and_titles_stay_on_one_line(page: Page, gpu_lab):
+    serve_environments(page)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    open_lab(page, gpu_lab)
+    panel = open_gpu_panel(page)
+    for env in ("pytorch", "jax", "legacy"):  # a name with a pill is one line, however narrow the panel
+        header = environment_item(page, env).locator(".jp-GpuEnv-envHeader")
+        expect(header).to_be_visible()
+        lines = header.evaluate(
+            "e => e.getBoundingClientRect().height / e.querySelector('.jp-GpuEnv-pill').getBoundingClientRect().height"
+        )
+        assert lines < 1.9, (env, lines)
+    toggle = panel.get_by_role("button", name="Environments")
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "false")
+    expect(environment_item(page, "pytorch")).to_have_count(0)
+    gpus = panel.get_by_role("button", name="GPUs", exact=True)
+    gpus.click()
+    expect(panel.locator("article")).to_have_count(0)
+    gpus.click()
+    toggle.click()
+    expect(panel.locator("article")).to_have_count(2)
+    expect(environment_item(page, "pytorch")).to_be_visible()

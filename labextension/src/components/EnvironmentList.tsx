@@ -105,7 +105,9 @@ function Environment(props: {
   return (
     <li className="jp-GpuEnv-env" data-environment={env.name} aria-label={name}>
       <div className="jp-GpuEnv-envHeader">
-        <span className="jp-GpuEnv-envName">{name}</span>
+        <span className="jp-GpuEnv-envName" title={name}>
+          {name}
+        </span>
         <span className={`jp-GpuEnv-pill jp-mod-${state}${env.can_start ? ' jp-mod-can-start' : ''}`}>
           {environmentState(state, env.can_start)}
         </span>

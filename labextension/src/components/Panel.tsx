@@ -8,6 +8,7 @@ import type { OpenDashboard } from './GpuCard';
 import { GpuSection } from './GpuSection';
 import { KernelSection } from './KernelList';
 import { KernelNotices } from './KernelNotices';
+import { Section } from './Section';
 import { useModel } from './useModel';
 
 /** The side panel: restarted kernels (if any), GPUs, kernels that hold or parked GPU memory, then environments. */
@@ -51,20 +52,13 @@ function PanelBody(props: {
   return (
     <div className="jp-GpuEnv-body">
       <KernelNotices model={model} />
-      <section aria-labelledby="jp-GpuEnv-gpusTitle">
-        <header className="jp-GpuEnv-sectionHeader">
-          <h2 id="jp-GpuEnv-gpusTitle">GPUs</h2>
-          {driver ? <span className="jp-GpuEnv-driver">{driver}</span> : null}
-        </header>
+      <Section id="gpus" title="GPUs" extra={driver ? <span className="jp-GpuEnv-driver">{driver}</span> : null}>
         <GpuSection model={model} onDashboard={props.onDashboard} />
-      </section>
+      </Section>
       <KernelSection model={model} />
-      <section aria-labelledby="jp-GpuEnv-envsTitle">
-        <header className="jp-GpuEnv-sectionHeader">
-          <h2 id="jp-GpuEnv-envsTitle">Environments</h2>
-        </header>
+      <Section id="envs" title="Environments">
         <EnvironmentList model={model} onUse={props.onUse} onTerminal={props.onTerminal} />
-      </section>
+      </Section>
     </div>
   );
 }
