@@ -86,7 +86,10 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
     const onDashboard = (index: number): void => {
       void app.commands.execute(CommandIDs.openDashboard, { index });
     };
-    const panel = new GpuPanel(model, onUse, onTerminal, onDashboard);
+    const onOpenNotebook = (path: string): void => {
+      void app.commands.execute('docmanager:open', { path });
+    };
+    const panel = new GpuPanel(model, onUse, onTerminal, onDashboard, onOpenNotebook);
     panel.title.icon = gpuIcon;
     let side: 'left' | 'right' = 'right';
     app.shell.add(panel, side, { rank: 600 });

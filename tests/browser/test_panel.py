@@ -468,3 +468,17 @@ def test_sections_fold_and_titles_stay_on_one_line(page: Page, gpu_lab):
     toggle.click()
     expect(panel.locator("article")).to_have_count(2)
     expect(environment_item(page, "pytorch")).to_be_visible()
+
+
+def test_processes_sort_and_a_notebooks_row_opens_it(page: Page, gpu_lab, notebook_on_gpu):
+    open_lab(page, gpu_lab)  # no notebook open yet
+    open_gpu_panel(page)
+    rows = gpu_card(page, 0).locator("tbody tr")
+    expect(rows.first).to_contain_text("analysis.ipynb")  # 4 GiB before the other process's 2 GiB
+    gpu_card(page, 0).get_by_role("button", name="Memory").click()
+    expect(rows.first).to_contain_text("other process")
+    expect(gpu_card(page, 0).locator('th[aria-sort="ascending"]')).to_contain_text("Memory")
+    gpu_card(page, 0).get_by_role("button", name="Process").click()
+    expect(rows.first).to_contain_text("analysis.ipynb")  # by name, a to z
+    rows.filter(has_text="analysis.ipynb").click()
+    expect(page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text="analysis.ipynb")).to_be_visible()

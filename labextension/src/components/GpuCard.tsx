@@ -3,13 +3,18 @@ import React from 'react';
 import { celsius, fraction, memoryUsage, percent, power } from '../format';
 import type { IGpu, IGpuModel } from '../tokens';
 import { Meter } from './Meter';
-import { ProcessList } from './ProcessList';
+import { OpenNotebook, ProcessList } from './ProcessList';
 import { HistoryChart } from './HistoryChart';
 
 export type OpenDashboard = (index: number) => void;
 
 /** One GPU: memory, utilization, temperature and power, its history, and who uses it. */
-export function GpuCard(props: { gpu: IGpu; model: IGpuModel; onDashboard?: OpenDashboard }): JSX.Element {
+export function GpuCard(props: {
+  gpu: IGpu;
+  model: IGpuModel;
+  onDashboard?: OpenDashboard;
+  onOpenNotebook?: OpenNotebook;
+}): JSX.Element {
   const onDashboard = props.onDashboard;
   const { gpu, model } = props;
   const title = `GPU ${gpu.index}`;
@@ -65,7 +70,7 @@ export function GpuCard(props: { gpu: IGpu; model: IGpuModel; onDashboard?: Open
             </div>
           </dl>
           <HistoryChart series={model.series(gpu.index)} />
-          <ProcessList processes={gpu.processes ?? []} model={model} />
+          <ProcessList processes={gpu.processes ?? []} model={model} onOpenNotebook={props.onOpenNotebook} />
         </>
       )}
     </article>

@@ -3,10 +3,15 @@ import React from 'react';
 import { noGpuMessage, retryIn } from '../format';
 import type { IGpuModel, IGpusReply } from '../tokens';
 import { GpuCard, OpenDashboard } from './GpuCard';
+import type { OpenNotebook } from './ProcessList';
 import { StateMessage } from './StateMessage';
 
 /** The GPU cards, or the state that stands in for them. */
-export function GpuSection(props: { model: IGpuModel; onDashboard?: OpenDashboard }): JSX.Element {
+export function GpuSection(props: {
+  model: IGpuModel;
+  onDashboard?: OpenDashboard;
+  onOpenNotebook?: OpenNotebook;
+}): JSX.Element {
   const { model } = props;
   const status = model.status;
   switch (status.kind) {
@@ -62,11 +67,18 @@ function Cards(props: {
   model: IGpuModel;
   stale?: boolean;
   onDashboard?: OpenDashboard;
+  onOpenNotebook?: OpenNotebook;
 }): JSX.Element {
   return (
     <div className={`jp-GpuEnv-cards${props.stale ? ' jp-mod-stale' : ''}`}>
       {(props.reply.gpus ?? []).map(gpu => (
-        <GpuCard key={gpu.uuid ?? gpu.index} gpu={gpu} model={props.model} onDashboard={props.onDashboard} />
+        <GpuCard
+          key={gpu.uuid ?? gpu.index}
+          gpu={gpu}
+          model={props.model}
+          onDashboard={props.onDashboard}
+          onOpenNotebook={props.onOpenNotebook}
+        />
       ))}
     </div>
   );

@@ -8,6 +8,7 @@ import type { OpenDashboard } from './GpuCard';
 import { GpuSection } from './GpuSection';
 import { KernelSection } from './KernelList';
 import { KernelNotices } from './KernelNotices';
+import type { OpenNotebook } from './ProcessList';
 import { Section } from './Section';
 import { useModel } from './useModel';
 
@@ -17,7 +18,8 @@ export class GpuPanel extends ReactWidget {
     private _model: IGpuModel,
     private _onUse: UseEnvironment,
     private _onTerminal?: OpenTerminal,
-    private _onDashboard?: OpenDashboard
+    private _onDashboard?: OpenDashboard,
+    private _onOpenNotebook?: OpenNotebook
   ) {
     super();
     this.id = 'jupyter-gpuenv-panel';
@@ -32,6 +34,7 @@ export class GpuPanel extends ReactWidget {
         onUse={this._onUse}
         onTerminal={this._onTerminal}
         onDashboard={this._onDashboard}
+        onOpenNotebook={this._onOpenNotebook}
       />
     );
   }
@@ -42,6 +45,7 @@ function PanelBody(props: {
   onUse: UseEnvironment;
   onTerminal?: OpenTerminal;
   onDashboard?: OpenDashboard;
+  onOpenNotebook?: OpenNotebook;
 }): JSX.Element {
   const { model } = props;
   useModel(model);
@@ -53,7 +57,7 @@ function PanelBody(props: {
     <div className="jp-GpuEnv-body">
       <KernelNotices model={model} />
       <Section id="gpus" title="GPUs" extra={driver ? <span className="jp-GpuEnv-driver">{driver}</span> : null}>
-        <GpuSection model={model} onDashboard={props.onDashboard} />
+        <GpuSection model={model} onDashboard={props.onDashboard} onOpenNotebook={props.onOpenNotebook} />
       </Section>
       <KernelSection model={model} />
       <Section id="envs" title="Environments">
