@@ -69,7 +69,7 @@ export function EnvironmentTerminals(props: {
         aria-label="Open terminal in this environment"
         onClick={() => onTerminal({ environment: env.name })}
       >
-        Terminal in a new container
+        Terminal, own container
       </button>
       {off ? <div className="jp-GpuEnv-why jp-GpuEnv-terminalsOff">{off}</div> : null}
     </div>

@@ -38,7 +38,7 @@ export function GpuCard(props: {
             aria-label={`Open ${title} dashboard`}
             onClick={() => onDashboard(gpu.index)}
           >
-            Dashboard
+            <span aria-hidden="true">⤢</span>
           </button>
         ) : null}
       </header>

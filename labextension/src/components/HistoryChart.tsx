@@ -62,7 +62,9 @@ export function HistoryChart(props: { series: ISeries }): JSX.Element {
           <>
             <span className="jp-GpuEnv-keyMem">memory</span>
             <span className="jp-GpuEnv-keyUtil">utilization</span>
-            <span className="jp-GpuEnv-span">−{span} … now</span>
+            <span className="jp-GpuEnv-span" title={`The last ${span}, up to now`}>
+              {span}
+            </span>
           </>
         )}
       </div>
