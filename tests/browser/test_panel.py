@@ -499,11 +499,24 @@ def test_eight_gpus_and_a_dashboard_screenshots(page: Page, gpu8_lab, screenshot
             expect(environment_item(page, "pytorch")).to_be_visible()
             page.wait_for_timeout(500)  # bar transitions
             panel.locator(".jp-GpuEnv-body").screenshot(path=str(screenshot_dir / f"panel-8gpus-{name}.png"))
+        gpu8_lab.set_theme("JupyterLab Light")
+        open_lab(page, gpu8_lab)
+        panel = open_gpu_panel(page)
+        expect(panel.locator("article")).to_have_count(8)
+        full = panel.locator(".jp-GpuEnv-cards").bounding_box()["height"]
+        panel.get_by_role("button", name="Compact").click()
+        expect(gpu_card(page, 0).locator("svg[role=img]")).to_have_count(0)  # two meters per GPU, nothing else
+        expect(gpu_card(page, 4).get_by_role("meter", name="Memory")).to_have_attribute(
+            "aria-valuetext", "78.0 / 79.6 GiB"
+        )
+        compact = panel.locator(".jp-GpuEnv-cards").bounding_box()["height"]
+        assert compact < 800 and compact < full / 2.5, (compact, full)  # 8 GPUs in one laptop-sized view
+        panel.locator(".jp-GpuEnv-body").screenshot(path=str(screenshot_dir / "panel-8gpus-compact-light.png"))
         page.set_viewport_size({"width": 1280, "height": 800})
         gpu_card(page, 0).get_by_role("button", name="Open GPU 0 dashboard").click()
         dashboard = page.locator("#jp-main-dock-panel .jp-GpuEnv-dashboard")
         expect(dashboard.locator('section[aria-label="Utilization"] .jp-GpuEnv-metricNow')).to_have_text("87 %")
         page.wait_for_timeout(2_500)  # a few more samples on the charts
-        dashboard.screenshot(path=str(screenshot_dir / "dashboard-dark.png"))
+        dashboard.screenshot(path=str(screenshot_dir / "dashboard-light.png"))
     finally:
         gpu8_lab.set_theme("JupyterLab Light")

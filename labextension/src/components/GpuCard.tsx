@@ -12,6 +12,7 @@ export type OpenDashboard = (index: number) => void;
 export function GpuCard(props: {
   gpu: IGpu;
   model: IGpuModel;
+  compact?: boolean;
   onDashboard?: OpenDashboard;
   onOpenNotebook?: OpenNotebook;
 }): JSX.Element {
@@ -59,18 +60,22 @@ export function GpuCard(props: {
             text={percent(gpu.utilization?.gpu)}
             warnAt={2}
           />
-          <dl className="jp-GpuEnv-stats">
-            <div>
-              <dt>Temperature</dt>
-              <dd>{celsius(gpu.temperature_c)}</dd>
-            </div>
-            <div>
-              <dt>Power</dt>
-              <dd>{power(gpu.power_w, gpu.power_limit_w)}</dd>
-            </div>
-          </dl>
-          <HistoryChart series={model.series(gpu.index)} />
-          <ProcessList processes={gpu.processes ?? []} model={model} onOpenNotebook={props.onOpenNotebook} />
+          {props.compact ? null : (
+            <>
+              <dl className="jp-GpuEnv-stats">
+                <div>
+                  <dt>Temperature</dt>
+                  <dd>{celsius(gpu.temperature_c)}</dd>
+                </div>
+                <div>
+                  <dt>Power</dt>
+                  <dd>{power(gpu.power_w, gpu.power_limit_w)}</dd>
+                </div>
+              </dl>
+              <HistoryChart series={model.series(gpu.index)} />
+              <ProcessList processes={gpu.processes ?? []} model={model} onOpenNotebook={props.onOpenNotebook} />
+            </>
+          )}
         </>
       )}
     </article>

@@ -9,6 +9,7 @@ import { StateMessage } from './StateMessage';
 /** The GPU cards, or the state that stands in for them. */
 export function GpuSection(props: {
   model: IGpuModel;
+  compact?: boolean;
   onDashboard?: OpenDashboard;
   onOpenNotebook?: OpenNotebook;
 }): JSX.Element {
@@ -66,16 +67,18 @@ function Cards(props: {
   reply: IGpusReply;
   model: IGpuModel;
   stale?: boolean;
+  compact?: boolean;
   onDashboard?: OpenDashboard;
   onOpenNotebook?: OpenNotebook;
 }): JSX.Element {
   return (
-    <div className={`jp-GpuEnv-cards${props.stale ? ' jp-mod-stale' : ''}`}>
+    <div className={`jp-GpuEnv-cards${props.stale ? ' jp-mod-stale' : ''}${props.compact ? ' jp-mod-compact' : ''}`}>
       {(props.reply.gpus ?? []).map(gpu => (
         <GpuCard
           key={gpu.uuid ?? gpu.index}
           gpu={gpu}
           model={props.model}
+          compact={props.compact}
           onDashboard={props.onDashboard}
           onOpenNotebook={props.onOpenNotebook}
         />

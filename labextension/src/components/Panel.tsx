@@ -1,5 +1,5 @@
 import { ReactWidget } from '@jupyterlab/ui-components';
-import React from 'react';
+import React, { useState } from 'react';
 
 import type { IGpuModel } from '../tokens';
 import { EnvironmentList, UseEnvironment } from './EnvironmentList';
@@ -48,6 +48,7 @@ function PanelBody(props: {
   onOpenNotebook?: OpenNotebook;
 }): JSX.Element {
   const { model } = props;
+  const [compact, setCompact] = useState(false);
   useModel(model);
   const reply = model.status.kind === 'ready' ? model.status.reply : null;
   const driver = reply?.driver_version
@@ -56,8 +57,29 @@ function PanelBody(props: {
   return (
     <div className="jp-GpuEnv-body">
       <KernelNotices model={model} />
-      <Section id="gpus" title="GPUs" extra={driver ? <span className="jp-GpuEnv-driver">{driver}</span> : null}>
-        <GpuSection model={model} onDashboard={props.onDashboard} onOpenNotebook={props.onOpenNotebook} />
+      <Section
+        id="gpus"
+        title="GPUs"
+        extra={
+          <>
+            {driver ? <span className="jp-GpuEnv-driver">{driver}</span> : null}
+            <button
+              className="jp-GpuEnv-compactToggle"
+              aria-pressed={compact}
+              title={compact ? 'Show each GPU in full' : 'Two lines per GPU: memory and utilization (many GPUs)'}
+              onClick={() => setCompact(!compact)}
+            >
+              Compact
+            </button>
+          </>
+        }
+      >
+        <GpuSection
+          model={model}
+          compact={compact}
+          onDashboard={props.onDashboard}
+          onOpenNotebook={props.onOpenNotebook}
+        />
       </Section>
       <KernelSection model={model} />
       <Section id="envs" title="Environments">
