@@ -29,6 +29,10 @@
             └── PullInterrupted        the process that pulled it stopped (reported after a restart)
     └── DriverFailed (503)         the NVIDIA driver could not park or resume a kernel (parking.py)
 
+A sentence leads with what to do. What a lower layer said (NVML's reason, the engine's words) goes after a
+newline: the panel folds the lines after the first behind a toggle, and Lab's "Error Starting Kernel" dialog
+shows the first line on its own.
+
 The Docker SDK's own exceptions are translated into these in one place (``docker_engine.translated``), and
 ``to_http`` is the one place that turns them into tornado's ``HTTPError``. Nothing a person or an engine can
 cause becomes a 500.

@@ -56,10 +56,14 @@ class HistoryHandler(GpuEnvHandler):
                 since = math.nan
             if not math.isfinite(since):
                 raise web.HTTPError(400, f"since must be a time in seconds since the epoch, got {raw!r}")
-        self.write_json({"interval": self.sampler.interval, "samples": self.sampler.history(since)})
+        sampler = self.sampler
+        self.write_json({"interval": sampler.interval, "window": sampler.window, "samples": sampler.history(since)})
 
 
 class EnvironmentsHandler(GpuEnvHandler):
+    def initialize(self, sampler: Sampler, settings: GpuEnv, terminals: Terminals | None = None) -> None:
+        self.sampler, self.gpuenv, self.terminals = sampler, settings, terminals
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -69,6 +73,7 @@ class EnvironmentsHandler(GpuEnvHandler):
         report = await reports.environment_report(
             settings, specs, self.sampler.latest, engine.connect(settings, self.log)
         )
+        report["terminals"] = await terminals_availability(self, self.terminals)
         self.write_json(report)
 
 
@@ -228,6 +233,17 @@ class TerminalHandler(GpuEnvHandler):
         self.finish()
 
 
+async def terminals_availability(handler: JupyterHandler, terminals: Terminals | None) -> dict:
+    """Whether this person can open terminals in environments here at all, and why not: the panel disables its
+    Terminal buttons up front instead of offering what a click would refuse."""
+    try:
+        await may_open_terminals(handler)
+    except web.HTTPError as exc:
+        return {"available": False, "reason": exc.log_message}
+    refusal = terminals.refusal() if terminals is not None else "this server opens no terminals in environments"
+    return {"available": refusal is None, "reason": refusal}
+
+
 async def may_open_terminals(handler: JupyterHandler) -> None:
     """403 unless this person may use terminals on this server, as for Lab's own."""
     if getattr(handler.serverapp, "terminals_enabled", True) is False:
@@ -305,7 +321,11 @@ def api_handlers(
     return [
         (rf"{prefix}/gpus", GpusHandler, {"sampler": sampler}),
         (rf"{prefix}/gpus/history", HistoryHandler, {"sampler": sampler}),
-        (rf"{prefix}/environments", EnvironmentsHandler, {"sampler": sampler, "settings": settings}),
+        (
+            rf"{prefix}/environments",
+            EnvironmentsHandler,
+            {"sampler": sampler, "settings": settings, "terminals": terminals},
+        ),
         (rf"{prefix}/environments/([^/]+)/pull", PullHandler, {"settings": settings}),
         (rf"{prefix}/kernels", KernelsHandler, {"sampler": sampler, "parking": parking}),
         (rf"{prefix}/kernels/([^/]+)/(park|resume)", ParkHandler, {"sampler": sampler, "parking": parking}),

@@ -93,8 +93,9 @@ def check(env: Environment, situation: Situation) -> Verdict:
             return _refused(
                 INCOMPATIBLE,
                 errors.NoGpu(
-                    f"environment {env.name!r} asks for GPUs ({env.gpus}) but this server sees none: "
-                    f"{s.snapshot.reason}"
+                    f"environment {env.name!r} asks for GPUs ({env.gpus}) but this server sees none: give it "
+                    f"`--gpus none` to run it on the CPU\n`jupyter gpuenv add {env.name} --image {env.image} --gpus "
+                    f'none` (or "gpus": "none" in its definition). {s.snapshot.reason}'
                 ),
             )
         ok, why = cuda_compatibility(env.cuda_version or image.cuda_version, s.snapshot.cuda_driver_version)

@@ -24,7 +24,7 @@ Attributor = Callable[[Snapshot], None]
 
 
 def history_entry(snapshot: Snapshot) -> dict[str, Any]:
-    """The few numbers a sparkline needs, per GPU."""
+    """The numbers the panel's charts and a GPU's dashboard draw, per GPU."""
     return {
         "t": snapshot.sampled_at,
         "gpus": [
@@ -37,6 +37,7 @@ def history_entry(snapshot: Snapshot) -> dict[str, Any]:
                 "utilization_memory": g.utilization.memory,
                 "temperature_c": g.temperature_c,
                 "power_w": g.power_w,
+                "pcie_mb_s": g.pcie_mb_s,
             }
             for g in snapshot.gpus
         ],
@@ -79,6 +80,11 @@ class Sampler:
     @property
     def latest_json(self) -> str:
         return self._latest_json
+
+    @property
+    def window(self) -> float:
+        """Seconds of history kept: the panel's charts cover all of it."""
+        return self.interval * (self._history.maxlen or 0)
 
     def history(self, since: float | None = None) -> list[dict[str, Any]]:
         with self._lock:

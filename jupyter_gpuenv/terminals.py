@@ -220,6 +220,17 @@ class Terminals:
     async def close_all(self) -> None:
         await asyncio.gather(*(t.end() for t in list(self._terminals.values())), return_exceptions=True)
 
+    def refusal(self) -> str | None:
+        """Why no terminal can open on this server whatever it is asked, or None; the panel disables its buttons
+        with it. A server running as root starts its kernels as root (the broker refuses root), and a terminal
+        never opens a root shell."""
+        if host.current_user().uid == 0 and not self.settings.broker:
+            return (
+                "run the Jupyter server as a normal user to open terminals: this one runs as root, so its kernels "
+                "do too, and a terminal never opens a root shell"
+            )
+        return None
+
     # -- opening -------------------------------------------------------------------------------------
     async def open_in_kernel(self, kernel_id: str) -> Terminal:
         """A shell in the container of this server's kernel ``kernel_id``."""
@@ -243,10 +254,9 @@ class Terminals:
         eng = self.engine
         env = await eng.environment(name) if self.settings.broker else await self._checked_environment(name)
         user = host.current_user()
-        if user.uid == 0 and not self.settings.broker:  # its container would run as root (the broker refuses root)
-            raise NotPermitted(
-                "this server runs as root, and a terminal never opens a root shell: run the server as a normal user"
-            )
+        refusal = self.refusal()
+        if refusal:
+            raise NotPermitted(refusal)
         terminal_name = secrets.token_hex(6)
         kernel_id = f"terminal-{terminal_name}"  # its container's name and labels, as a kernel's
         socket_dir = await self._socket_dir(kernel_id)

@@ -90,10 +90,12 @@ async def test_history_since(fake_nvml, gpuenv_sampler, jp_fetch):
     wait_until(lambda: len(gpuenv_sampler.history()) >= 3)
     everything = await get_json(jp_fetch, "gpus", "history")
     assert everything["interval"] == 0.05 and len(everything["samples"]) >= 3
+    assert everything["window"] == 0.05 * 300  # the default history_length: the panel's charts cover all of it
     times = [s["t"] for s in everything["samples"]]
     assert times == sorted(times)
     sample = everything["samples"][0]["gpus"][0]
     assert sample["memory_used"] == 6 * 1024**3 + 524288000 and sample["utilization_gpu"] == 87
+    assert sample["temperature_c"] == 54 and sample["power_w"] == 312.456 and sample["pcie_mb_s"] is None  # off
     later = await get_json(jp_fetch, "gpus", "history", since=str(times[-2]))
     assert all(s["t"] > times[-2] for s in later["samples"]) and len(later["samples"]) >= 1
     assert (await get_json(jp_fetch, "gpus", "history", since=str(time.time() + 60)))["samples"] == []

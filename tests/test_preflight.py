@@ -44,7 +44,7 @@ MATRIX = [
         "GPUs wanted, none seen",
         env(gpus="1"),
         dict(image=WITH_KERNEL, snapshot=NO_GPU),
-        ("incompatible", False, "no-gpu", errors.NoGpu, "sees none: no NVIDIA driver"),
+        ("incompatible", False, "no-gpu", errors.NoGpu, "sees none: give it `--gpus none`"),
     ),
     (
         "CUDA too new",
@@ -150,3 +150,16 @@ def test_an_invalid_definition_is_reported_with_its_sentence():
     verdict = preflight.invalid(errors.InvalidEnvironment("environment 'x': unknown key(s) 'shm'"))
     assert (verdict.state, verdict.can_start, verdict.reason_code) == ("invalid", False, "invalid-definition")
     assert "unknown key(s) 'shm'" in verdict.reason
+
+
+def test_gpus_wanted_on_a_machine_without_gpus_names_the_fix_first():
+    """The first line says what to do (`--gpus none`); NVML's words follow as details, which the panel folds."""
+    verdict = preflight.check(env(gpus="all"), preflight.Situation(image=WITH_KERNEL, snapshot=NO_GPU))
+    fix, details = verdict.reason.split("\n")
+    assert fix == (
+        "environment 't' asks for GPUs (all) but this server sees none: give it `--gpus none` to run it on the CPU"
+    )
+    assert details == (
+        '`jupyter gpuenv add t --image img --gpus none` (or "gpus": "none" in its definition). '
+        "no NVIDIA driver on this machine"
+    )

@@ -161,6 +161,10 @@ async def test_what_cannot_have_a_terminal_is_told_why(
     assert code == 403 and "never opens a root shell" in answer["message"], answer
     assert docker_client.containers.list(all=True, filters={"label": "io.jupyter.gpuenv.terminal"}) == []
     assert (await jp_fetch("gpuenv", "api", "terminals")).body == b'{"terminals": []}'
+    # and the panel is told up front, with the fix first, so it offers no button that would be refused
+    terminals = json.loads((await jp_fetch("gpuenv", "api", "environments")).body)["terminals"]
+    assert terminals["available"] is False
+    assert terminals["reason"].startswith("run the Jupyter server as a normal user to open terminals")
 
 
 # -- the broker: shells in the caller's own containers only -----------------------------------------------

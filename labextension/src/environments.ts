@@ -1,6 +1,6 @@
-/** Whether an environment can be used for the notebook in focus. Pure. */
+/** Whether an environment can be used for the notebook in focus, and what the section shows between reads. Pure. */
 import { sentence } from './format';
-import type { ICurrentNotebook, IEnvironment, ReasonCode } from './tokens';
+import type { EnvironmentsStatus, ICurrentNotebook, IEnvironment, IEnvironmentsReply, ReasonCode } from './tokens';
 
 /** What to say when the server gives a reason code but no sentence. */
 const FALLBACK: Record<ReasonCode, string> = {
@@ -47,4 +47,63 @@ export function whyNot(env: IEnvironment, current: ICurrentNotebook | null, dock
     return 'This notebook already uses it.';
   }
   return null;
+}
+
+/** Reads in a row that must fail before the section says Docker (or the environments) is not available. */
+export const FAILURES_BEFORE_DOWN = 3;
+
+/**
+ * The environments section from one read after another. One failed read (a Docker call that was slow on a loaded
+ * machine, a request that timed out) keeps the last list with a small "could not refresh" note; only
+ * FAILURES_BEFORE_DOWN failures in a row replace it with what went wrong.
+ */
+export class EnvironmentsReads {
+  get status(): EnvironmentsStatus {
+    return this._status;
+  }
+
+  /** Failed reads since the last good one: the model reads again sooner while this is not 0. */
+  get failures(): number {
+    return this._failures;
+  }
+
+  /** A reply came. One that says Docker does not answer counts as a failed read while a good list is kept. */
+  replied(reply: IEnvironmentsReply): void {
+    const docker = reply.docker;
+    if (docker && !docker.available) {
+      this._failed({ kind: 'ready', reply }, sentence(docker.reason ?? 'the Docker engine does not answer'));
+      return;
+    }
+    this._failures = 0;
+    this._good = reply;
+    this._status = { kind: 'ready', reply };
+  }
+
+  /** The request failed (`down`: what the section says once failures have repeated, or at once without a list). */
+  failed(down: EnvironmentsStatus, message: string): void {
+    this._failed(down, message);
+  }
+
+  private _failed(down: EnvironmentsStatus, message: string): void {
+    if (down.kind === 'not-available') {
+      // a definite answer (this server has no container kernels), not a read to try again soon
+      this._failures = 0;
+      this._good = null;
+      this._status = down;
+      return;
+    }
+    this._failures++;
+    if (!this._good || this._failures >= FAILURES_BEFORE_DOWN) {
+      this._status = down;
+      if (this._failures >= FAILURES_BEFORE_DOWN) {
+        this._good = null;
+      }
+      return;
+    }
+    this._status = { kind: 'ready', reply: this._good, stale: message };
+  }
+
+  private _status: EnvironmentsStatus = { kind: 'loading' };
+  private _good: IEnvironmentsReply | null = null;
+  private _failures = 0;
 }

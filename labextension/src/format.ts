@@ -64,6 +64,19 @@ export function sentence(text: string): string {
   return /[.!?]$/.test(first) ? first : `${first}.`;
 }
 
+/**
+ * A server's sentence split where the server splits it: the first line says what to do, the lines after it what
+ * a lower layer said (NVML, the engine), which the panel folds behind a toggle.
+ */
+export function splitReason(text: string): { lead: string; details: string | null } {
+  const at = text.indexOf('\n');
+  if (at < 0) {
+    return { lead: sentence(text), details: null };
+  }
+  const details = text.slice(at + 1).trim();
+  return { lead: sentence(text.slice(0, at)), details: details ? sentence(details) : null };
+}
+
 /** Why the panel has no GPUs to show, in words a notebook user acts on. */
 export function noGpuMessage(reason: string | null): { title: string; detail: string } {
   const text = reason ?? '';

@@ -1,15 +1,24 @@
-/** The short history behind each GPU card's sparkline. Pure: plain arrays in, plain arrays out. */
+/** The history behind each GPU card's chart and dashboard. Pure: plain arrays in, plain arrays out. */
 import type { IGpusReply, IHistorySample, ISeries } from './tokens';
 
 interface IPoint {
   t: number;
   memory: number; // fraction of total
+  memoryUsed: number | null; // bytes
+  memoryTotal: number | null;
   utilization: number; // percent
+  temperature: number | null;
+  power: number | null;
+  pcieTx: number | null; // MB/s
+  pcieRx: number | null;
 }
 
-/** Per GPU index, the last `length` points, oldest first. */
+/** Per GPU index, the points of the last `window` seconds (the server's whole history), at most `length`. */
 export class History {
-  constructor(private _length: number) {}
+  constructor(
+    private _length: number,
+    private _window: number | null = null
+  ) {}
 
   get length(): number {
     return this._length;
@@ -17,9 +26,17 @@ export class History {
 
   set length(value: number) {
     this._length = Math.max(2, Math.floor(value));
-    for (const points of this._points.values()) {
-      points.splice(0, Math.max(0, points.length - this._length));
-    }
+    this._trim();
+  }
+
+  /** Seconds of history kept: the server's window (its interval × history length); null keeps `length` points. */
+  get window(): number | null {
+    return this._window;
+  }
+
+  set window(value: number | null) {
+    this._window = value !== null && value > 0 ? value : null;
+    this._trim();
   }
 
   /** Time of the newest sample kept, or null when empty. */
@@ -44,22 +61,46 @@ export class History {
         points.push({
           t: sample.t,
           memory: total > 0 && gpu.memory_used !== null ? gpu.memory_used / total : 0,
-          utilization: gpu.utilization_gpu ?? 0
+          memoryUsed: gpu.memory_used,
+          memoryTotal: gpu.memory_total,
+          utilization: gpu.utilization_gpu ?? 0,
+          temperature: gpu.temperature_c ?? null,
+          power: gpu.power_w ?? null,
+          pcieTx: gpu.pcie_mb_s?.tx ?? null,
+          pcieRx: gpu.pcie_mb_s?.rx ?? null
         });
-        if (points.length > this._length) {
-          points.splice(0, points.length - this._length);
-        }
       }
     }
+    this._trim();
   }
 
   series(index: number): ISeries {
     const points = this._points.get(index) ?? [];
     return {
+      t: points.map(p => p.t),
       memory: points.map(p => p.memory),
+      memoryUsed: points.map(p => p.memoryUsed),
+      memoryTotal: points.length ? points[points.length - 1].memoryTotal : null,
       utilization: points.map(p => p.utilization),
+      temperature: points.map(p => p.temperature),
+      power: points.map(p => p.power),
+      pcieTx: points.map(p => p.pcieTx),
+      pcieRx: points.map(p => p.pcieRx),
       seconds: points.length > 1 ? points[points.length - 1].t - points[0].t : 0
     };
+  }
+
+  private _trim(): void {
+    for (const points of this._points.values()) {
+      let drop = Math.max(0, points.length - this._length);
+      if (this._window !== null && this._last !== null) {
+        const oldest = this._last - this._window;
+        while (drop < points.length - 2 && points[drop].t < oldest) {
+          drop++;
+        }
+      }
+      points.splice(0, drop);
+    }
   }
 
   private _points = new Map<number, IPoint[]>();
@@ -83,7 +124,8 @@ export function sampleOf(reply: IGpusReply): IHistorySample | null {
         utilization_gpu: g.utilization?.gpu ?? null,
         utilization_memory: g.utilization?.memory ?? null,
         temperature_c: g.temperature_c,
-        power_w: g.power_w
+        power_w: g.power_w,
+        pcie_mb_s: g.pcie_mb_s ?? null
       }))
   };
 }
@@ -104,3 +146,31 @@ export function polyline(values: number[], width: number, height: number, max: n
 }
 
 const round = (v: number): number => Math.round(v * 10) / 10;
+
+/** SVG polyline points for values placed by their time `t` (gaps stay gaps in width), y as in `polyline`. */
+export function polylineAt(t: number[], values: number[], width: number, height: number, max: number): string {
+  const first = t[0];
+  const span = t.length > 1 ? t[t.length - 1] - first : 0;
+  return values
+    .map((v, i) => {
+      const x = span > 0 ? ((t[i] - first) / span) * width : width;
+      const y = height - (Math.min(max, Math.max(0, v)) / max) * height;
+      return `${round(x)},${round(y)}`;
+    })
+    .join(' ');
+}
+
+/** The index of the sample nearest to `fraction` (0..1) of the way from the first time to the last. */
+export function nearestIndex(t: number[], fraction: number): number {
+  if (t.length === 0) {
+    return -1;
+  }
+  const at = t[0] + Math.min(1, Math.max(0, fraction)) * (t[t.length - 1] - t[0]);
+  let best = 0;
+  for (let i = 1; i < t.length; i++) {
+    if (Math.abs(t[i] - at) < Math.abs(t[best] - at)) {
+      best = i;
+    }
+  }
+  return best;
+}

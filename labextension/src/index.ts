@@ -1,10 +1,11 @@
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, Notification, showErrorMessage, WidgetTracker } from '@jupyterlab/apputils';
+import { ICommandPalette, MainAreaWidget, Notification, showErrorMessage, WidgetTracker } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
 import { createApi, createTerminalApi } from './api';
+import { createDashboard, GpuDashboard } from './components/GpuDashboard';
 import { GpuPanel } from './components/Panel';
 import { PullStatusItem, waitingFor } from './components/PullStatus';
 import { GpuStatusItem, statusOf } from './components/StatusItem';
@@ -23,6 +24,7 @@ namespace CommandIDs {
   export const open = 'gpuenv:open';
   export const refresh = 'gpuenv:refresh';
   export const openTerminal = 'gpuenv:open-terminal';
+  export const openDashboard = 'gpuenv:open-dashboard';
 }
 
 /** The model (one poll for every view) and the side panel. */
@@ -57,7 +59,37 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
     const onTerminal = (target: TerminalTarget): void => {
       void app.commands.execute(CommandIDs.openTerminal, target);
     };
-    const panel = new GpuPanel(model, onUse, onTerminal);
+    const dashboards = new WidgetTracker<MainAreaWidget<GpuDashboard>>({ namespace: 'gpuenv-dashboard' });
+    app.commands.addCommand(CommandIDs.openDashboard, {
+      label: args => `GPU ${args.index ?? 0} Dashboard`,
+      caption: "A GPU's utilization, memory, power and temperature over the server's history, in the main area",
+      execute: args => {
+        const index = Number(args.index ?? 0);
+        const open = dashboards.find(w => w.content.index === index);
+        if (open) {
+          app.shell.activateById(open.id);
+          return open;
+        }
+        const widget = createDashboard(model, index);
+        widget.title.icon = gpuIcon;
+        void dashboards.add(widget);
+        app.shell.add(widget, 'main');
+        app.shell.activateById(widget.id);
+        return widget;
+      }
+    });
+    restorer?.restore(dashboards, {
+      command: CommandIDs.openDashboard,
+      args: widget => ({ index: widget.content.index }),
+      name: widget => String(widget.content.index)
+    });
+    const onDashboard = (index: number): void => {
+      void app.commands.execute(CommandIDs.openDashboard, { index });
+    };
+    const onOpenNotebook = (path: string): void => {
+      void app.commands.execute('docmanager:open', { path });
+    };
+    const panel = new GpuPanel(model, onUse, onTerminal, onDashboard, onOpenNotebook);
     panel.title.icon = gpuIcon;
     let side: 'left' | 'right' = 'right';
     app.shell.add(panel, side, { rank: 600 });
@@ -70,7 +102,7 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
     });
     app.commands.addCommand(CommandIDs.refresh, {
       label: 'Refresh GPUs',
-      execute: () => model.refresh()
+      execute: () => model.reload()
     });
     palette?.addItem({ command: CommandIDs.open, category: 'GPU' });
     palette?.addItem({ command: CommandIDs.refresh, category: 'GPU' });

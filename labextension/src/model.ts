@@ -9,6 +9,7 @@
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
+import { EnvironmentsReads } from './environments';
 import { History, sampleOf } from './history';
 import { parkErrorText, ParkAction, parkState } from './park';
 import { NotebookNames } from './sessions';
@@ -31,8 +32,9 @@ import {
   KernelsStatus
 } from './tokens';
 
-export const DEFAULT_SETTINGS: ISettings = { refreshInterval: 2, historyLength: 60 };
+export const DEFAULT_SETTINGS: ISettings = { refreshInterval: 2, historyLength: 600 };
 const ENVIRONMENTS_EVERY = 30; // seconds
+const ENVIRONMENTS_RETRY = 5; // seconds: after a failed read, so a slow engine call is not reported for long
 const KERNELS_EVERY = 10; // seconds: how soon a kernel restarted by its memory limit is reported
 const MAX_BACKOFF = 60_000; // ms
 const SETTLE_INTERVAL = 500; // ms: how often a kernel that is parking or resuming is read
@@ -58,6 +60,9 @@ export class GpuModel implements IGpuModel {
     this._settleInterval = options.settleInterval ?? SETTLE_INTERVAL;
     this._history = new History(this._settings.historyLength);
     this._names = new NotebookNames(options.sessions ?? null, () => this._changed.emit());
+    this._sessions = options.sessions ?? null;
+    // a notebook switched, restarted or shut down its kernel: its row (and Terminal button) follow at once
+    this._sessions?.runningChanged.connect(this._readKernelsNow, this);
     this._poll = new Poll({
       factory: () => this._tick(),
       frequency: { interval: this._settings.refreshInterval * 1000, backoff: true, max: MAX_BACKOFF },
@@ -83,7 +88,7 @@ export class GpuModel implements IGpuModel {
   }
 
   get environments(): EnvironmentsStatus {
-    return this._environments;
+    return this._envReads.status;
   }
 
   get retryIn(): number | null {
@@ -224,6 +229,13 @@ export class GpuModel implements IGpuModel {
     return this._poll.refresh();
   }
 
+  /** Read everything now, kernels and environments too (the "Refresh GPUs" command). */
+  reload(): Promise<void> {
+    this._kernelsAt = null;
+    this._environmentsAt = null;
+    return this.refresh();
+  }
+
   /** One tick, for tests driving the model without timers. */
   tick(): Promise<void> {
     return this._tick();
@@ -234,6 +246,7 @@ export class GpuModel implements IGpuModel {
   }
 
   dispose(): void {
+    this._sessions?.runningChanged.disconnect(this._readKernelsNow, this);
     this._poll.dispose();
     this._names.dispose();
     Signal.clearData(this);
@@ -256,6 +269,13 @@ export class GpuModel implements IGpuModel {
     }
     this._pace();
     this._changed.emit();
+  }
+
+  private _readKernelsNow(): void {
+    if (!this.isDisposed) {
+      this._kernelsAt = null;
+      void this._poll.refresh();
+    }
   }
 
   /** GET gpus; throws its error after recording it, so the Poll backs off. */
@@ -381,6 +401,7 @@ export class GpuModel implements IGpuModel {
     try {
       this._requests++;
       const history = await this._api.history(this._history.lastTime ?? undefined);
+      this._history.window = history.window ?? null; // the charts cover the server's whole window
       this._history.add(history.samples);
     } catch {
       // the sparkline is decoration: it fills up from the snapshots instead
@@ -388,8 +409,11 @@ export class GpuModel implements IGpuModel {
   }
 
   private _environmentsDue(now: number): boolean {
-    const env = this._environments;
+    const env = this._envReads.status;
     if (this._environmentsAt === null) {
+      return true;
+    }
+    if (this._envReads.failures > 0 && now - this._environmentsAt >= ENVIRONMENTS_RETRY * 1000) {
       return true;
     }
     if (env.kind === 'ready' && (env.reply.environments ?? []).some(e => e.state === 'pulling')) {
@@ -406,12 +430,13 @@ export class GpuModel implements IGpuModel {
     try {
       this._requests++;
       const reply: IEnvironmentsReply = await this._api.environments();
-      this._environments = { kind: 'ready', reply };
+      this._envReads.replied(reply);
     } catch (error) {
-      this._environments =
-        error instanceof ApiError && error.status === 404
-          ? { kind: 'not-available' }
-          : { kind: 'error', message: messageOf(error) };
+      const message = messageOf(error);
+      this._envReads.failed(
+        error instanceof ApiError && error.status === 404 ? { kind: 'not-available' } : { kind: 'error', message },
+        message
+      );
     }
   }
 
@@ -420,10 +445,11 @@ export class GpuModel implements IGpuModel {
   private _settings: ISettings;
   private _history: History;
   private _names: NotebookNames;
+  private _sessions: ISessionSource | null;
   private _poll: Poll;
   private _changed = new Signal<IGpuModel, void>(this);
   private _status: GpuStatus = { kind: 'loading' };
-  private _environments: EnvironmentsStatus = { kind: 'loading' };
+  private _envReads = new EnvironmentsReads();
   private _environmentsAt: number | null = null;
   private _kernels: IKernel[] = [];
   private _kernelsAt: number | null = null;

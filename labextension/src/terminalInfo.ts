@@ -33,12 +33,13 @@ export function kernelsOf(kernels: IKernel[], environment: string): IKernel[] {
   return kernels.filter(k => k.environment === environment && !!k.container_id);
 }
 
-/** The tab's label: the environment, and whose container (the shell's own title would not say). */
+/** The tab's label: whose container (or which terminal), then the environment (the shell's own title would not say). */
 export function tabLabel(model: ITerminalModel, notebook: string | null, environmentName: string): string {
+  // what tells two tabs of one environment apart comes first: a cut-off title still shows it
   if (model.kernel_id) {
-    return `${environmentName} · ${notebook ? basename(notebook) : `kernel ${model.kernel_id.slice(0, 8)}`}`;
+    return `${notebook ? basename(notebook) : `kernel ${model.kernel_id.slice(0, 8)}`} · ${environmentName}`;
   }
-  return `${environmentName} · own container`;
+  return `Terminal ${model.name.slice(0, 4)} · ${environmentName}`;
 }
 
 /** What the tab's bar says: where the shell runs. */

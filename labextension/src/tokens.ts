@@ -41,6 +41,7 @@ export interface IGpu {
   power_w: number | null;
   power_limit_w: number | null;
   fan_speed_pct: number | null;
+  pcie_mb_s?: { tx: number; rx: number } | null;
   clocks_mhz: { sm: number | null; memory: number | null } | null;
   mig_mode: boolean | null;
   mig_devices: IMigDevice[] | null;
@@ -66,6 +67,7 @@ export interface IHistoryGpu {
   utilization_memory: number | null;
   temperature_c: number | null;
   power_w: number | null;
+  pcie_mb_s?: { tx: number; rx: number } | null; // only where the server reads PCIe (c.GpuEnv.pcie_throughput)
 }
 
 export interface IHistorySample {
@@ -75,6 +77,8 @@ export interface IHistorySample {
 
 export interface IHistoryReply {
   interval: number;
+  /** Seconds of history the server keeps (interval × its history length). */
+  window?: number | null;
   samples: IHistorySample[];
 }
 
@@ -147,6 +151,8 @@ export interface IEnvironment {
 export interface IEnvironmentsReply {
   docker: { available: boolean; reason: string | null } | null;
   environments: IEnvironment[] | null;
+  /** Whether this server opens terminals in environments at all (not as root, not with terminals off). */
+  terminals?: { available: boolean; reason: string | null } | null;
 }
 
 /** How a kernel's previous container ended, when it ended on its own and the kernel was restarted. */
@@ -259,13 +265,22 @@ export type KernelsStatus =
 
 export type EnvironmentsStatus =
   | { kind: 'loading' }
-  | { kind: 'ready'; reply: IEnvironmentsReply }
+  /** `stale`: the last read failed (why, a sentence); `reply` is the last good one, kept until reads fail again */
+  | { kind: 'ready'; reply: IEnvironmentsReply; stale?: string | null }
   | { kind: 'not-available' }
   | { kind: 'error'; message: string };
 
+/** One GPU's history, oldest first; every array has one value per sample time in `t`. */
 export interface ISeries {
-  memory: number[]; // fraction 0..1 of total, oldest first
+  t: number[]; // seconds since the epoch
+  memory: number[]; // fraction 0..1 of total
+  memoryUsed: (number | null)[]; // bytes
+  memoryTotal: number | null; // bytes, as last sampled
   utilization: number[]; // percent
+  temperature: (number | null)[]; // °C
+  power: (number | null)[]; // W
+  pcieTx: (number | null)[]; // MB/s; null where NVML gives no PCIe throughput
+  pcieRx: (number | null)[];
   seconds: number; // time from the first point to the last
 }
 
@@ -298,7 +313,7 @@ export interface IGpuModel {
   readonly changed: ISignal<IGpuModel, void>;
   readonly status: GpuStatus;
   readonly environments: EnvironmentsStatus;
-  /** Sparkline series by GPU index. */
+  /** History series by GPU index (the cards' charts). */
   series(index: number): ISeries;
   /** The notebook path a kernel belongs to, or null. */
   notebookOf(kernelId: string | null): string | null;
@@ -327,6 +342,8 @@ export interface IGpuModel {
   /** Seconds until the next attempt after an error, or null. */
   readonly retryIn: number | null;
   refresh(): Promise<void>;
+  /** Read everything now: GPUs, kernels and environments. */
+  reload(): Promise<void>;
   configure(settings: Partial<ISettings>): void;
 }
 

@@ -171,10 +171,61 @@ test('environments refresh every 30 s, and every tick while an image is pulled',
   await model.tick(); // pulling: every tick
   assert.equal(api.count('environments'), 3);
   assert.equal(model.environments.kind, 'ready');
-  api.envReply = new ApiError(500, 'boom');
+  model.dispose();
+});
+
+test('a failed environments read keeps the last list with a note; only repeated failures replace it', async () => {
+  const { api, model, advance } = setup();
+  const good: IEnvironmentsReply = {
+    docker: { available: true, reason: null },
+    environments: [
+      {
+        name: 'pt',
+        display_name: 'PyTorch',
+        image: 'pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime',
+        image_present: true,
+        cuda_version: '12.4',
+        compatible: true,
+        reason: null,
+        gpus: 'all',
+        kernelspec: 'gpuenv-pt',
+        state: 'ready',
+        pull_progress: null,
+        can_start: true,
+        reason_code: null
+      }
+    ]
+  };
+  api.envReply = good;
+  await model.tick();
+  assert.deepEqual(model.environments, { kind: 'ready', reply: good });
+  // a loaded machine: the engine's answer came too late, the server says Docker does not answer
+  api.envReply = {
+    docker: { available: false, reason: 'the Docker engine did not answer within 5 s' },
+    environments: []
+  };
+  advance(30_000);
+  await model.tick();
+  assert.deepEqual(model.environments, {
+    kind: 'ready',
+    reply: good,
+    stale: 'The Docker engine did not answer within 5 s.'
+  });
   advance(2000);
   await model.tick();
+  assert.equal(api.count('environments'), 2, 'read again after ENVIRONMENTS_RETRY, not every tick');
+  api.envReply = new ApiError(500, 'boom');
+  advance(3000);
+  await model.tick(); // 5 s after the failure: read again, fails again: still the last list
+  assert.equal(api.count('environments'), 3);
+  assert.deepEqual(model.environments, { kind: 'ready', reply: good, stale: 'The server answered 500: boom' });
+  advance(5000);
+  await model.tick(); // the third failure in a row: now the section says so
   assert.deepEqual(model.environments, { kind: 'error', message: 'The server answered 500: boom' });
+  api.envReply = good;
+  advance(5000);
+  await model.tick();
+  assert.deepEqual(model.environments, { kind: 'ready', reply: good });
   model.dispose();
 });
 
@@ -289,6 +340,31 @@ test('processes are named by notebook; unknown kernels ask Lab for sessions once
   advance(2000);
   await model.tick();
   assert.equal(sessions.refreshes, 1);
+  model.dispose();
+});
+
+test("Lab's session changes (a switch, a restart, a shutdown) read the kernels at once", async () => {
+  const sessions = new FakeSessions();
+  const { api, model, advance } = setup({ sessions });
+  await model.tick();
+  const before = api.count('kernels');
+  advance(2000);
+  await model.tick();
+  assert.equal(api.count('kernels'), before, 'kernels are read every 10 s otherwise');
+  sessions.runningChanged.emit();
+  await model.tick();
+  assert.equal(api.count('kernels'), before + 1);
+  model.dispose();
+});
+
+test('reload reads kernels and environments now, not when they are due', async () => {
+  const { api, model, advance } = setup();
+  await model.tick();
+  advance(2000);
+  void model.reload(); // the poll's own tick is not started in these tests: the next tick is the read
+  await model.tick();
+  assert.equal(api.count('kernels'), 2);
+  assert.equal(api.count('environments'), 2);
   model.dispose();
 });
 

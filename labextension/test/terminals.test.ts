@@ -155,8 +155,9 @@ test('what the panel and the tab say', () => {
     kernelsOf(kernels, 'pytorch').map(k => k.kernel_id),
     ['a']
   );
-  assert.equal(tabLabel(model, 'project/train.ipynb', 'PyTorch 2.6'), 'PyTorch 2.6 · train.ipynb');
-  assert.equal(tabLabel({ ...model, kernel_id: null }, null, 'PyTorch 2.6'), 'PyTorch 2.6 · own container');
+  // two tabs of one environment differ in their first words
+  assert.equal(tabLabel(model, 'project/train.ipynb', 'PyTorch 2.6'), 'train.ipynb · PyTorch 2.6');
+  assert.equal(tabLabel({ ...model, kernel_id: null }, null, 'PyTorch 2.6'), 'Terminal abc1 · PyTorch 2.6');
   assert.deepEqual(labTerminalOptions({ fontSize: 15, shutdownOnClose: false, theme: 'dark', nonsense: 1 }), {
     fontSize: 15,
     theme: 'dark'

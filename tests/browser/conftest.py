@@ -42,6 +42,14 @@ def gpu_lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def gpu8_lab(tmp_path_factory):
+    """Lab whose NVML replays tests/recordings/h100x8.json (eight H100: the panel's layout at 8 GPUs)."""
+    server = LabServer(tmp_path_factory.mktemp("gpu8-lab"), recording="h100x8")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def plain_lab(tmp_path_factory):
     """Lab on this machine's real NVML: no GPU and no driver in CI."""
     server = LabServer(tmp_path_factory.mktemp("plain-lab"))

@@ -9,7 +9,15 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 
-from .lab_harness import PANEL, RECORDINGS, environment_item, gpu_card, kernel_pid, open_gpu_panel, open_lab
+from .lab_harness import (
+    PANEL,
+    RECORDINGS,
+    environment_item,
+    gpu_card,
+    kernel_pid,
+    open_gpu_panel,
+    open_lab,
+)
 
 
 def endpoint(name: str) -> re.Pattern:
@@ -328,3 +336,195 @@ def test_dark_theme_and_screenshots(page: Page, gpu_lab, notebook_on_gpu, screen
         gpu_lab.set_theme("JupyterLab Light")
     assert colors["light"][0] != colors["dark"][0], colors
     assert colors["light"][1] != colors["dark"][1], colors
+
+
+def run_command(page: Page, label: str) -> None:
+    """Run a command from Lab's palette, as a person does."""
+    search = page.locator(".lm-CommandPalette-input")
+    if search.is_visible():  # still open from the last command: close it, so the shortcut opens it afresh
+        search.press("Escape")
+    expect(search).to_be_hidden()
+    page.locator("#jp-main-dock-panel").click()  # Lab's shortcuts listen where the focus is
+    page.keyboard.press("Control+Shift+C")
+    expect(search).to_be_visible()
+    search.fill(label)
+    expect(page.locator(".lm-CommandPalette-item.lm-mod-active")).to_contain_text(label)
+    search.press("Enter")
+
+
+def test_a_slow_docker_call_keeps_the_environment_list(page: Page, gpu_lab):
+    """One reply saying Docker did not answer (a loaded machine) keeps the list with a note; only repeated ones
+    replace it."""
+    down = {"docker": {"available": False, "reason": "the Docker engine did not answer within 5 s"}, "environments": []}
+    served = []
+
+    def handle(route):
+        served.append(ENVIRONMENTS if not served else down)
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(served[-1]))
+
+    page.route(endpoint("environments"), handle)
+    open_lab(page, gpu_lab)
+    panel = open_gpu_panel(page)
+    expect(environment_item(page, "pytorch")).to_be_visible()
+    run_command(page, "Refresh GPUs")
+    stale = panel.locator('[data-state="env-stale"]')
+    expect(stale).to_have_text("Could not refresh; showing the last list. The Docker engine did not answer within 5 s.")
+    expect(environment_item(page, "pytorch")).to_be_visible()
+    expect(panel.locator('[data-state="env-no-docker"]')).to_have_count(0)
+    for _ in range(2):  # a third failure in a row: now it says so
+        with page.expect_response(endpoint("environments")):
+            run_command(page, "Refresh GPUs")
+    expect(panel.locator('[data-state="env-no-docker"]')).to_contain_text("Docker is not available")
+    expect(stale).to_have_count(0)
+
+
+def test_a_normal_state_is_a_note_not_a_warning(page: Page, gpu_lab):
+    missing = {
+        **ENVIRONMENTS["environments"][0],
+        "state": "image-missing",
+        "image_present": False,
+        "reason": "image pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime is not on the engine yet: it is pulled at "
+        "first start",
+        "reason_code": "image-missing",
+    }
+    reply = {"docker": {"available": True, "reason": None}, "environments": [missing]}
+    page.route(
+        endpoint("environments"),
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(reply)),
+    )
+    open_lab(page, gpu_lab)
+    open_gpu_panel(page)
+    note = environment_item(page, "pytorch").locator(".jp-GpuEnv-envReason")
+    expect(note).to_contain_text("it is pulled at first start.")
+    color, warn, plain = note.evaluate(
+        """e => {
+            const probe = document.createElement('span');
+            e.append(probe);
+            const read = v => { probe.style.color = `var(${v})`; return getComputedStyle(probe).color; };
+            const out = [getComputedStyle(e).color, read('--jp-warn-color0'), read('--jp-ui-font-color2')];
+            probe.remove();
+            return out;
+        }"""
+    )
+    assert color != warn and color == plain, (color, warn, plain)
+
+
+def test_history_chart_has_a_scale_and_a_readout_of_the_recorded_values(page: Page, gpu_lab):
+    open_lab(page, gpu_lab)
+    open_gpu_panel(page)
+    card = gpu_card(page, 0)
+    chart = card.locator(".jp-GpuEnv-chart")
+    expect(chart.locator(".jp-GpuEnv-chartScale")).to_have_text(re.compile(r"100 %\s*0"))
+    expect(chart.locator(".jp-GpuEnv-span")).to_have_text(re.compile(r"^\d+ (s|min)$"))
+    plot = chart.locator(".jp-GpuEnv-chartPlot")
+    box = plot.bounding_box()
+    plot.hover(position={"x": box["width"] - 1, "y": box["height"] / 2})  # the newest sample
+    # the recording: 6.5 of 79.6 GiB used, 87 % busy
+    # the sample under the pointer; new samples arrive while it rests there, so it may be a few seconds old
+    expect(chart.locator(".jp-GpuEnv-readout")).to_have_text(
+        re.compile(r"^(now|\d+ s ago) · memory 6\.5 GiB \(8 %\) · utilization 87 %$")
+    )
+    expect(chart.locator(".jp-GpuEnv-cursor")).to_be_visible()
+    page.mouse.move(0, 0)
+    expect(chart.locator(".jp-GpuEnv-readout")).to_have_count(0)
+
+
+def test_a_gpu_opens_as_a_dashboard_with_the_recorded_values(page: Page, gpu_lab):
+    open_lab(page, gpu_lab)
+    open_gpu_panel(page)
+    gpu_card(page, 0).get_by_role("button", name="Open GPU 0 dashboard").click()
+    dashboard = page.locator("#jp-main-dock-panel .jp-GpuEnv-dashboard")
+    expect(dashboard).to_contain_text("GPU 0 · NVIDIA H100 80GB HBM3")
+    # the recording's numbers, fed by the same poll (and the server's one sampler) as the panel
+    for title, now in (("Utilization", "87 %"), ("Memory", "6.5 GiB"), ("Power", "312 W"), ("Temperature", "54 °C")):
+        expect(dashboard.locator(f'section[aria-label="{title}"] .jp-GpuEnv-metricNow')).to_have_text(now)
+    expect(dashboard.locator('section[aria-label="Memory"] .jp-GpuEnv-chartScale')).to_contain_text("79.6 GiB")
+    expect(dashboard.locator('section[aria-label^="PCIe"]')).to_have_count(0)  # not read by this server
+    expect(dashboard).to_contain_text("PCIe throughput is not read by this server")
+    plot = dashboard.locator('section[aria-label="Power"] .jp-GpuEnv-chartPlot')
+    box = plot.bounding_box()
+    plot.hover(position={"x": box["width"] - 1, "y": box["height"] / 2})
+    expect(dashboard.locator('section[aria-label="Power"] .jp-GpuEnv-readout')).to_have_text(
+        re.compile(r"^(now|\d+ s ago) · 312 W$")
+    )
+    # a second click shows the same tab
+    gpu_card(page, 0).get_by_role("button", name="Open GPU 0 dashboard").click()
+    expect(page.locator("#jp-main-dock-panel .jp-GpuEnv-dashboard")).to_have_count(1)
+
+
+def test_sections_fold_and_titles_stay_on_one_line(page: Page, gpu_lab):
+    serve_environments(page)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    open_lab(page, gpu_lab)
+    panel = open_gpu_panel(page)
+    for env in ("pytorch", "jax", "legacy"):  # a name with a pill is one line, however narrow the panel
+        header = environment_item(page, env).locator(".jp-GpuEnv-envHeader")
+        expect(header).to_be_visible()
+        lines = header.evaluate(
+            "e => e.getBoundingClientRect().height / e.querySelector('.jp-GpuEnv-pill').getBoundingClientRect().height"
+        )
+        assert lines < 1.9, (env, lines)
+    toggle = panel.get_by_role("button", name="Environments")
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "false")
+    expect(environment_item(page, "pytorch")).to_have_count(0)
+    gpus = panel.get_by_role("button", name="GPUs", exact=True)
+    gpus.click()
+    expect(panel.locator("article")).to_have_count(0)
+    gpus.click()
+    toggle.click()
+    expect(panel.locator("article")).to_have_count(2)
+    expect(environment_item(page, "pytorch")).to_be_visible()
+
+
+def test_processes_sort_and_a_notebooks_row_opens_it(page: Page, gpu_lab, notebook_on_gpu):
+    open_lab(page, gpu_lab)  # no notebook open yet
+    open_gpu_panel(page)
+    rows = gpu_card(page, 0).locator("tbody tr")
+    expect(rows.first).to_contain_text("analysis.ipynb")  # 4 GiB before the other process's 2 GiB
+    gpu_card(page, 0).get_by_role("button", name="Memory").click()
+    expect(rows.first).to_contain_text("other process")
+    expect(gpu_card(page, 0).locator('th[aria-sort="ascending"]')).to_contain_text("Memory")
+    gpu_card(page, 0).get_by_role("button", name="Process").click()
+    expect(rows.first).to_contain_text("analysis.ipynb")  # by name, a to z
+    rows.filter(has_text="analysis.ipynb").click()
+    expect(page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text="analysis.ipynb")).to_be_visible()
+
+
+def test_eight_gpus_and_a_dashboard_screenshots(page: Page, gpu8_lab, screenshot_dir):
+    """The layout at 8 GPUs, light and dark (docs/screenshots with GPUENV_SCREENSHOTS=docs/screenshots)."""
+    serve_environments(page)
+    page.set_viewport_size({"width": 1280, "height": 3800})
+    try:
+        for theme, name in (("JupyterLab Light", "light"), ("JupyterLab Dark", "dark")):
+            gpu8_lab.set_theme(theme)
+            open_lab(page, gpu8_lab)
+            panel = open_gpu_panel(page)
+            expect(panel.locator("article")).to_have_count(8)
+            expect(gpu_card(page, 4)).to_contain_text("78.0 / 79.6 GiB")
+            expect(gpu_card(page, 7).locator("svg[role=img]")).to_be_visible()
+            expect(environment_item(page, "pytorch")).to_be_visible()
+            page.wait_for_timeout(500)  # bar transitions
+            panel.locator(".jp-GpuEnv-body").screenshot(path=str(screenshot_dir / f"panel-8gpus-{name}.png"))
+        gpu8_lab.set_theme("JupyterLab Light")
+        open_lab(page, gpu8_lab)
+        panel = open_gpu_panel(page)
+        expect(panel.locator("article")).to_have_count(8)
+        full = panel.locator(".jp-GpuEnv-cards").bounding_box()["height"]
+        panel.get_by_role("button", name="Compact").click()
+        expect(gpu_card(page, 0).locator("svg[role=img]")).to_have_count(0)  # two meters per GPU, nothing else
+        expect(gpu_card(page, 4).get_by_role("meter", name="Memory")).to_have_attribute(
+            "aria-valuetext", "78.0 / 79.6 GiB"
+        )
+        compact = panel.locator(".jp-GpuEnv-cards").bounding_box()["height"]
+        assert compact < 800 and compact < full / 2.5, (compact, full)  # 8 GPUs in one laptop-sized view
+        panel.locator(".jp-GpuEnv-body").screenshot(path=str(screenshot_dir / "panel-8gpus-compact-light.png"))
+        page.set_viewport_size({"width": 1280, "height": 800})
+        gpu_card(page, 0).get_by_role("button", name="Open GPU 0 dashboard").click()
+        dashboard = page.locator("#jp-main-dock-panel .jp-GpuEnv-dashboard")
+        expect(dashboard.locator('section[aria-label="Utilization"] .jp-GpuEnv-metricNow')).to_have_text("87 %")
+        page.wait_for_timeout(2_500)  # a few more samples on the charts
+        dashboard.screenshot(path=str(screenshot_dir / "dashboard-light.png"))
+    finally:
+        gpu8_lab.set_theme("JupyterLab Light")

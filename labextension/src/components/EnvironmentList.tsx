@@ -1,10 +1,11 @@
 import React from 'react';
 
-import { canPrepare, whyNot } from '../environments';
-import { environmentState, gpuPolicy, sentence } from '../format';
-import type { ICurrentNotebook, IEnvironment, IGpuModel } from '../tokens';
+import { canPrepare, pullingFor, whyNot } from '../environments';
+import { basename, environmentState, gpuPolicy, sentence } from '../format';
+import type { ICurrentNotebook, IEnvironment, IEnvironmentsReply, IGpuModel } from '../tokens';
 import { EnvironmentTerminals, OpenTerminal } from './EnvironmentTerminals';
 import { PullBar } from './PullBar';
+import { Reason } from './Reason';
 import { StateMessage } from './StateMessage';
 
 export type UseEnvironment = (env: IEnvironment) => void;
@@ -36,8 +37,14 @@ export function EnvironmentList(props: {
       const docker = status.reply.docker;
       const envs = status.reply.environments ?? [];
       const dockerDown = docker !== null && !docker.available;
+      const waiting = pullingFor(envs, model.current);
       return (
         <>
+          {status.stale ? (
+            <div className="jp-GpuEnv-stale" role="status" data-state="env-stale" title={status.stale}>
+              Could not refresh; showing the last list. {status.stale}
+            </div>
+          ) : null}
           {dockerDown ? (
             <StateMessage
               tone="warn"
@@ -51,8 +58,8 @@ export function EnvironmentList(props: {
               title="No container environments are defined"
               detail={
                 <>
-                  An administrator adds one with <code>jupyter gpuenv add pytorch-2.6-cuda12.4</code>, then restarts the
-                  server.
+                  An administrator adds one with <code>jupyter gpuenv add pytorch-2.6-cuda12.4</code>; it appears here
+                  and in the Launcher without a restart.
                 </>
               }
               testId="env-empty"
@@ -66,6 +73,8 @@ export function EnvironmentList(props: {
                   env={env}
                   current={model.current}
                   dockerDown={dockerDown}
+                  terminals={status.reply.terminals ?? null}
+                  waiting={waiting === env ? (model.current?.path ?? null) : null}
                   onUse={props.onUse}
                   onTerminal={props.onTerminal}
                 />
@@ -83,6 +92,9 @@ function Environment(props: {
   env: IEnvironment;
   current: ICurrentNotebook | null;
   dockerDown: boolean;
+  terminals: IEnvironmentsReply['terminals'];
+  /** The notebook in focus waits for this environment's image: its path. */
+  waiting: string | null;
   onUse: UseEnvironment;
   onTerminal?: OpenTerminal;
 }): JSX.Element {
@@ -93,7 +105,9 @@ function Environment(props: {
   return (
     <li className="jp-GpuEnv-env" data-environment={env.name} aria-label={name}>
       <div className="jp-GpuEnv-envHeader">
-        <span className="jp-GpuEnv-envName">{name}</span>
+        <span className="jp-GpuEnv-envName" title={name}>
+          {name}
+        </span>
         <span className={`jp-GpuEnv-pill jp-mod-${state}${env.can_start ? ' jp-mod-can-start' : ''}`}>
           {environmentState(state, env.can_start)}
         </span>
@@ -107,14 +121,17 @@ function Environment(props: {
         {env.availability ? ` · ${env.availability}` : ''}
       </div>
       {env.pull_progress ? <PullBar progress={env.pull_progress} label="Pulling" /> : null}
-      {env.pull_error && !env.pull_progress ? (
-        <div className="jp-GpuEnv-pullError" role="alert">
-          {sentence(`the last pull failed: ${env.pull_error.message}`)}
+      {props.waiting ? (
+        <div className="jp-GpuEnv-envWaiting" role="status">
+          {basename(props.waiting)} waits for this image: its kernel starts in {name} once it is pulled.
         </div>
+      ) : null}
+      {env.pull_error && !env.pull_progress ? (
+        <Reason className="jp-GpuEnv-pullError" role="alert" text={`the last pull failed: ${env.pull_error.message}`} />
       ) : null}
       {/* a startable environment's reason is a note (e.g. the first start pulls the image; a bar says it better) */}
       {env.can_start && env.reason && state !== 'ready' && !env.pull_progress ? (
-        <div className="jp-GpuEnv-envReason">{sentence(env.reason)}</div>
+        <Reason className="jp-GpuEnv-envReason" text={env.reason} />
       ) : null}
       {canPrepare(env, props.dockerDown) ? <Prepare model={props.model} env={env} /> : null}
       <button
@@ -126,16 +143,13 @@ function Environment(props: {
       >
         Use for this notebook
       </button>
-      {blocked ? (
-        <div className="jp-GpuEnv-why" id={`jp-GpuEnv-why-${env.name}`}>
-          {blocked}
-        </div>
-      ) : null}
+      {blocked ? <Reason className="jp-GpuEnv-why" id={`jp-GpuEnv-why-${env.name}`} text={blocked} /> : null}
       {props.onTerminal ? (
         <EnvironmentTerminals
           model={props.model}
           env={env}
           dockerDown={props.dockerDown}
+          terminals={props.terminals}
           onTerminal={props.onTerminal}
         />
       ) : null}
@@ -157,10 +171,9 @@ function Prepare(props: { model: IGpuModel; env: IEnvironment }): JSX.Element {
       >
         {request.busy ? 'Preparing…' : 'Prepare'}
       </button>
-      {request.error ? (
-        <div className="jp-GpuEnv-pullError" role="alert">
-          {sentence(request.error)}
-        </div>
+      {/* a pull that failed is said once: by the row's "the last pull failed", once the server reports it */}
+      {request.error && !env.pull_error ? (
+        <Reason className="jp-GpuEnv-pullError" role="alert" text={request.error} />
       ) : null}
     </>
   );

@@ -2,7 +2,8 @@ import React from 'react';
 
 import { basename } from '../format';
 import { kernelsOf } from '../terminalInfo';
-import type { IEnvironment, IGpuModel, TerminalTarget } from '../tokens';
+import { sentence } from '../format';
+import type { IEnvironment, IEnvironmentsReply, IGpuModel, TerminalTarget } from '../tokens';
 
 export type OpenTerminal = (target: TerminalTarget) => void;
 
@@ -18,17 +19,24 @@ export function EnvironmentTerminals(props: {
   model: IGpuModel;
   env: IEnvironment;
   dockerDown: boolean;
+  /** Whether this server opens terminals at all (null: an older server, which says so when one is opened). */
+  terminals?: IEnvironmentsReply['terminals'];
   onTerminal: OpenTerminal;
 }): JSX.Element {
   const { model, env, onTerminal } = props;
   const kernels = kernelsOf(model.kernels, env.name);
-  const own = props.dockerDown
-    ? 'Docker is not available.'
-    : !env.can_start
-      ? (env.reason ?? 'This environment cannot start here.')
-      : env.state === 'image-missing' || env.state === 'pulling'
-        ? 'Its image is not on this machine yet: prepare it (or start a notebook with it) first.'
-        : null;
+  // e.g. a server that runs as root: its kernels' containers run as root, and a terminal never opens a root shell
+  const off =
+    props.terminals && !props.terminals.available ? sentence(props.terminals.reason ?? 'terminals are off') : null;
+  const own = off
+    ? off
+    : props.dockerDown
+      ? 'Docker is not available.'
+      : !env.can_start
+        ? (env.reason ?? 'This environment cannot start here.')
+        : env.state === 'image-missing' || env.state === 'pulling'
+          ? 'Its image is not on this machine yet: prepare it (or start a notebook with it) first.'
+          : null;
   return (
     <div className="jp-GpuEnv-terminals">
       {kernels.length > 0 ? (
@@ -42,7 +50,8 @@ export function EnvironmentTerminals(props: {
                 </span>
                 <button
                   className="jp-GpuEnv-terminal jp-mod-styled"
-                  title={IN_KERNEL}
+                  disabled={off !== null}
+                  title={off ?? IN_KERNEL}
                   aria-label="Open terminal in this kernel's container"
                   onClick={() => onTerminal({ kernel_id: k.kernel_id })}
                 >
@@ -60,8 +69,9 @@ export function EnvironmentTerminals(props: {
         aria-label="Open terminal in this environment"
         onClick={() => onTerminal({ environment: env.name })}
       >
-        Terminal in a new container
+        Terminal, own container
       </button>
+      {off ? <div className="jp-GpuEnv-why jp-GpuEnv-terminalsOff">{off}</div> : null}
     </div>
   );
 }

@@ -3,11 +3,20 @@ import React from 'react';
 import { celsius, fraction, memoryUsage, percent, power } from '../format';
 import type { IGpu, IGpuModel } from '../tokens';
 import { Meter } from './Meter';
-import { ProcessList } from './ProcessList';
-import { Sparkline } from './Sparkline';
+import { OpenNotebook, ProcessList } from './ProcessList';
+import { HistoryChart } from './HistoryChart';
 
-/** One GPU: memory, utilization, temperature and power, a short history, and who uses it. */
-export function GpuCard(props: { gpu: IGpu; model: IGpuModel }): JSX.Element {
+export type OpenDashboard = (index: number) => void;
+
+/** One GPU: memory, utilization, temperature and power, its history, and who uses it. */
+export function GpuCard(props: {
+  gpu: IGpu;
+  model: IGpuModel;
+  compact?: boolean;
+  onDashboard?: OpenDashboard;
+  onOpenNotebook?: OpenNotebook;
+}): JSX.Element {
+  const onDashboard = props.onDashboard;
   const { gpu, model } = props;
   const title = `GPU ${gpu.index}`;
   const migCount = gpu.mig_devices?.length ?? 0;
@@ -22,6 +31,16 @@ export function GpuCard(props: { gpu: IGpu; model: IGpuModel }): JSX.Element {
           <span className="jp-GpuEnv-badge" title={`MIG mode on: ${migCount} GPU instance${migCount === 1 ? '' : 's'}`}>
             MIG{migCount ? ` · ${migCount}` : ''}
           </span>
+        ) : null}
+        {onDashboard ? (
+          <button
+            className="jp-GpuEnv-dashboardButton jp-mod-styled"
+            title={`Open ${title} as a dashboard in the main area: utilization, memory, power, temperature`}
+            aria-label={`Open ${title} dashboard`}
+            onClick={() => onDashboard(gpu.index)}
+          >
+            <span aria-hidden="true">⤢</span>
+          </button>
         ) : null}
       </header>
       {gpu.error ? (
@@ -41,18 +60,22 @@ export function GpuCard(props: { gpu: IGpu; model: IGpuModel }): JSX.Element {
             text={percent(gpu.utilization?.gpu)}
             warnAt={2}
           />
-          <dl className="jp-GpuEnv-stats">
-            <div>
-              <dt>Temperature</dt>
-              <dd>{celsius(gpu.temperature_c)}</dd>
-            </div>
-            <div>
-              <dt>Power</dt>
-              <dd>{power(gpu.power_w, gpu.power_limit_w)}</dd>
-            </div>
-          </dl>
-          <Sparkline series={model.series(gpu.index)} />
-          <ProcessList processes={gpu.processes ?? []} model={model} />
+          {props.compact ? null : (
+            <>
+              <dl className="jp-GpuEnv-stats">
+                <div>
+                  <dt>Temperature</dt>
+                  <dd>{celsius(gpu.temperature_c)}</dd>
+                </div>
+                <div>
+                  <dt>Power</dt>
+                  <dd>{power(gpu.power_w, gpu.power_limit_w)}</dd>
+                </div>
+              </dl>
+              <HistoryChart series={model.series(gpu.index)} />
+              <ProcessList processes={gpu.processes ?? []} model={model} onOpenNotebook={props.onOpenNotebook} />
+            </>
+          )}
         </>
       )}
     </article>

@@ -2,11 +2,17 @@ import React from 'react';
 
 import { noGpuMessage, retryIn } from '../format';
 import type { IGpuModel, IGpusReply } from '../tokens';
-import { GpuCard } from './GpuCard';
+import { GpuCard, OpenDashboard } from './GpuCard';
+import type { OpenNotebook } from './ProcessList';
 import { StateMessage } from './StateMessage';
 
 /** The GPU cards, or the state that stands in for them. */
-export function GpuSection(props: { model: IGpuModel }): JSX.Element {
+export function GpuSection(props: {
+  model: IGpuModel;
+  compact?: boolean;
+  onDashboard?: OpenDashboard;
+  onOpenNotebook?: OpenNotebook;
+}): JSX.Element {
   const { model } = props;
   const status = model.status;
   switch (status.kind) {
@@ -57,11 +63,25 @@ export function GpuSection(props: { model: IGpuModel }): JSX.Element {
   }
 }
 
-function Cards(props: { reply: IGpusReply; model: IGpuModel; stale?: boolean }): JSX.Element {
+function Cards(props: {
+  reply: IGpusReply;
+  model: IGpuModel;
+  stale?: boolean;
+  compact?: boolean;
+  onDashboard?: OpenDashboard;
+  onOpenNotebook?: OpenNotebook;
+}): JSX.Element {
   return (
-    <div className={`jp-GpuEnv-cards${props.stale ? ' jp-mod-stale' : ''}`}>
+    <div className={`jp-GpuEnv-cards${props.stale ? ' jp-mod-stale' : ''}${props.compact ? ' jp-mod-compact' : ''}`}>
       {(props.reply.gpus ?? []).map(gpu => (
-        <GpuCard key={gpu.uuid ?? gpu.index} gpu={gpu} model={props.model} />
+        <GpuCard
+          key={gpu.uuid ?? gpu.index}
+          gpu={gpu}
+          model={props.model}
+          compact={props.compact}
+          onDashboard={props.onDashboard}
+          onOpenNotebook={props.onOpenNotebook}
+        />
       ))}
     </div>
   );

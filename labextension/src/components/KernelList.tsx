@@ -3,6 +3,7 @@ import React from 'react';
 import { sentence } from '../format';
 import { autoParkText, kernelLabel, parkRows, parkView } from '../park';
 import type { IGpuModel, IKernel, IParking, IParkRequest } from '../tokens';
+import { Section } from './Section';
 import { StateMessage } from './StateMessage';
 
 /**
@@ -26,10 +27,7 @@ export function KernelSection(props: { model: IGpuModel; now?: number }): JSX.El
   const now = props.now ?? Date.now();
   const auto = autoParkText(parking);
   return (
-    <section aria-labelledby="jp-GpuEnv-kernelsTitle" className="jp-GpuEnv-kernelSection">
-      <header className="jp-GpuEnv-sectionHeader">
-        <h2 id="jp-GpuEnv-kernelsTitle">Kernels</h2>
-      </header>
+    <Section id="kernels" title="Kernels" className="jp-GpuEnv-kernelSection">
       {status.kind === 'loading' ? <StateMessage title="Reading kernels…" busy testId="kernels-loading" /> : null}
       {status.kind === 'error' ? (
         <StateMessage
@@ -75,7 +73,7 @@ export function KernelSection(props: { model: IGpuModel; now?: number }): JSX.El
         </ul>
       ) : null}
       {auto ? <div className="jp-GpuEnv-autoPark">{auto}</div> : null}
-    </section>
+    </Section>
   );
 }
 

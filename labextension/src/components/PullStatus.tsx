@@ -34,12 +34,11 @@ function PullStatusText(props: { model: IGpuModel }): JSX.Element | null {
   }
   const pct = p.percent !== null && p.phase === 'downloading' ? ` ${Math.floor(p.percent)} %` : '';
   const left = p.eta_s !== null ? ` · ${duration(p.eta_s)} left` : p.phase === 'extracting' ? ' · unpacking' : '';
-  const text = `Pulling image${pct}${left}`;
+  // Lab's own kernel status still names the old kernel and says "Starting": say which environment is prepared
+  const name = env.display_name ?? env.name;
+  const text = `Preparing ${name}: pulling image${pct}${left}`;
   return (
-    <span
-      title={`The kernel starts when ${p.image} is pulled`}
-      aria-label={`${text} for ${env.display_name ?? env.name}`}
-    >
+    <span title={`The notebook's kernel starts in ${name} when ${p.image} is pulled`} aria-label={text}>
       <PullBar progress={p} label="Pulling" compact />
       {text}
     </span>
