@@ -44,11 +44,13 @@ from traitlets.config import Config
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from warm_pool import WarmPool  # noqa: E402
 
-from jupyter_gpuenv import docker_engine, engine, host  # noqa: E402
+from jupyter_gpuenv import host  # noqa: E402
 from jupyter_gpuenv.config import GpuEnv  # noqa: E402
-from jupyter_gpuenv.environments import parse_environment  # noqa: E402
-from jupyter_gpuenv.kernelspecs import kernelspec_json  # noqa: E402
-from jupyter_gpuenv.provisioner import DockerKernelProvisioner as Provisioner  # noqa: E402
+from jupyter_gpuenv.engines import base as engine
+from jupyter_gpuenv.engines.docker import engine as docker_engine
+from jupyter_gpuenv.environments.definition import parse_environment  # noqa: E402
+from jupyter_gpuenv.environments.kernelspecs import kernelspec_json  # noqa: E402
+from jupyter_gpuenv.server.provisioner import DockerKernelProvisioner as Provisioner  # noqa: E402
 
 UNTIL_LISTENING = Provisioner._until_listening
 

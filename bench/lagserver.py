@@ -68,7 +68,7 @@ def fake_pynvml_module(recording: Path):
 
 
 def instrument(timings: Log) -> None:
-    from jupyter_gpuenv import sampler
+    from jupyter_gpuenv.gpus import sampler
 
     original = sampler.Sampler.sample_once
 
@@ -120,7 +120,7 @@ def main() -> None:
     if args.fake_nvml is not None:
         fake = fake_pynvml_module(args.fake_nvml)
         sys.modules["pynvml"] = fake  # nvdashboard imports pynvml at import time
-        from jupyter_gpuenv import nvml
+        from jupyter_gpuenv.gpus import nvml
 
         nvml.load_pynvml = lambda: fake
     lag, timings = Log(args.lag_file), Log(args.timings)

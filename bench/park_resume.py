@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gpu"))
 from prove_parking import ROOT, TORCH, Person, gpu_apps, intact, session_of, tensor  # noqa: E402
 from prove_shared_host import python_for_users, sh  # noqa: E402
 
-from jupyter_gpuenv import checkpoint  # noqa: E402
+from jupyter_gpuenv.parking import checkpoint  # noqa: E402
 
 GIB = 1 << 30
 HOST_TORCH = "/opt/torch/.venv/bin/python3"  # the GPU machine's own CUDA PyTorch (the image is made from it)

@@ -36,13 +36,16 @@ from traitlets.config import Config
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernel_ready import settings_for  # noqa: E402
 
-from jupyter_gpuenv import engine, host, nvml, provisioner  # noqa: E402
+from jupyter_gpuenv import host
 from jupyter_gpuenv.config import GpuEnv  # noqa: E402
-from jupyter_gpuenv.environments import parse_environment  # noqa: E402
-from jupyter_gpuenv.kernelspecs import kernelspec_json  # noqa: E402
-from jupyter_gpuenv.nvml import NvmlReader, Snapshot  # noqa: E402
-from jupyter_gpuenv.visibility import from_environment  # noqa: E402
-from jupyter_gpuenv.warm import WarmKernels  # noqa: E402
+from jupyter_gpuenv.engines import base as engine
+from jupyter_gpuenv.environments.definition import parse_environment  # noqa: E402
+from jupyter_gpuenv.environments.kernelspecs import kernelspec_json  # noqa: E402
+from jupyter_gpuenv.gpus import nvml
+from jupyter_gpuenv.gpus.nvml import NvmlReader, Snapshot  # noqa: E402
+from jupyter_gpuenv.gpus.visibility import from_environment  # noqa: E402
+from jupyter_gpuenv.server import provisioner  # noqa: E402
+from jupyter_gpuenv.server.warm import WarmKernels  # noqa: E402
 
 
 async def ready(spec: KernelSpec, config: Config, cwd: str, first_cell: str) -> tuple[float, float | None]:

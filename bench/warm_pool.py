@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from jupyter_client import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
-from jupyter_gpuenv import containers, host
-from jupyter_gpuenv.docker_engine import DockerEngine
-from jupyter_gpuenv.engine import KernelRequest
-from jupyter_gpuenv.environments import Environment
+from jupyter_gpuenv import host
+from jupyter_gpuenv.containers import spec as containers
+from jupyter_gpuenv.engines.base import KernelRequest
+from jupyter_gpuenv.engines.docker.engine import DockerEngine
+from jupyter_gpuenv.environments.definition import Environment
 
 # Imports what a kernel needs (the slow part), then waits for its order: the connection file, folder, variables.
 POOL_LAUNCHER = (

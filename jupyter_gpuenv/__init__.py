@@ -1,10 +1,10 @@
 """jupyter_gpuenv: GPUs in JupyterLab — an NVML panel and kernels in PyTorch-CUDA containers."""
 
-from ._version import __version__
+from jupyter_gpuenv._version import __version__
 
 
 def _jupyter_server_extension_points():
-    from .app import GpuEnvApp
+    from jupyter_gpuenv.server.extension import GpuEnvApp
 
     return [{"module": "jupyter_gpuenv", "app": GpuEnvApp}]
 

@@ -13,8 +13,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .environments import Mount
-from .errors import UnsafeFolder
+from jupyter_gpuenv.environments.definition import Mount
+from jupyter_gpuenv.errors import UnsafeFolder
 
 DRIVER_TARGET = "/usr/local/nvidia"
 NVIDIA_CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")

@@ -3,7 +3,7 @@ import time
 import fake_pynvml
 import pytest
 
-from jupyter_gpuenv import nvml as nvml_module
+from jupyter_gpuenv.gpus import nvml as nvml_module
 
 pytest_plugins = ["pytest_jupyter.jupyter_server", "container_harness", "registry_harness"]
 

@@ -14,9 +14,9 @@ import docker
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from jupyter_gpuenv.environments import parse_environment
-from jupyter_gpuenv.kernelspecs import kernelspec_json
-from jupyter_gpuenv.labels import KERNEL as L_KERNEL
+from jupyter_gpuenv.containers.labels import KERNEL as L_KERNEL
+from jupyter_gpuenv.environments.definition import parse_environment
+from jupyter_gpuenv.environments.kernelspecs import kernelspec_json
 
 IMAGE = os.environ.get("GPUENV_TEST_IMAGE", "gpuenv-test-kernel:latest")
 

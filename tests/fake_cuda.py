@@ -1,4 +1,4 @@
-"""A stand-in for the driver's checkpoint API (``jupyter_gpuenv.checkpoint``), for machines without a GPU (CI).
+"""A stand-in for the driver's checkpoint API (``jupyter_gpuenv.parking.checkpoint``), for machines without a GPU (CI).
 
 It keeps the real API's state machine per process (running → locked → checkpointed → locked → running; any other
 step fails with CUDA_ERROR_ILLEGAL_STATE, an unknown pid with CUDA_ERROR_INVALID_VALUE) and acts on the NVML that
@@ -13,7 +13,7 @@ import os
 import threading
 from typing import Any
 
-from jupyter_gpuenv.checkpoint import CHECKPOINTED, LOCKED, RUNNING, CheckpointError
+from jupyter_gpuenv.parking.checkpoint import CHECKPOINTED, LOCKED, RUNNING, CheckpointError
 
 PROCESS_LISTS = ("nvmlDeviceGetComputeRunningProcesses",)
 

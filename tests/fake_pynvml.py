@@ -1,7 +1,7 @@
 """A pynvml stand-in that replays recorded NVML answers, for machines without a GPU (CI).
 
 It replaces only the calls that would reach the driver: the error classes and constants are the real
-pynvml's, so ``jupyter_gpuenv.nvml`` runs exactly the code it runs on a GPU machine. Recordings are JSON
+pynvml's, so ``jupyter_gpuenv.gpus.nvml`` runs exactly the code it runs on a GPU machine. Recordings are JSON
 (``tests/recordings/*.json``, written by ``tests/gpu/record_nvml.py`` on a real GPU or by hand):
 
     {"init": null | "LibraryNotFound",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from jupyter_gpuenv.attribution import KernelIndex, container_id_from_cgroup, owning_kernel
+from jupyter_gpuenv.gpus.attribution import KernelIndex, container_id_from_cgroup, owning_kernel
 
 ID = "4f" * 32
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from jupyter_gpuenv.broker_setup import example_config
+from jupyter_gpuenv.broker.setup import example_config
 
 IMAGE = os.environ.get("GPUENV_TEST_IMAGE", "gpuenv-test-kernel:latest")
 
@@ -20,7 +20,7 @@ IMAGE = os.environ.get("GPUENV_TEST_IMAGE", "gpuenv-test-kernel:latest")
 def install(tmp_path, *extra: str) -> subprocess.CompletedProcess:
     where = ["--config", str(tmp_path / "etc" / "broker_config.py"), "--prefix", str(tmp_path / "prefix"),
              "--unit", str(tmp_path / "systemd" / "jupyter-gpuenv-broker.service")]  # fmt: skip
-    command = [sys.executable, "-m", "jupyter_gpuenv.cli", "broker", "install", *where, *extra]
+    command = [sys.executable, "-m", "jupyter_gpuenv.cli.main", "broker", "install", *where, *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
@@ -103,7 +103,7 @@ def test_install_with_a_wrong_configuration_stops_before_anything_else(tmp_path)
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="no systemd-analyze (Debian: systemd)")
 def test_the_unit_is_one_systemd_accepts(tmp_path):
-    from jupyter_gpuenv.broker_install import unit_text
+    from jupyter_gpuenv.broker.install import unit_text
 
     unit = tmp_path / "jupyter-gpuenv-broker.service"
     unit.write_text(unit_text("/etc/jupyter-gpuenv/broker_config.py"))
@@ -146,7 +146,7 @@ def test_install_prepares_a_kernel_runtime_for_an_image_without_ipykernel(tmp_pa
     assert done.returncode == 0, (done.stdout, done.stderr)
     (line,) = [line for line in done.stdout.splitlines() if "kernel runtime for Python" in line]
     assert line.startswith("  done     kernel runtime for Python 3.") and "no ipykernel in its image" in line
-    from jupyter_gpuenv.runtime import prepared_versions
+    from jupyter_gpuenv.environments.runtime import prepared_versions
 
     (version,) = prepared_versions(str(runtimes))
     assert f"Python {version} in {runtimes}" in line

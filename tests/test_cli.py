@@ -8,7 +8,7 @@ import sys
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
-from jupyter_gpuenv.cli import main
+from jupyter_gpuenv.cli.main import main
 
 IMAGE = "gpuenv-test-kernel:latest"
 
@@ -103,7 +103,7 @@ def fake_nvml(monkeypatch, recording: str) -> None:
     sys.path.insert(0, os.path.dirname(__file__))
     import fake_pynvml
 
-    from jupyter_gpuenv import nvml
+    from jupyter_gpuenv.gpus import nvml
 
     monkeypatch.setattr(nvml, "load_pynvml", lambda: fake_pynvml.FakePynvml(fake_pynvml.load(recording)))
 

@@ -18,7 +18,7 @@ from conftest import wait_until
 from container_harness import IMAGE, execute, install_spec, our_containers, provisioner, start, start_error
 from tornado.httpclient import HTTPClientError
 
-from jupyter_gpuenv import labels
+from jupyter_gpuenv.containers import labels
 
 pytestmark = pytest.mark.timeout(240)
 

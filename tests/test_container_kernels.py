@@ -29,12 +29,12 @@ from container_harness import (
 )
 from tornado.httpclient import HTTPClientError
 
-from jupyter_gpuenv.labels import KERNEL as L_KERNEL
-from jupyter_gpuenv.labels import SERVER_HOST as L_SERVER_HOST
-from jupyter_gpuenv.labels import SERVER_PID as L_SERVER_PID
-from jupyter_gpuenv.labels import SOCKETS as L_SOCKETS
-from jupyter_gpuenv.labels import UID as L_UID
-from jupyter_gpuenv.visibility import parse as parse_visibility
+from jupyter_gpuenv.containers.labels import KERNEL as L_KERNEL
+from jupyter_gpuenv.containers.labels import SERVER_HOST as L_SERVER_HOST
+from jupyter_gpuenv.containers.labels import SERVER_PID as L_SERVER_PID
+from jupyter_gpuenv.containers.labels import SOCKETS as L_SOCKETS
+from jupyter_gpuenv.containers.labels import UID as L_UID
+from jupyter_gpuenv.gpus.visibility import parse as parse_visibility
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -322,7 +322,7 @@ async def test_image_without_ipykernel_runs_with_a_prepared_runtime(
     assert code == 409 and "has no ipykernel" in message and "jupyter gpuenv prepare-runtime 3.11" in message
     assert our_containers(docker_client) == []
 
-    from jupyter_gpuenv.cli import main
+    from jupyter_gpuenv.cli.main import main
 
     assert main(["prepare-runtime", "3.11"]) == 0  # pip, from the package index, into the configured folder
     kernel_id = await start(jp_fetch, name)
@@ -331,7 +331,7 @@ async def test_image_without_ipykernel_runs_with_a_prepared_runtime(
 
 
 async def test_the_flagship_kernel_is_offered_by_its_name(jp_fetch, docker_client):
-    from jupyter_gpuenv.cli import main
+    from jupyter_gpuenv.cli.main import main
 
     assert main(["add", "pytorch-2.6-cuda12.4", "--user"]) == 0
     specs = json.loads((await jp_fetch("api", "kernelspecs")).body)["kernelspecs"]
@@ -444,11 +444,11 @@ async def test_a_namespace_holder_removed_from_outside_is_made_again(jp_fetch, j
 
 async def test_another_users_kernels_never_share_a_namespace(docker_client, tmp_path):
     """Per uid, and per name: a broker in hub-token mode runs every person's kernels with one uid."""
-    from jupyter_gpuenv.docker_engine import DockerEngine
-    from jupyter_gpuenv.engine import KernelRequest
-    from jupyter_gpuenv.environments import parse_environment
+    from jupyter_gpuenv.containers.labels import USER as L_USER
+    from jupyter_gpuenv.engines.base import KernelRequest
+    from jupyter_gpuenv.engines.docker.engine import DockerEngine
+    from jupyter_gpuenv.environments.definition import parse_environment
     from jupyter_gpuenv.host import Server, User
-    from jupyter_gpuenv.labels import USER as L_USER
 
     env = parse_environment("test", {"image": IMAGE, "gpus": "none"}, "test")
     engine = DockerEngine(None, 10.0)
@@ -492,9 +492,9 @@ async def test_another_users_kernels_never_share_a_namespace(docker_client, tmp_
 
 async def test_a_namespace_holder_goes_with_the_last_kernel_that_joined_it(docker_client, tmp_path):
     """A user's namespace holder outlives none of their kernels: a clean stop leaves no gpuenv-netns-* behind."""
-    from jupyter_gpuenv.docker_engine import DockerEngine
-    from jupyter_gpuenv.engine import KernelRequest
-    from jupyter_gpuenv.environments import parse_environment
+    from jupyter_gpuenv.engines.base import KernelRequest
+    from jupyter_gpuenv.engines.docker.engine import DockerEngine
+    from jupyter_gpuenv.environments.definition import parse_environment
     from jupyter_gpuenv.errors import GpuEnvError
     from jupyter_gpuenv.host import Server, User
 
@@ -543,9 +543,9 @@ async def test_a_namespace_holder_goes_with_the_last_kernel_that_joined_it(docke
 @pytest.fixture
 def left_holders(docker_client):
     """Two namespace holders of this user, made by a server that is gone: one a container still joins, one not."""
-    from jupyter_gpuenv.containers import HOLDER_COMMAND
+    from jupyter_gpuenv.containers.labels import holder_labels
+    from jupyter_gpuenv.containers.spec import HOLDER_COMMAND
     from jupyter_gpuenv.host import current_user
-    from jupyter_gpuenv.labels import holder_labels
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

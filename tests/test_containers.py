@@ -2,8 +2,9 @@
 
 import pytest
 
-from jupyter_gpuenv import containers, labels
-from jupyter_gpuenv.environments import Mount, parse_environment
+from jupyter_gpuenv.containers import labels
+from jupyter_gpuenv.containers import spec as containers
+from jupyter_gpuenv.environments.definition import Mount, parse_environment
 from jupyter_gpuenv.errors import OutsideRoot
 from jupyter_gpuenv.host import User
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from jupyter_gpuenv.allocation import Holdings, choose
-from jupyter_gpuenv.environments import PRESETS, GpuPolicy, cuda_compatibility, parse_environment
+from jupyter_gpuenv.containers.allocation import Holdings, choose
+from jupyter_gpuenv.environments.definition import PRESETS, GpuPolicy, cuda_compatibility, parse_environment
 from jupyter_gpuenv.errors import InvalidEnvironment, NoFreeGpu, NoGpu
-from jupyter_gpuenv.nvml import GpuSample, Memory
+from jupyter_gpuenv.gpus.nvml import GpuSample, Memory
 
 
 def test_flagship_preset_parses_and_round_trips():

@@ -2,9 +2,9 @@
 
 import pytest
 
-from jupyter_gpuenv import kernelspecs
 from jupyter_gpuenv.config import GpuEnv
-from jupyter_gpuenv.environments import parse_environment
+from jupyter_gpuenv.environments import kernelspecs
+from jupyter_gpuenv.environments.definition import parse_environment
 from jupyter_gpuenv.errors import InvalidEnvironment
 
 

@@ -1,6 +1,6 @@
 """What the engine records of a kernel, and what is read back: holdings and the orphan rule."""
 
-from jupyter_gpuenv import labels
+from jupyter_gpuenv.containers import labels
 
 
 def container(kernel_id, gpus=(), exclusive=False, active=True, **kw):

@@ -21,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_harness import require_prometheus, running_prometheus
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from jupyter_gpuenv import ledger, metrics, usage
-from jupyter_gpuenv.ledger import Ledger, UsageRecord, summarize, usage_query
-from jupyter_gpuenv.nvml import Snapshot
-from jupyter_gpuenv.usage import KernelUsage, UsageMeter, View
+from jupyter_gpuenv.gpus.nvml import Snapshot
+from jupyter_gpuenv.usage import counter as usage
+from jupyter_gpuenv.usage import ledger, metrics
+from jupyter_gpuenv.usage.counter import KernelUsage, UsageMeter, View
+from jupyter_gpuenv.usage.ledger import Ledger, UsageRecord, summarize, usage_query
 
 GIB = 1024**3
 NOTEBOOK = "projects/analysis.ipynb"

@@ -3,8 +3,8 @@
 import fake_pynvml
 import pytest
 
-from jupyter_gpuenv.nvml import LibraryGone, NvmlReader
-from jupyter_gpuenv.visibility import parse
+from jupyter_gpuenv.gpus.nvml import LibraryGone, NvmlReader
+from jupyter_gpuenv.gpus.visibility import parse
 
 GiB = 1024**3
 

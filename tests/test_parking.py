@@ -19,11 +19,11 @@ from container_harness import execute, install_spec, provisioner, start, start_e
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPClientError
 
-from jupyter_gpuenv import checkpoint
-from jupyter_gpuenv.allocation import Holdings
-from jupyter_gpuenv.checkpoint import CHECKPOINTED, LOCKED, RUNNING
-from jupyter_gpuenv.nvml import GpuSample
-from jupyter_gpuenv.parking import (
+from jupyter_gpuenv.containers.allocation import Holdings
+from jupyter_gpuenv.gpus.nvml import GpuSample
+from jupyter_gpuenv.parking import checkpoint
+from jupyter_gpuenv.parking.checkpoint import CHECKPOINTED, LOCKED, RUNNING
+from jupyter_gpuenv.parking.rules import (
     BY_POLICY,
     IdlePolicy,
     KernelFacts,
@@ -152,8 +152,8 @@ def test_each_driver_call_is_timed_in_order_for_the_timeline():
 
 async def test_a_released_gpu_wakes_the_waiting_cells_once_more_for_releases_during_a_retry():
     """Releases while a retry runs are not lost: one more retry follows; with no cell waiting nothing runs."""
-    from jupyter_gpuenv.leases import KernelLease, LeaseBook
-    from jupyter_gpuenv.parker import Parker
+    from jupyter_gpuenv.broker.leases import KernelLease, LeaseBook
+    from jupyter_gpuenv.server.parking import Parker
 
     class Store:
         def get(self, kernel_id):
@@ -469,8 +469,8 @@ async def test_a_local_kernel_parks_and_a_cell_resumes_it(site):
 def test_the_broker_follows_a_kernel_only_at_its_own_sockets():
     """The connection file is the user's: the broker (root) connects only inside the kernel's socket folder or to
     loopback, whatever the file says."""
-    from jupyter_gpuenv.broker_parking import BrokerParking
-    from jupyter_gpuenv.leases import KernelLease
+    from jupyter_gpuenv.broker.leases import KernelLease
+    from jupyter_gpuenv.broker.parking import BrokerParking
 
     lease = KernelLease("k", 1001, "alice", "gpu", "/run/gpuenv/sockets/1001/k1")
     own = {"transport": "ipc", "ip": "/run/gpuenv/sockets/1001/k1/k", "iopub_port": 3}

@@ -2,9 +2,9 @@
 
 import pytest
 
+from jupyter_gpuenv.broker.leases import KernelLease, LeaseBook
+from jupyter_gpuenv.broker.policy import Policy, Rule, check_start
 from jupyter_gpuenv.errors import NotPermitted
-from jupyter_gpuenv.leases import KernelLease, LeaseBook
-from jupyter_gpuenv.policy import Policy, Rule, check_start
 
 POLICY = Policy.parse(
     {

@@ -2,10 +2,11 @@
 
 import pytest
 
-from jupyter_gpuenv import errors, preflight
-from jupyter_gpuenv.engine import ImageFacts
-from jupyter_gpuenv.environments import parse_environment
-from jupyter_gpuenv.nvml import GpuSample, Snapshot
+from jupyter_gpuenv import errors
+from jupyter_gpuenv.engines.base import ImageFacts
+from jupyter_gpuenv.environments import preflight
+from jupyter_gpuenv.environments.definition import parse_environment
+from jupyter_gpuenv.gpus.nvml import GpuSample, Snapshot
 
 GPUS = Snapshot(available=True, cuda_driver_version="12.4", gpus=[GpuSample(index=0, uuid="GPU-0")])
 NO_GPU = Snapshot(available=False, reason="no NVIDIA driver on this machine")

@@ -21,8 +21,10 @@ import pytest
 from container_harness import execute, install_spec, our_containers, start, start_error
 from tornado.httpclient import HTTPClientError
 
-from jupyter_gpuenv import errors, pulls, registry
-from jupyter_gpuenv.docker_engine import DockerEngine, _insecure
+from jupyter_gpuenv import errors
+from jupyter_gpuenv.engines.docker.engine import DockerEngine, _insecure
+from jupyter_gpuenv.pulls import progress as pulls
+from jupyter_gpuenv.pulls import registry
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -370,7 +372,7 @@ def test_jupyter_gpuenv_pull_shows_progress_and_exits_0(tmp_path, docker_client,
     env.pop("JUPYTER_DATA_DIR", None)
     install_spec(tmp_path / "share", "cli-pull", {"image": proxy.image(tag)})
     install_spec(tmp_path / "share", "cli-bad", {"image": proxy.image("no-such-tag")})
-    cli = [sys.executable, "-m", "jupyter_gpuenv.cli", "pull"]
+    cli = [sys.executable, "-m", "jupyter_gpuenv.cli.main", "pull"]
     done = subprocess.run([*cli, "cli-pull"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

@@ -54,7 +54,7 @@ def test_the_guides_install_command_does_the_hosts_part(tmp_path):
     where = ["--config", str(tmp_path / "etc" / "broker_config.py"), "--prefix", str(tmp_path / "prefix"),
              "--unit", str(tmp_path / "systemd" / "jupyter-gpuenv-broker.service")]  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-m", "jupyter_gpuenv.cli", *argv, *where], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "jupyter_gpuenv.cli.main", *argv, *where], capture_output=True, text=True, timeout=300
     )
     out = done.stdout
     assert done.returncode in (0, 1), (out, done.stderr)
@@ -75,7 +75,7 @@ def test_the_guides_install_command_does_the_hosts_part(tmp_path):
 def test_the_guides_hub_stanza_points_servers_at_the_brokers_socket(tmp_path):
     from traitlets.config.loader import PyFileConfigLoader
 
-    from jupyter_gpuenv.broker import Broker
+    from jupyter_gpuenv.broker.daemon import Broker
     from jupyter_gpuenv.config import GpuEnv
 
     (stanza,) = blocks("python")
@@ -90,7 +90,7 @@ def test_every_command_the_guide_names_is_one_the_cli_takes():
     section = text[text.index(SECTION) :]
     named = re.findall(r"`(?:sudo )?(?:\S*/)?jupyter[ -]gpuenv ([^`]+)`", section[: section.index("\n## ", 1)])
     assert len(named) >= 5, named
-    from jupyter_gpuenv.cli import parser
+    from jupyter_gpuenv.cli.main import parser
 
     for words in named:
         args = parser().parse_args(shlex.split(words))  # an option the CLI does not have exits here

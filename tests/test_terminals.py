@@ -16,11 +16,11 @@ import pytest
 from container_harness import IMAGE, start
 from tornado.httpclient import HTTPClientError
 
-from jupyter_gpuenv import broker as broker_module
-from jupyter_gpuenv.broker import Broker, BrokerDaemon
-from jupyter_gpuenv.broker_client import BrokerClient
-from jupyter_gpuenv.leases import RUNNING, KernelLease
-from jupyter_gpuenv.terminals import Target, Terminal
+from jupyter_gpuenv.broker import daemon as broker_module
+from jupyter_gpuenv.broker.daemon import Broker, BrokerDaemon
+from jupyter_gpuenv.broker.leases import RUNNING, KernelLease
+from jupyter_gpuenv.engines.broker import BrokerClient
+from jupyter_gpuenv.server.terminals import Target, Terminal
 
 pytestmark = pytest.mark.timeout(120)
 log = logging.getLogger("test_terminals")

@@ -1,6 +1,6 @@
 import pytest
 
-from jupyter_gpuenv.visibility import from_environment, parse
+from jupyter_gpuenv.gpus.visibility import from_environment, parse
 
 
 def test_configuration_wins_over_environment():

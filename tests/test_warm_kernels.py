@@ -12,7 +12,7 @@ import docker
 import pytest
 from container_harness import IMAGE, execute, install_spec, provisioner, start, until
 
-from jupyter_gpuenv.labels import KERNEL, SERVER_PID
+from jupyter_gpuenv.containers.labels import KERNEL, SERVER_PID
 
 WARM = {"image": IMAGE, "gpus": "none"}
 GPU = {"image": IMAGE, "gpus": "1", "gpu_mode": "none"}  # one GPU, shared; NVML replayed (fake_nvml)
@@ -28,7 +28,7 @@ def fake_nvml(monkeypatch):
 
     import fake_pynvml
 
-    from jupyter_gpuenv import nvml
+    from jupyter_gpuenv.gpus import nvml
 
     recording = fake_pynvml.load("h100x2")
     for device in recording["devices"]:

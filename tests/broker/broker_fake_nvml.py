@@ -3,9 +3,9 @@
     broker_fake_nvml.py --config FILE          the service: keeps one broker running (below)
     broker_fake_nvml.py --run --config FILE    one broker: ``jupyter gpuenv broker --config FILE``, in-process
 
-``--run`` replaces ``jupyter_gpuenv.nvml.load_pynvml`` with ``FakePynvml(load($GPUENV_TEST_RECORDING))`` (and the
+``--run`` replaces ``jupyter_gpuenv.gpus.nvml.load_pynvml`` with ``FakePynvml(load($GPUENV_TEST_RECORDING))`` (and the
 checkpoint API with ``fake_cuda.FakeCheckpoint`` acting on it), as
-tests/hub/singleuser_fake_nvml.py does for single-user servers, and runs ``jupyter_gpuenv.cli.main``. While the
+tests/hub/singleuser_fake_nvml.py does for single-user servers, and runs ``jupyter_gpuenv.cli.main.main``. While the
 file $GPUENV_BROKER_GPU_PROCESSES exists (``{"<gpu index>": [{"pid": ..., "usedGpuMemory": ...}]}``), the GPUs it
 names have those processes instead of the recording's: a test puts a real process of a kernel's container on a GPU.
 
@@ -48,7 +48,9 @@ def run(argv: list[str]) -> int:
     import fake_cuda
     import fake_pynvml
 
-    from jupyter_gpuenv import checkpoint, cli, nvml
+    from jupyter_gpuenv.cli import main as cli
+    from jupyter_gpuenv.gpus import nvml
+    from jupyter_gpuenv.parking import checkpoint
 
     fake = fake_pynvml.FakePynvml(fake_pynvml.load(os.environ.get("GPUENV_TEST_RECORDING", "h100x2")))
     driver = fake_cuda.FakeCheckpoint(fake)  # parking: the checkpoint API, acting on this NVML

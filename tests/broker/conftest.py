@@ -87,7 +87,7 @@ def cannot_run(reason: str):
 
 
 def broker_available() -> bool:
-    return importlib.util.find_spec("jupyter_gpuenv.broker") is not None
+    return importlib.util.find_spec("jupyter_gpuenv.broker.daemon") is not None
 
 
 # -- Unix users --------------------------------------------------------------------------------------------------
@@ -433,7 +433,7 @@ def install_kernelspecs(prefix: Path) -> Path:
     """The broker kernelspecs every user's server reads: `jupyter gpuenv add NAME --broker` under ``prefix``."""
     for name, env in ENVIRONMENTS.items():
         subprocess.run(
-            [sys.executable, "-m", "jupyter_gpuenv.cli", "add", name, "--broker"]
+            [sys.executable, "-m", "jupyter_gpuenv.cli.main", "add", name, "--broker"]
             + ["--display-name", env["display_name"], "--prefix", str(prefix)],
             check=True,
             capture_output=True,
@@ -470,7 +470,7 @@ def docker_image():
 def site(unix_users, docker_image, tmp_path_factory):
     """The shared host, once per session; every kernel is shut down after each module (``clean_site``)."""
     if not broker_available():
-        cannot_run("jupyter_gpuenv.broker is not there yet (the shared-host broker, issue 11)")
+        cannot_run("jupyter_gpuenv.broker.daemon is not there yet (the shared-host broker, issue 11)")
     pytest.importorskip("requests")
     pytest.importorskip("websocket")
     if shutil.which("configurable-http-proxy") is None:

@@ -18,8 +18,8 @@ import docker
 import pytest
 from conftest import wait_until
 
-from jupyter_gpuenv.docker_engine import DockerEngine
-from jupyter_gpuenv.labels import BROKER
+from jupyter_gpuenv.containers.labels import BROKER
+from jupyter_gpuenv.engines.docker.engine import DockerEngine
 
 from .conftest import HERE, install_kernelspecs, write_broker_config
 

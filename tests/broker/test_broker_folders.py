@@ -12,12 +12,12 @@ import stat
 
 import pytest
 
-from jupyter_gpuenv import broker_folders
-from jupyter_gpuenv.allocation import Holdings, choose
-from jupyter_gpuenv.broker import Refusals
-from jupyter_gpuenv.environments import GpuPolicy
+from jupyter_gpuenv.broker import folders as broker_folders
+from jupyter_gpuenv.broker.daemon import Refusals
+from jupyter_gpuenv.containers.allocation import Holdings, choose
+from jupyter_gpuenv.environments.definition import GpuPolicy
 from jupyter_gpuenv.errors import InvalidRequest, NoFreeGpu, NotPermitted
-from jupyter_gpuenv.nvml import GpuSample
+from jupyter_gpuenv.gpus.nvml import GpuSample
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="chown and mount need root (CI runs as root)")
 
@@ -151,6 +151,6 @@ def test_refusals_are_logged_a_few_times_a_minute_per_caller(caplog):
     assert sum(refusals.allow("uid 1001") for _ in range(500)) == 5
     assert refusals.allow("uid 1002")  # another caller is not silenced by the first
     refusals._seen["uid 1001"] = (refusals._seen["uid 1001"][0] - 61, 5, 495)  # a minute later
-    with caplog.at_level(logging.WARNING, logger="jupyter_gpuenv.broker"):
+    with caplog.at_level(logging.WARNING, logger="jupyter_gpuenv.broker.daemon"):
         assert refusals.allow("uid 1001")
     assert "495 more refusals of uid 1001" in caplog.text

@@ -28,7 +28,7 @@ from typing import Any
 import docker
 import pytest
 
-from jupyter_gpuenv import labels
+from jupyter_gpuenv.containers import labels
 
 from .conftest import BROKER_TIMEOUT, HERE, Site, write_broker_config
 

@@ -27,10 +27,12 @@ import requests
 import yaml
 from prometheus_harness import running_prometheus
 
-from jupyter_gpuenv import broker, broker_metrics, metrics
-from jupyter_gpuenv.leases import RUNNING, KernelLease
-from jupyter_gpuenv.nvml import GpuProcess, GpuSample, Snapshot
-from jupyter_gpuenv.usage import View
+from jupyter_gpuenv.broker import daemon as broker
+from jupyter_gpuenv.broker import metrics as broker_metrics
+from jupyter_gpuenv.broker.leases import RUNNING, KernelLease
+from jupyter_gpuenv.gpus.nvml import GpuProcess, GpuSample, Snapshot
+from jupyter_gpuenv.usage import metrics
+from jupyter_gpuenv.usage.counter import View
 
 from .conftest import KERNEL_LABEL, as_user, wait_until
 
@@ -182,7 +184,7 @@ def test_the_endpoint_needs_the_token_only_root_can_read(clean_site, prometheus)
 
 def test_the_admin_reads_gpu_hours_per_user_from_the_brokers_ledger(clean_site, kernels):
     folder = str(clean_site.usage_dir)
-    command = [sys.executable, "-m", "jupyter_gpuenv.cli", "usage", "--dir", folder, "--json"]
+    command = [sys.executable, "-m", "jupyter_gpuenv.cli.main", "usage", "--dir", folder, "--json"]
 
     def per_user():
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -192,7 +194,7 @@ def test_the_admin_reads_gpu_hours_per_user_from_the_brokers_ledger(clean_site, 
 
     wait_until(per_user, 30, "alice's and bob's GPU-seconds in the broker's ledger")
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
-    denied = as_user("alice", [sys.executable, "-m", "jupyter_gpuenv.cli", "usage", "--dir", folder])
+    denied = as_user("alice", [sys.executable, "-m", "jupyter_gpuenv.cli.main", "usage", "--dir", folder])
     assert denied.returncode == 1 and "cannot read the ledger" in denied.stderr, denied.stderr
 
 
@@ -266,7 +268,7 @@ def test_the_token_file_is_made_private_and_a_readable_one_is_refused(tmp_path):
 def test_a_public_metrics_address_is_refused_unless_the_admin_says_so(tmp_path, caplog):
     config = tmp_path / "broker_config.py"
     config.write_text(f'c.Broker.socket = "{tmp_path}/broker.sock"\nc.Broker.metrics_address = "0.0.0.0"\n')
-    with caplog.at_level(logging.ERROR, logger="jupyter_gpuenv.broker"):
+    with caplog.at_level(logging.ERROR, logger="jupyter_gpuenv.broker.daemon"):
         assert broker.main(str(config)) == 2
     assert "is not a loopback address" in caplog.text and "metrics_public = True" in caplog.text
     allowed = broker.Broker(socket=f"{tmp_path}/broker.sock", metrics_address="0.0.0.0", metrics_public=True)

@@ -48,7 +48,7 @@ class Lone:
             data.mkdir(mode=0o700)
             shutil.chown(data, user, user)
         env = [f"JUPYTER_CONFIG_DIR={self.confdir}", f"JUPYTER_DATA_DIR={data}", "PYTHONUNBUFFERED=1"]
-        return as_user(user, ["env", *env, sys.executable, "-m", "jupyter_gpuenv.cli", *args], timeout=timeout)
+        return as_user(user, ["env", *env, sys.executable, "-m", "jupyter_gpuenv.cli.main", *args], timeout=timeout)
 
     def ask(self, user: str, op: str, /, **args) -> dict:
         """One operation as a process of ``user``: the broker's final line."""
@@ -120,7 +120,7 @@ def lone(unix_users, docker_image):
 # -- the configuration ---------------------------------------------------------------------------------------------
 def broker_command(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "jupyter_gpuenv.cli", "broker", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "jupyter_gpuenv.cli.main", "broker", *args], capture_output=True, text=True, timeout=60
     )
 
 
@@ -157,7 +157,7 @@ def test_every_configuration_problem_is_said_at_once(tmp_path):
 
 
 def test_the_example_configuration_ships_and_passes_the_check(tmp_path):
-    from jupyter_gpuenv.broker_setup import check, example_config
+    from jupyter_gpuenv.broker.setup import check, example_config
 
     done = broker_command("--example-config")
     assert done.returncode == 0 and done.stdout == example_config()
@@ -191,11 +191,11 @@ def test_the_broker_makes_its_ledger_at_start_and_usage_says_when_there_is_none(
     usage = lone.root / "usage"
     assert usage.is_dir() and (usage.stat().st_mode & 0o777) == 0o700  # there as soon as the broker answers
     done = subprocess.run(
-        [sys.executable, "-m", "jupyter_gpuenv.cli", "usage", "--dir", str(usage)], capture_output=True, text=True
+        [sys.executable, "-m", "jupyter_gpuenv.cli.main", "usage", "--dir", str(usage)], capture_output=True, text=True
     )
     assert done.returncode == 0 and "No GPU use recorded in this period." in done.stdout
     done = subprocess.run(
-        [sys.executable, "-m", "jupyter_gpuenv.cli", "usage", "--dir", str(lone.root / "usgae")],
+        [sys.executable, "-m", "jupyter_gpuenv.cli.main", "usage", "--dir", str(lone.root / "usgae")],
         capture_output=True,
         text=True,
     )
@@ -231,7 +231,7 @@ def test_add_broker_reads_the_configuration_while_the_broker_is_down(lone, tmp_p
 
     def add(*args):
         return subprocess.run(
-            [sys.executable, "-m", "jupyter_gpuenv.cli", "add", *args, "--broker", "--user"],
+            [sys.executable, "-m", "jupyter_gpuenv.cli.main", "add", *args, "--broker", "--user"],
             capture_output=True,
             text=True,
             env=env,
@@ -296,11 +296,11 @@ def test_a_users_namespace_holder_goes_with_their_last_kernel(lone):
 
 
 def test_the_broker_writes_its_ledger_soon_after_start_not_a_flush_interval_later(tmp_path, monkeypatch):
-    from jupyter_gpuenv import broker_metrics
-    from jupyter_gpuenv.broker import Broker
-    from jupyter_gpuenv.leases import RUNNING, KernelLease
-    from jupyter_gpuenv.ledger import Ledger
-    from jupyter_gpuenv.nvml import GpuSample, Snapshot
+    from jupyter_gpuenv.broker import metrics as broker_metrics
+    from jupyter_gpuenv.broker.daemon import Broker
+    from jupyter_gpuenv.broker.leases import RUNNING, KernelLease
+    from jupyter_gpuenv.gpus.nvml import GpuSample, Snapshot
+    from jupyter_gpuenv.usage.ledger import Ledger
 
     monkeypatch.setattr(broker_metrics, "FIRST_FLUSH", 0.0)  # 5 s in the broker: no test waits that long
     settings = Broker(metrics_port=0, usage_dir=str(tmp_path / "usage"), usage_flush_interval=60.0)

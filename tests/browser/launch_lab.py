@@ -2,12 +2,12 @@
 
     python tests/browser/launch_lab.py --port 8899 --token T --root-dir /tmp/x [--recording FILE.json]
 
-With ``--recording`` the pynvml module is replaced at its boundary (``jupyter_gpuenv.nvml.load_pynvml``)
+With ``--recording`` the pynvml module is replaced at its boundary (``jupyter_gpuenv.gpus.nvml.load_pynvml``)
 by ``tests/fake_pynvml.FakePynvml`` before the server extension loads, in this same process. The recording
 file is read again whenever it changes, so a test can point a recorded GPU process at a real kernel's pid
 while the server runs. Without it, the server uses the machine's real NVML (none in CI: the no-GPU state).
 
-With ``--recording`` the driver's checkpoint API (``jupyter_gpuenv.checkpoint.load_driver``) is also replaced,
+With ``--recording`` the driver's checkpoint API (``jupyter_gpuenv.parking.checkpoint.load_driver``) is also replaced,
 by one ``tests/fake_cuda.FakeCheckpoint`` acting on that same fake NVML: a park takes the kernel's pid off its
 GPU, a resume puts it back. A reload of the recording keeps off the pids that driver holds checkpointed (as
 the real driver would). A test makes the driver's next step fail by writing ``FILE.driver.json`` next to the
@@ -71,7 +71,8 @@ def main() -> None:
     args, rest = parser.parse_known_args()
 
     if args.recording is not None:
-        from jupyter_gpuenv import checkpoint, nvml
+        from jupyter_gpuenv.gpus import nvml
+        from jupyter_gpuenv.parking import checkpoint
 
         reloading = ReloadingFake(args.recording)
         nvml.load_pynvml = lambda: reloading.fake

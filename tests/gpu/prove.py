@@ -211,7 +211,7 @@ class Run:
             info("0", "host torch", f"no CUDA torch on the host; --cuda-version {self.torch_cuda} (fallback)")
 
     def cli(self, *argv: str) -> subprocess.CompletedProcess:
-        return run([sys.executable, "-m", "jupyter_gpuenv.cli", *argv], env=self.env)
+        return run([sys.executable, "-m", "jupyter_gpuenv.cli.main", *argv], env=self.env)
 
     def add_environments(self) -> None:
         a = self.args
@@ -635,7 +635,7 @@ class Run:
         if a.wheels:
             env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(Path(a.wheels).resolve()))
         t0 = time.perf_counter()
-        p = run([sys.executable, "-m", "jupyter_gpuenv.cli", "prepare-runtime", pyver], env=env, timeout=600)
+        p = run([sys.executable, "-m", "jupyter_gpuenv.cli.main", "prepare-runtime", pyver], env=env, timeout=600)
         self.runtime_ok = check(
             "c",
             f"jupyter gpuenv prepare-runtime {pyver}",

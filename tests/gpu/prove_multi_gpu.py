@@ -128,7 +128,7 @@ async def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "jupyter_gpuenv.cli",
+                "jupyter_gpuenv.cli.main",
                 "add",
                 name,
                 "--gpus",

@@ -88,7 +88,7 @@ class Person:
         self.proc: subprocess.Popen | None = None
 
     def add(self, *args: str) -> None:
-        added = sh(as_user(self.name, [self.py, "-m", "jupyter_gpuenv.cli", "add", "torch", "--user", *args]))
+        added = sh(as_user(self.name, [self.py, "-m", "jupyter_gpuenv.cli.main", "add", "torch", "--user", *args]))
         check(f"{self.name}: `jupyter gpuenv add torch {' '.join(args)}`", added.returncode == 0, added.stderr[-300:])
 
     async def start(self, *extra: str) -> bool:
@@ -239,7 +239,7 @@ async def part_a(out: Path, py: str) -> None:
     small = dict(TORCH, memory="8g", gpus="1")
     config["GpuEnv"]["environments"] = {"torch": TORCH, "small": small}
     limited = Person("carol", 18823, config, out, py)
-    sh(as_user("carol", [py, "-m", "jupyter_gpuenv.cli", "add", "small", "--broker", "--user"]))
+    sh(as_user("carol", [py, "-m", "jupyter_gpuenv.cli.main", "add", "small", "--broker", "--user"]))
     try:
         check("carol's server with an 8g environment starts", await limited.start())
         code, body = await limited.server.request(
@@ -306,7 +306,7 @@ async def part_b(out: Path, py: str) -> None:
     )
     broker_log = open(out / "broker-parking.log", "w")  # noqa: SIM115 - open while the broker runs
     broker = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_gpuenv.cli", "broker", "--config", str(ROOT / "broker_config.py")],
+        [sys.executable, "-m", "jupyter_gpuenv.cli.main", "broker", "--config", str(ROOT / "broker_config.py")],
         stdout=broker_log,
         stderr=subprocess.STDOUT,
     )

@@ -136,7 +136,7 @@ async def main(out: Path, local: bool) -> int:
         "c.Broker.show_other_users = 'name'\nc.Broker.sample_interval = 0.5\nc.Broker.orphan_interval = 2\n"
     )
     broker_log = open(out / "broker.log", "w")  # noqa: SIM115 - open while the broker runs
-    launcher = ["-m", "jupyter_gpuenv.cli"] if not local else [str(Path(__file__).parent / "local_broker.py")]
+    launcher = ["-m", "jupyter_gpuenv.cli.main"] if not local else [str(Path(__file__).parent / "local_broker.py")]
     broker = subprocess.Popen(
         [sys.executable, *launcher, "broker", "--config", str(ROOT / "broker_config.py")],
         stdout=broker_log,
@@ -151,7 +151,7 @@ async def main(out: Path, local: bool) -> int:
         check("the broker serves its socket", (ROOT / "broker.sock").exists())
         for port, name in enumerate(USERS, start=18801):
             added = sh(["runuser", "-u", name, "--", "env", *[f"{k}={v}" for k, v in user_env(name).items()], py,
-                        "-m", "jupyter_gpuenv.cli", "add", "torch", "--broker", "--user",
+                        "-m", "jupyter_gpuenv.cli.main", "add", "torch", "--broker", "--user",
                         "--display-name", "PyTorch (broker)"])  # fmt: skip
             check(f"{name}: `jupyter gpuenv add torch --broker --user`", added.returncode == 0, added.stderr[-300:])
             log = open(out / f"server-{name}.log", "w")  # noqa: SIM115 - open while the server runs

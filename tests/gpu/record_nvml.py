@@ -1,4 +1,4 @@
-"""Record the real NVML answers that ``jupyter_gpuenv.nvml`` reads, as a FakePynvml recording (JSON).
+"""Record the real NVML answers that ``jupyter_gpuenv.gpus.nvml`` reads, as a FakePynvml recording (JSON).
 
     python3 tests/gpu/record_nvml.py OUT.json [--description TEXT]
 
@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for jupyter_gpuenv
 
-from jupyter_gpuenv.nvml import NvmlReader, error_name  # noqa: E402
+from jupyter_gpuenv.gpus.nvml import NvmlReader, error_name  # noqa: E402
 
 # calls whose extra argument selects what is read: recorded under the argument, as FakePynvml expects
 KEYED = {"nvmlDeviceGetClockInfo", "nvmlDeviceGetTemperature", "nvmlDeviceGetPcieThroughput"}

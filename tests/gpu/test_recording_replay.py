@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_pynvml  # noqa: E402
 import record_nvml  # noqa: E402
 
-from jupyter_gpuenv.nvml import NvmlReader  # noqa: E402
+from jupyter_gpuenv.gpus.nvml import NvmlReader  # noqa: E402
 
 # GPUENV_REAL_RECORDING: check a fresh recording before it is copied into tests/recordings/
 REAL = Path(os.environ.get("GPUENV_REAL_RECORDING") or TESTS / "recordings" / "h100-real.json")

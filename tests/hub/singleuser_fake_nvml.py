@@ -1,7 +1,7 @@
 """jupyterhub-singleuser with NVML replayed from a recording, for hub tests on machines without a GPU.
 
 The hub's spawner runs this file instead of ``jupyterhub-singleuser``. It replaces
-``jupyter_gpuenv.nvml.load_pynvml`` with ``FakePynvml(load($GPUENV_TEST_RECORDING))`` and then runs
+``jupyter_gpuenv.gpus.nvml.load_pynvml`` with ``FakePynvml(load($GPUENV_TEST_RECORDING))`` and then runs
 JupyterHub's single-user entry point in the same process, so everything else (hub authentication, the
 ``/user/<name>/`` base URL, CUDA_VISIBLE_DEVICES from the spawner) is the real thing.
 """
@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for fake
 
 import fake_pynvml  # noqa: E402
 
-from jupyter_gpuenv import nvml  # noqa: E402
+from jupyter_gpuenv.gpus import nvml  # noqa: E402
 
 
 def main() -> int:

@@ -73,8 +73,8 @@ def test_dockerspawner_example_gives_each_user_their_gpus(docker_config):
 def load_broker(name):
     from traitlets.config.loader import PyFileConfigLoader
 
-    from jupyter_gpuenv.broker import Broker
-    from jupyter_gpuenv.broker_setup import EXAMPLE
+    from jupyter_gpuenv.broker.daemon import Broker
+    from jupyter_gpuenv.broker.setup import EXAMPLE
 
     # the peer-mode example ships in the wheel (`jupyter gpuenv broker --example-config`)
     folder = EXAMPLE.parent if name == EXAMPLE.name else EXAMPLES
@@ -84,8 +84,8 @@ def load_broker(name):
 
 
 def test_broker_examples_load_and_their_environments_and_policy_parse():
-    from jupyter_gpuenv.environments import parse_environment
-    from jupyter_gpuenv.policy import Policy
+    from jupyter_gpuenv.broker.policy import Policy
+    from jupyter_gpuenv.environments.definition import parse_environment
 
     peer = load_broker("broker_config.py")
     assert peer.identify == "peer" and not peer.socket.startswith("/tmp")

@@ -1,0 +1,192 @@
+"""What the provisioner needs from whatever runs its containers: the ``Engine`` interface and its values.
+
+Two implementations stand behind it: ``docker_engine.DockerEngine`` talks to a Docker engine directly (one
+person's machine), and a broker client talks to the shared-host broker that owns the engine for every user.
+Every method is a coroutine that answers within its engine's timeout or raises one of ``errors``'s
+``EngineUnavailable`` classes; none blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from jupyter_gpuenv.config import GpuEnv
+from jupyter_gpuenv.containers.allocation import Holdings
+from jupyter_gpuenv.containers.labels import KernelContainer
+from jupyter_gpuenv.containers.spec import AssignedGpu
+from jupyter_gpuenv.environments.definition import Environment
+from jupyter_gpuenv.gpus.nvml import GpuSample
+from jupyter_gpuenv.host import Server, User
+from jupyter_gpuenv.pulls.progress import PullProgress
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the engine says of an image. The Python facts come from running it once (cached by image id)."""
+
+    present: bool
+    id: str | None = None
+    cuda_version: str | None = None
+    python_version: str | None = None  # "3.11"; None when not asked, or the image has no such interpreter
+    has_ipykernel: bool | None = None  # None when not asked
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    running: bool
+    exit_code: int | None = None
+    oom_killed: bool = False
+    gone: bool = False  # removed from outside
+
+
+@dataclass
+class KernelRequest:
+    """One kernel container to create and start; the engine picks its GPUs under its lease lock."""
+
+    environment: Environment
+    kernel_id: str
+    user: User
+    server: Server
+    root_dir: str
+    cwd: str
+    socket_dir: str
+    connection_file: str
+    inventory: list[GpuSample] = field(default_factory=list)  # the GPUs the server may give
+    keep_gpus: list[str] = field(default_factory=list)  # uuids a restarted kernel had: it gets them again
+    runtime_dir: str | None = None
+    server_env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # recorded on the container besides the kernel's own
+    user_volume: str | None = None  # the user's files as a Docker volume (servers in containers)
+    held: Holdings | None = None  # who holds which GPU, when the caller keeps that record (the broker's leases)
+    terminal: bool = False  # a container for a terminal alone: it runs containers.TERMINAL_COMMAND, not a kernel
+    shared_network_namespace: bool = False  # join the user's no-network namespace holder (network "none" only)
+    sources: dict[str, str] = field(default_factory=dict)  # folder -> a root-owned path to mount it from (broker)
+    command: list[str] | None = None  # instead of the kernel's launcher: a warm kernel's (warm.py)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a kernel runs: its container, how its GPUs are attached, which GPUs."""
+
+    container_id: str
+    gpu_mode: str  # "toolkit", "devices" or "none"
+    gpus: tuple[AssignedGpu, ...] = ()
+
+
+class Engine(Protocol):
+    """Kernel containers: what the provisioner and the reports ask of an engine."""
+
+    async def image_facts(self, image: str, python: str | None = None, env: dict[str, str] | None = None) -> ImageFacts:
+        """The image's facts; with ``python``, also its Python version and whether it imports ipykernel."""
+
+    async def pull(self, image: str, on_progress: Callable[[PullProgress], None] | None = None) -> None:
+        """Pull ``image``, or wait for the pull of it already under way (one per image, for every caller).
+
+        ``on_progress`` is called about twice a second while waiting. Raises a ``PullFailed`` class (registry
+        unreachable, unknown image, credentials needed, stalled, interrupted) or ``DiskTooSmall``. Cancelling
+        the wait leaves the pull running for the others.
+        """
+
+    def pull_progress(self, image: str) -> PullProgress | None:
+        """The pull of ``image`` under way, else None (no engine call)."""
+
+    def pull_failure(self, image: str) -> PullProgress | None:
+        """How the last pull of ``image`` failed, until the next one starts; else None (no engine call)."""
+
+    async def kernels(self) -> list[KernelContainer]:
+        """Every kernel container on the engine, running or not."""
+
+    async def start_kernel(self, request: KernelRequest) -> Placement:
+        """Choose GPUs, create and start the container; NoFreeGpu, EngineRefused, … when it cannot."""
+
+    async def state(self, container_id: str) -> ContainerState:
+        """Whether it runs; ``gone`` when it was removed."""
+
+    async def signal(self, container_id: str, signum: int) -> None:
+        """Send ``signum`` to the kernel (docker-init forwards it); nothing if the container is gone."""
+
+    async def remove(self, container_id: str) -> ContainerState | None:
+        """Remove it, returning its last state (to tell why it ended); None if it was already gone."""
+
+    async def exec_shell(self, container_id: str, user: str) -> Shell:
+        """An interactive shell with a terminal inside a running container, as ``user`` ("uid:gid").
+
+        The shell gets what the container has (GPUs, mounts, variables, limits, working folder) and nothing
+        more: ``user`` must be the one the container runs as, and never root (NotPermitted). UnknownKernel when
+        the container is gone, CannotStartHere when it is not running.
+        """
+
+
+class Shell(Protocol):
+    """A shell that ``Engine.exec_shell`` opened: its terminal's bytes, both ways (terminals.py owns it)."""
+
+    async def read(self) -> bytes:
+        """What the shell wrote next; ``b""`` once it ended (exited, or its container went)."""
+
+    async def write(self, data: bytes) -> None:
+        """Type ``data`` into the shell's terminal."""
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the terminal's size (the shell's programs get SIGWINCH)."""
+
+    async def close(self) -> None:
+        """End the shell as closing a terminal does (SIGHUP: its jobs end, what runs under tmux or nohup stays)."""
+
+
+class StreamShell:
+    """The byte half of a ``Shell`` whose terminal is one stream connection (the engine's exec socket, or the
+    broker's request connection): reads end with ``b""`` and writes stop once the other side is gone."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+
+    async def read(self) -> bytes:
+        try:
+            return await self._reader.read(1 << 16)
+        except (ConnectionError, OSError):
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            return
+        self._writer.write(data)
+        with suppress(ConnectionError, OSError):
+            await self._writer.drain()
+
+
+_engines: dict[tuple, Engine] = {}
+
+
+def connect(settings: GpuEnv, log: logging.Logger | None = None) -> Engine:
+    """The engine this server's settings name, one per process and setting, shared by all its kernels."""
+    if settings.broker:
+        from jupyter_gpuenv.engines.broker import BrokerClient
+
+        key = (settings.broker, settings.docker_timeout)
+        if key not in _engines:
+            _engines[key] = BrokerClient(settings.broker, settings.docker_timeout)
+        return _engines[key]
+    from jupyter_gpuenv.engines.docker.engine import DockerEngine
+
+    key = (settings.docker_url, settings.docker_timeout, settings.socket_root, settings.pull_stall_timeout)
+    if key not in _engines:
+        private = os.path.join(settings.socket_root, f"gpuenv-{os.getuid()}")
+        _engines[key] = DockerEngine(
+            settings.docker_url, settings.docker_timeout, private, log, pull_stall_timeout=settings.pull_stall_timeout
+        )
+    return _engines[key]
+
+
+def cancel_pulls() -> None:
+    """The server stops: kernel starts waiting for a pull fail now instead of holding up its shutdown (the Docker
+    engine drops a pull whose client hung up; the next server reports it as interrupted)."""
+    for each in list(_engines.values()):
+        cancel = getattr(each, "cancel_pulls", None)  # a broker's pulls are the broker's
+        if cancel is not None:
+            cancel()

@@ -1,0 +1,214 @@
+"""The ``Engine`` over the shared-host broker's unix socket: what a user's server uses with ``c.GpuEnv.broker``.
+
+The broker decides what runs (its administrator's environments and policy) and which GPUs a kernel gets;
+this client only asks, and turns the broker's answers back into ``errors`` classes with their sentences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from jupyter_gpuenv import errors
+from jupyter_gpuenv.containers.labels import KernelContainer
+from jupyter_gpuenv.containers.spec import AssignedGpu
+from jupyter_gpuenv.engines.base import ContainerState, ImageFacts, KernelRequest, Placement, StreamShell
+from jupyter_gpuenv.environments.definition import Environment, parse_environment
+
+
+def _all_errors(cls: type) -> dict[str, type]:
+    out = {cls.__name__: cls}
+    for sub in cls.__subclasses__():
+        out.update(_all_errors(sub))
+    return out
+
+
+ERRORS = _all_errors(errors.GpuEnvError)
+
+
+class BrokerClient:
+    """One short connection per request. The broker sends a line at least every few seconds while it works (pull
+    progress, or "still working"), so a silence of ``timeout * 4`` seconds means it stalled, whatever the op."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.path = url[len("unix://") :] if url.startswith("unix://") else url
+        self.timeout = timeout
+        self.hub_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        deadline = time.monotonic() + self.timeout
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(
+                        asyncio.open_unix_connection(self.path, limit=1 << 22), max(deadline - time.monotonic(), 0.1)
+                    )
+                except BlockingIOError:  # the broker's queue is full for a moment: ask again within the budget
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise errors.EngineUnreachable(
+                f"the GPU broker at {self.path} is not answering ({exc.__class__.__name__}): container kernels are "
+                "unavailable until it runs again; ask the administrator of this host"
+            ) from None
+
+    async def call(self, op: str, args: dict[str, Any] | None = None, progress: Callable | None = None) -> Any:
+        reader, writer = await self._connect()
+        try:
+            request = {"op": op, "args": args or {}}
+            if self.hub_token:  # a broker in hub-token mode knows this server by it; one in peer mode ignores it
+                request["hub_token"] = self.hub_token
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            while True:
+                line = await asyncio.wait_for(reader.readline(), self.timeout * 4)
+                if not line:
+                    raise errors.EngineUnreachable(f"the GPU broker at {self.path} closed the connection mid-answer")
+                answer = json.loads(line)
+                if "progress" in answer and progress is not None:
+                    progress(answer["progress"])
+                elif "error" in answer:
+                    error = answer["error"]
+                    raise ERRORS.get(error.get("type"), errors.EngineRefused)(
+                        error.get("message", "the broker refused")
+                    )
+                elif "result" in answer:
+                    return answer["result"]
+        except asyncio.TimeoutError:
+            raise errors.EngineUnreachable(f"the GPU broker at {self.path} did not answer in time") from None
+        except (OSError, ValueError) as exc:
+            raise errors.EngineUnreachable(
+                f"the GPU broker at {self.path} broke off ({exc.__class__.__name__})"
+            ) from None
+        finally:
+            writer.close()
+
+    # -- what only a broker answers ----------------------------------------------------------------------
+    async def environments(self) -> list[dict[str, Any]]:
+        return await self.call("environments")
+
+    async def environment(self, name: str) -> Environment:
+        for row in await self.environments():
+            if row["name"] == name:
+                return parse_environment(name, row["definition"], "the GPU broker")
+        raise errors.NotPermitted(f"the environment {name!r} is not one this host's administrator lets you use")
+
+    async def socket_folder(self, kernel_id: str) -> str:
+        return (await self.call("socket_folder", {"kernel_id": kernel_id}))["path"]
+
+    async def remove_socket_folder(self, kernel_id: str) -> None:
+        """Done with a kernel's socket folder: the broker removes it (its parents are root's, so only it can)."""
+        await self.call("remove_socket_folder", {"kernel_id": kernel_id})
+
+    async def park(self, container_id: str) -> dict[str, Any]:
+        """Park one of this user's kernels (the broker acts on its process); its park row. Takes as long as the
+        driver does, hence no answer time limit (the broker's own c.Broker.park_timeout bounds it)."""
+        return await self.call("park", {"container_id": container_id}, progress=lambda line: None)
+
+    async def resume(self, container_id: str) -> dict[str, Any]:
+        return await self.call("resume", {"container_id": container_id}, progress=lambda line: None)
+
+    async def kernel_rows(self) -> list[dict[str, Any]]:
+        """This user's kernels as the broker's lease book has them, each with its park row."""
+        return await self.call("kernels")
+
+    async def parking(self) -> dict[str, Any]:
+        return await self.call("parking")
+
+    # -- the Engine interface ----------------------------------------------------------------------------
+    async def image_facts(self, image: str, python: str | None = None, env: dict[str, str] | None = None) -> ImageFacts:
+        raise errors.NotPermitted("with a broker, the broker checks images (GET environments says what it found)")
+
+    async def pull(self, image: str, on_progress: Callable | None = None) -> None:
+        raise errors.NotPermitted("with a broker, images are pulled by the broker when a kernel starts")
+
+    def pull_progress(self, image: str) -> None:
+        return None  # the broker's rows carry their pull's progress (GET environments)
+
+    def pull_failure(self, image: str) -> None:
+        return None
+
+    async def kernels(self) -> list[KernelContainer]:
+        return [
+            KernelContainer(
+                id=k["container_id"],
+                name=f"gpuenv-{k['kernel_id']}",
+                kernel_id=k["kernel_id"],
+                active=True,
+                environment=k["environment"],
+                gpus=tuple(k["gpus"]),
+            )  # fmt: skip
+            for k in await self.call("kernels")
+        ]
+
+    async def start_kernel(self, request: KernelRequest) -> Placement:
+        answer = await self.call(
+            "start_kernel",
+            {
+                "kernel_id": request.kernel_id,
+                "environment": request.environment.name,
+                "root_dir": request.root_dir,
+                "cwd": request.cwd,
+                "socket_dir": request.socket_dir,
+                "connection_file": request.connection_file,
+                "keep_gpus": list(request.keep_gpus),
+                "server_env": request.server_env,
+                "terminal": request.terminal,
+            },
+            progress=lambda line: None,
+        )
+        gpus = tuple(AssignedGpu(g["index"], g["uuid"], g.get("minor")) for g in answer["gpus"])
+        return Placement(answer["container_id"], answer["gpu_mode"], gpus)
+
+    async def state(self, container_id: str) -> ContainerState:
+        return ContainerState(**await self.call("state", {"container_id": container_id}))
+
+    async def signal(self, container_id: str, signum: int) -> None:
+        await self.call("signal", {"container_id": container_id, "signum": int(signum)})
+
+    async def remove(self, container_id: str) -> ContainerState | None:
+        last = await self.call("remove", {"container_id": container_id})
+        return ContainerState(**last) if last else None
+
+    async def exec_shell(self, container_id: str, user: str) -> BrokerShell:
+        """A shell in one of this user's kernel containers: the broker runs it as this server's user, whatever
+        ``user`` says, and keeps the connection to carry its bytes."""
+        reader, writer = await self._connect()
+        request: dict[str, Any] = {"op": "exec_shell", "args": {"container_id": container_id}}
+        if self.hub_token:
+            request["hub_token"] = self.hub_token
+        try:
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            answer = json.loads(await asyncio.wait_for(reader.readline(), self.timeout * 4) or b"{}")
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+            writer.close()
+            raise errors.EngineUnreachable(
+                f"the GPU broker at {self.path} did not open the shell ({exc.__class__.__name__})"
+            ) from None
+        if "result" not in answer:
+            writer.close()
+            error = answer.get("error") or {}
+            raise ERRORS.get(error.get("type"), errors.EngineRefused)(error.get("message", "the broker refused"))
+        return BrokerShell(self, answer["result"]["shell"], reader, writer)
+
+
+class BrokerShell(StreamShell):
+    """A terminal's shell that the broker opened: its bytes on the request's own connection (``Engine.Shell``)."""
+
+    def __init__(
+        self, client: BrokerClient, shell_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        super().__init__(reader, writer)
+        self.client, self.shell_id = client, shell_id
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self.client.call("shell_resize", {"shell": self.shell_id, "rows": rows, "cols": cols})
+
+    async def close(self) -> None:
+        self._writer.close()  # the broker hangs the shell up when its connection ends

@@ -1,0 +1,349 @@
+"""Warm kernels: containers started ahead, Python running and ipykernel imported, handed to the next start.
+
+One person's machine (``c.GpuEnv.warm_kernels = {"torch": 1}``): for each named environment of
+``c.GpuEnv.environments``, this server keeps that many containers made exactly as a kernel's would be (image, user,
+mounts, limits, its own socket folder, no network), running ``WARM_LAUNCHER``: it imports ipykernel and the
+environment's ``c.GpuEnv.warm_imports`` (no CUDA context: a warm kernel holds no GPU memory), marks that it is
+ready, and waits on a FIFO in its socket folder. A start takes a ready one: the provisioner writes the connection
+file into its folder and the order (connection file, working folder, variables) into the FIFO; the kernel binds
+its sockets and answers. The kernel id is bound at that moment in the provisioner's placement, from which the panel,
+attribution, metrics and the ledger read it; the container's labels keep the warm name it was made with. The pool
+refills in the background; a warm kernel whose environment definition changed is replaced; the server's stop
+removes every warm container (an earlier server's, left by a crash, are orphans: its pid is in their labels).
+
+Exclusive environments: a warm kernel is made on a GPU free now and holds only a soft claim: allocation and resume
+leave out every warm container that no start has bound (``soft_claims``), so any start may take its GPU; the pool
+then discards it and refills on another free GPU, if there is one. A start that takes a warm kernel binds it under
+the allocation lock, after checking that its GPU is still free (else it starts cold), and records it in this
+server's warm book (``warm-bound-<pid>.json``, private): from then on its labels' exclusive claim counts.
+
+Not built yet: warm kernels on shared hosts (the broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import glob
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from tornado.ioloop import PeriodicCallback
+
+from jupyter_gpuenv import host
+from jupyter_gpuenv.containers import labels
+from jupyter_gpuenv.containers import spec as containers
+from jupyter_gpuenv.engines import base as engine
+from jupyter_gpuenv.environments.definition import Environment, parse_environment
+from jupyter_gpuenv.errors import GpuEnvError
+from jupyter_gpuenv.parking.rules import released_in
+from jupyter_gpuenv.server import reaper
+
+PREFIX = "warm-"  # a warm container's kernel id (its labels) and socket folder
+REFILL_INTERVAL = 5.0  # seconds between two looks at the pools (a take refills at once)
+HAND_OVER_TRIES = 400  # 5 ms apart: a ready warm kernel opens its FIFO within microseconds
+
+# Imports what a kernel needs (the slow part), marks that it is ready, waits for its order. Besides ipykernel, the
+# modules its app imports only while it initializes (the debugger's debugpy: a quarter of a second).
+KERNEL_MODULES = (
+    "ipykernel.debugger",
+    "ipykernel.zmqshell",
+    "ipykernel.iostream",
+    "ipykernel.heartbeat",
+    "ipykernel.comm",
+    "ipykernel.eventloops",
+    "ipykernel.displayhook",
+    "ipykernel.parentpoller",
+)
+WARM_LAUNCHER = containers.CLIENT_WATCHER + (  # a warm kernel ends with its server, as any kernel with its client
+    f"import json; sys.path.append({containers.RUNTIME_TARGET!r}); sys.argv[0] = 'ipykernel_launcher'\n"
+    "from ipykernel import kernelapp, ipkernel\n"
+    f"for name in {KERNEL_MODULES!r}:\n"
+    "    try:\n"
+    "        __import__(name)\n"
+    "    except ImportError:\n"
+    "        pass\n"
+    "for name in json.loads(sys.argv[2]):\n"
+    "    __import__(name)\n"
+    "open(sys.argv[1] + '.ready', 'w').close()\n"
+    "with open(sys.argv[1]) as go:\n"
+    "    order = json.loads(go.read())\n"
+    "os.chdir(order['cwd']); os.environ.update(order['env'])\n"
+    "kernelapp.launch_new_instance(argv=['-f', order['connection_file']])\n"
+)
+
+
+def warm_variables(env: Environment, server_env: dict[str, str]) -> dict[str, str]:
+    """What a start passes to its warm kernel: the server's variables a kernel container gets (the session's
+    name, the allow-list); the rest were set when the container was made."""
+    return {k: v for k, v in server_env.items() if k in containers.ALWAYS_PASSED or k in env.env_allow}
+
+
+def bound_in(private_dir: str) -> set[str]:
+    """The warm containers a start has bound to a kernel (every server of this user: their warm books)."""
+    found: set[str] = set()
+    for path in glob.glob(os.path.join(private_dir, "warm-bound-*.json")):
+        found |= bound_in_file(path)
+    return found
+
+
+def bound_in_file(path: str) -> set[str]:
+    with contextlib.suppress(OSError, ValueError), open(path) as f:
+        return {c for c in json.load(f) if isinstance(c, str)}
+    return set()
+
+
+def soft_claims(kernels: list[labels.KernelContainer], private_dir: str | None) -> set[str]:
+    """Warm containers no start has bound: their GPUs are free for any start (leave them out of holdings)."""
+    warm = {c.id for c in kernels if c.kernel_id.startswith(PREFIX)}
+    return warm - bound_in(private_dir) if warm and private_dir else warm
+
+
+def definition(env: Environment) -> str:
+    """What makes two environments start the same container (the display name does not)."""
+    return json.dumps({k: v for k, v in env.to_config().items() if k != "display_name"}, sort_keys=True)
+
+
+@dataclass
+class WarmKernel:
+    name: str  # warm-<hex>: its container's kernel id label and its socket folder's name
+    environment: Environment
+    folder: str
+    placement: engine.Placement
+    lock: int | None = None  # fd of its folder's CLIENT_LOCK, held by this server until a start takes it over
+
+    def release_lock(self) -> int | None:
+        """The client lock's fd, now the caller's to hold (and to close when the kernel ends)."""
+        fd, self.lock = self.lock, None
+        return fd
+
+    def close_lock(self) -> None:
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
+    @property
+    def fifo(self) -> str:
+        return os.path.join(self.folder, "go")
+
+    @property
+    def ready(self) -> bool:
+        return os.path.exists(self.fifo + ".ready")
+
+
+class WarmKernels:
+    """This server's warm kernels, per environment."""
+
+    def __init__(self, settings: Any, the_engine: Any, sampler: Any, root_dir: str, log: logging.Logger) -> None:
+        self.settings, self.engine, self.sampler, self.root_dir, self.log = settings, the_engine, sampler, root_dir, log
+        self.pools: dict[str, list[WarmKernel]] = {}
+        self._callback: PeriodicCallback | None = None
+        self._refilling: asyncio.Future | None = None
+        self._again = False
+        self._said: set[str] = set()
+        self._stopped = False
+
+    # -- what is wanted ----------------------------------------------------------------------------------
+    def wanted(self) -> dict[str, tuple[Environment, int]]:
+        out: dict[str, tuple[Environment, int]] = {}
+        if self.settings.broker:
+            return out
+        for name, count in self.settings.warm_kernels.items():
+            raw = self.settings.environments.get(name)
+            if raw is None or not isinstance(count, int) or count <= 0:
+                self._say(name, "gpuenv: c.GpuEnv.warm_kernels names %r, which c.GpuEnv.environments does not define")
+                continue
+            try:
+                env = parse_environment(name, raw, "c.GpuEnv.environments")
+            except GpuEnvError as exc:
+                self._say(name, f"gpuenv: no warm kernels of %r: {exc}")
+                continue
+            out[name] = (env, count)
+        return out
+
+    def _say(self, name: str, message: str) -> None:
+        if (name, message) not in self._said:
+            self._said.add((name, message))
+            self.log.warning(message, name)
+
+    # -- the background ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.settings.warm_kernels and not self.settings.broker:
+            self._callback = PeriodicCallback(self.refill_soon, REFILL_INTERVAL * 1000)
+            self._callback.start()
+            self.refill_soon()
+
+    def refill_soon(self) -> None:
+        """Refill now; a call while a refill runs makes one more after it (it may have read the old settings)."""
+        if self._stopped:
+            return
+        self._again = True
+        if self._refilling is None or self._refilling.done():
+            with contextlib.suppress(RuntimeError):  # no loop runs yet: the periodic callback will
+                self._refilling = asyncio.ensure_future(self._refill_while_asked())
+
+    async def _refill_while_asked(self) -> None:
+        while self._again and not self._stopped:
+            self._again = False
+            await self.refill()
+
+    async def refill(self) -> None:
+        """Replace the warm kernels whose environment changed, drop those that died or whose GPU a start took (a
+        soft claim), start the missing ones."""
+        wanted = self.wanted()
+        taken = (
+            await self._held()
+            if any(w.environment.gpus.kind == "exclusive" for p in self.pools.values() for w in p)
+            else None
+        )
+        for name in list(self.pools):
+            current = wanted.get(name)
+            keep = []
+            for warm in self.pools[name]:
+                same = current is not None and definition(warm.environment) == definition(current[0])
+                lost = (  # an exclusive one's soft claim: a start took its GPU
+                    taken is not None
+                    and warm.environment.gpus.kind == "exclusive"
+                    and any(taken.held_by_anyone(g.uuid) for g in warm.placement.gpus)
+                )
+                if same and not lost and await self._alive(warm):
+                    keep.append(warm)
+                else:
+                    await self._discard(warm)
+            self.pools[name] = keep
+        for name, (env, count) in wanted.items():
+            pool = self.pools.setdefault(name, [])
+            while len(pool) < count and not self._stopped:
+                try:
+                    pool.append(await self._make(env))
+                except (GpuEnvError, OSError) as exc:
+                    self._say(name, f"gpuenv: a warm kernel of %r could not be started: {exc}")
+                    break
+
+    @property
+    def private_dir(self) -> str:
+        return os.path.join(self.settings.socket_root, f"gpuenv-{os.getuid()}")
+
+    async def _held(self, with_soft_claims: bool = False) -> Any:
+        """What kernels hold now (``labels.holdings``), parked ones released; warm ones only ``with_soft_claims``."""
+        kernels = await self.engine.kernels()
+        released = released_in(self.private_dir) | (
+            set() if with_soft_claims else soft_claims(kernels, self.private_dir)
+        )
+        return labels.holdings(kernels, released=released)
+
+    async def _alive(self, warm: WarmKernel) -> bool:
+        try:
+            return (await self.engine.state(warm.placement.container_id)).running
+        except GpuEnvError:
+            return True  # the engine did not answer: look again next time
+
+    async def _make(self, env: Environment) -> WarmKernel:
+        name = f"{PREFIX}{uuid.uuid4().hex[:12]}"
+        root = host.private_folder(os.path.join(self.settings.socket_root, f"gpuenv-{os.getuid()}"))
+        folder = os.path.join(root, name)
+        os.mkdir(folder, 0o700)
+        os.mkfifo(os.path.join(folder, "go"), 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        lock = os.open(os.path.join(folder, containers.CLIENT_LOCK), flags, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a folder just made: nobody else holds it
+        # should this server die, its reaper removes the warm containers as it does its kernels'
+        await asyncio.get_running_loop().run_in_executor(None, reaper.watch_client, self.settings)
+        imports = list(self.settings.warm_imports.get(env.name, []))
+        request = engine.KernelRequest(
+            environment=env,
+            kernel_id=name,
+            user=host.current_user(),
+            server=host.this_server(),
+            root_dir=self.root_dir,
+            cwd=self.root_dir,
+            socket_dir=folder,
+            connection_file=os.path.join(folder, "connection.json"),
+            inventory=list(self.sampler.latest.gpus) if self.sampler is not None else [],
+            shared_network_namespace=self.settings.shared_network_namespace,
+            command=[env.python, "-c", WARM_LAUNCHER, os.path.join(folder, "go"), json.dumps(imports)],
+            # exclusive: a GPU no kernel holds, nor another warm kernel (a soft claim is still no place for two)
+            held=await self._held(with_soft_claims=True) if env.gpus.kind == "exclusive" else None,
+        )
+        try:
+            placement = await self.engine.start_kernel(request)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.close(lock)
+            raise
+        return WarmKernel(name, env, folder, placement, lock)
+
+    async def _discard(self, warm: WarmKernel) -> None:
+        with contextlib.suppress(GpuEnvError):
+            await self.engine.remove(warm.placement.container_id)
+        shutil.rmtree(warm.folder, ignore_errors=True)
+        warm.close_lock()
+
+    # -- a start -------------------------------------------------------------------------------------------
+    def take(self, env: Environment) -> WarmKernel | None:
+        """A ready warm kernel of exactly this environment, now the caller's; the pool refills behind it."""
+        pool = self.pools.get(env.name) or []
+        for warm in pool:
+            if warm.ready and definition(warm.environment) == definition(env):
+                pool.remove(warm)
+                self.refill_soon()
+                return warm
+        return None
+
+    async def bind(self, warm: WarmKernel) -> None:
+        """The start that took ``warm`` makes it its kernel: an exclusive one's GPU must still be free (a start may
+        have taken it since: OSError, the caller starts cold), and its claim counts from now on (the warm book)."""
+        if warm.environment.gpus.kind != "exclusive":
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self._bind, warm)
+
+    def _bind(self, warm: WarmKernel) -> None:
+        with self.engine._lease_lock():  # the allocation lock: no start chooses GPUs meanwhile
+            c = self.engine._client()
+            held = self.engine._holdings(c, warm.name)
+            if any(held.held_by_anyone(g.uuid) for g in warm.placement.gpus):
+                raise OSError("another kernel took its GPU")
+            book = os.path.join(self.private_dir, f"warm-bound-{os.getpid()}.json")
+            alive = {k.id for k in self.engine._kernels(c)}
+            bound = sorted({i for i in bound_in_file(book) if i in alive} | {warm.placement.container_id})
+            staging = f"{book}.new"
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(bound, f)
+            os.replace(staging, book)
+
+    @staticmethod
+    async def hand_over(warm: WarmKernel, connection_file: str, cwd: str, variables: dict[str, str]) -> None:
+        """The order: the warm kernel reads it, changes to ``cwd``, sets ``variables`` and binds its sockets."""
+        order = json.dumps({"connection_file": connection_file, "cwd": cwd, "env": variables}).encode()
+        for _ in range(HAND_OVER_TRIES):
+            try:  # ENXIO: the reader is between its mark and opening the FIFO
+                fd = os.open(warm.fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                await asyncio.sleep(0.005)
+        else:
+            raise OSError(f"warm kernel {warm.name} does not read its orders")
+        try:
+            os.write(fd, order)
+        finally:
+            os.close(fd)
+
+    async def stop(self) -> None:
+        """The server stops: no warm container stays behind."""
+        self._stopped = True
+        if self._callback is not None:
+            self._callback.stop()
+        if self._refilling is not None and not self._refilling.done():
+            with contextlib.suppress(BaseException):
+                await self._refilling
+        for pool in self.pools.values():
+            for warm in pool:
+                await self._discard(warm)
+        self.pools.clear()
