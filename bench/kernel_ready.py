@@ -44,9 +44,11 @@ from traitlets.config import Config
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from warm_pool import WarmPool  # noqa: E402
 
-from jupyter_gpuenv import host  # noqa: E402
+from jupyter_gpuenv import (
+    engines,
+    host,  # noqa: E402
+)
 from jupyter_gpuenv.config import GpuEnv  # noqa: E402
-from jupyter_gpuenv.engines import base as engine
 from jupyter_gpuenv.engines.docker import engine as docker_engine
 from jupyter_gpuenv.environments.definition import parse_environment  # noqa: E402
 from jupyter_gpuenv.environments.kernelspecs import kernelspec_json  # noqa: E402
@@ -337,7 +339,7 @@ def ways(chosen: dict, directions: list[str]) -> list[Way]:
 
 
 async def pool_run(args, chosen: dict, cwd: str, lm_runs: int) -> dict:
-    docker_engine_ = engine.connect(GpuEnv())
+    docker_engine_ = engines.connect(GpuEnv())
     definition = {"image": chosen["image"], "python": chosen["python"], "gpus": "none"}
     if chosen["env"]:
         definition["env"] = dict(item.split("=", 1) for item in chosen["env"])
@@ -406,7 +408,7 @@ async def main() -> None:
         samples = await measure(args, chosen, directions, all_ways, result)
     finally:  # the user's namespace holder this run made: nothing joins it any more
         me = host.this_server()
-        await engine.connect(GpuEnv()).remove_unused_holders(
+        await engines.connect(GpuEnv()).remove_unused_holders(
             lambda h: h.server_pid == str(me.pid) and h.server_host == me.host
         )
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -36,9 +36,8 @@ from traitlets.config import Config
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernel_ready import settings_for  # noqa: E402
 
-from jupyter_gpuenv import host
+from jupyter_gpuenv import engines, host
 from jupyter_gpuenv.config import GpuEnv  # noqa: E402
-from jupyter_gpuenv.engines import base as engine
 from jupyter_gpuenv.environments.definition import parse_environment  # noqa: E402
 from jupyter_gpuenv.environments.kernelspecs import kernelspec_json  # noqa: E402
 from jupyter_gpuenv.gpus import nvml
@@ -127,7 +126,7 @@ async def main() -> None:
     warm_settings = {**settings, "warm_kernels": {"bench": max(1, args.burst)}, "warm_imports": {"bench": imports}}
     warm_config = Config({"GpuEnv": warm_settings})
     gpuenv = GpuEnv(config=warm_config)
-    pool = WarmKernels(gpuenv, engine.connect(gpuenv), gpu_inventory(gpuenv), cwd, logging.getLogger("bench"))
+    pool = WarmKernels(gpuenv, engines.connect(gpuenv), gpu_inventory(gpuenv), cwd, logging.getLogger("bench"))
     gpuenv.warm_kernels = {"bench": 1}  # one waits for each single start; the burst asks for more
     context = provisioner.server_context
     provisioner.server_context = lambda p: replace(
@@ -173,7 +172,7 @@ async def main() -> None:
     finally:
         await pool.stop()
         me = host.this_server()
-        await engine.connect(gpuenv).remove_unused_holders(
+        await engines.connect(gpuenv).remove_unused_holders(
             lambda h: h.server_pid == str(me.pid) and h.server_host == me.host
         )
     print(json.dumps({k: v for k, v in result.items() if k not in ("ready", "first_cell")}, indent=1))

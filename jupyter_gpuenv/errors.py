@@ -33,14 +33,12 @@ A sentence leads with what to do. What a lower layer said (NVML's reason, the en
 newline: the panel folds the lines after the first behind a toggle, and Lab's "Error Starting Kernel" dialog
 shows the first line on its own.
 
-The Docker SDK's own exceptions are translated into these in one place (``docker_engine.translated``), and
-``to_http`` is the one place that turns them into tornado's ``HTTPError``. Nothing a person or an engine can
-cause becomes a 500.
+The Docker SDK's own exceptions are translated into these in one place (``engines.docker.engine.translated``),
+and ``server.refusals.to_http`` is the one place that turns them into tornado's ``HTTPError``. Nothing a person or
+an engine can cause becomes a 500.
 """
 
 from __future__ import annotations
-
-from tornado.web import HTTPError
 
 
 class GpuEnvError(Exception):
@@ -156,30 +154,3 @@ class PullInterrupted(PullFailed):
 
 class DriverFailed(GpuEnvError):
     status, code = 503, "driver-failed"
-
-
-class Refusal(HTTPError):
-    """What the Jupyter server receives: it answers ``status`` with the sentence as the message.
-
-    The sentence is given back verbatim: tornado's ``log_message`` doubles every ``%`` of a message given
-    without format arguments, and jupyter_server puts ``log_message`` in the reply.
-    """
-
-    def __init__(self, error: GpuEnvError) -> None:
-        super().__init__(error.status, None, reason=type(error).__name__)
-        self.error = error
-
-    @property
-    def log_message(self) -> str:
-        return str(self.error)
-
-    def get_message(self) -> str:
-        return str(self.error)
-
-    def __str__(self) -> str:
-        return f"HTTP {self.status_code}: {self.error}"
-
-
-def to_http(exc: GpuEnvError) -> Refusal:
-    """The HTTP answer for one of our errors (tornado shows ``log_message`` as the reply's message)."""
-    return Refusal(exc)

@@ -13,11 +13,18 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from jupyter_gpuenv.environments.definition import Mount
 from jupyter_gpuenv.errors import UnsafeFolder
 
 DRIVER_TARGET = "/usr/local/nvidia"
 NVIDIA_CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # a host path; for kind "volume", the name of a Docker volume
+    target: str
+    read_only: bool = True
+    kind: str = "bind"
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import json
 import pytest
 from container_harness import IMAGE, install_spec, our_containers, start, start_error
 
+from jupyter_gpuenv import engines as engine_module
 from jupyter_gpuenv import errors
-from jupyter_gpuenv.engines import base as engine_module
 
 
 def leaves(cls):

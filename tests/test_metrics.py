@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_harness import require_prometheus, running_prometheus
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from jupyter_gpuenv.cli import usage as cli_usage
 from jupyter_gpuenv.gpus.nvml import Snapshot
 from jupyter_gpuenv.usage import counter as usage
 from jupyter_gpuenv.usage import ledger, metrics
@@ -206,7 +207,7 @@ async def test_usage_rejects_bad_parameters(fake_nvml, jp_fetch, params, message
 
 def run_usage_command(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="jupyter gpuenv")
-    usage.add_usage_parser(parser.add_subparsers(dest="command", required=True))
+    cli_usage.add_usage_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["usage", *argv])
     return args.func(args)
 

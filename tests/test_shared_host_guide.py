@@ -75,7 +75,7 @@ def test_the_guides_install_command_does_the_hosts_part(tmp_path):
 def test_the_guides_hub_stanza_points_servers_at_the_brokers_socket(tmp_path):
     from traitlets.config.loader import PyFileConfigLoader
 
-    from jupyter_gpuenv.broker.daemon import Broker
+    from jupyter_gpuenv.broker.settings import Broker
     from jupyter_gpuenv.config import GpuEnv
 
     (stanza,) = blocks("python")

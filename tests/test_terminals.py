@@ -17,8 +17,9 @@ from container_harness import IMAGE, start
 from tornado.httpclient import HTTPClientError
 
 from jupyter_gpuenv.broker import daemon as broker_module
-from jupyter_gpuenv.broker.daemon import Broker, BrokerDaemon
+from jupyter_gpuenv.broker.daemon import BrokerDaemon
 from jupyter_gpuenv.broker.leases import RUNNING, KernelLease
+from jupyter_gpuenv.broker.settings import Broker
 from jupyter_gpuenv.engines.broker import BrokerClient
 from jupyter_gpuenv.server.terminals import Target, Terminal
 

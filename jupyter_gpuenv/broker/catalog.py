@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jupyter_gpuenv.broker.daemon import BrokerDaemon, Caller
-from jupyter_gpuenv.engines.base import ImageFacts
+from jupyter_gpuenv.engines.base import ImageFacts, image_facts_of
 from jupyter_gpuenv.environments import preflight, runtime
 from jupyter_gpuenv.environments.definition import Environment, cuda_compatibility
 from jupyter_gpuenv.errors import EngineUnavailable, GpuEnvError, InvalidRequest, NotPermitted
@@ -129,7 +129,7 @@ async def readiness(daemon: BrokerDaemon) -> list[Readiness]:
     for _, env in sorted(daemon.environments.items()):
         facts, engine_error = None, None
         try:
-            facts = await preflight.image_facts(daemon.docker, env)
+            facts = await image_facts_of(daemon.docker, env)
         except EngineUnavailable as exc:
             engine_error = exc
         except GpuEnvError as exc:

@@ -21,9 +21,10 @@ import sys
 import tempfile
 import time
 
-from jupyter_gpuenv.broker.daemon import Broker
+from jupyter_gpuenv.broker.settings import Broker
 from jupyter_gpuenv.broker.setup import DEFAULT_CONFIG, example_config, load_config
-from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
+from jupyter_gpuenv.engines.base import image_facts_of
+from jupyter_gpuenv.environments import kernelspecs, runtime
 from jupyter_gpuenv.environments.definition import parse_environment
 from jupyter_gpuenv.errors import EngineUnreachable, GpuEnvError
 from jupyter_gpuenv.pulls import progress as pulls
@@ -163,7 +164,7 @@ async def _images(settings: Broker, report: Report) -> None:
         prepared = runtime.prepared_versions(settings.kernel_runtime_dir)
         for name, env in sorted(environments.items()):
             try:
-                facts = await preflight.image_facts(docker, env)
+                facts = await image_facts_of(docker, env)
             except GpuEnvError as exc:
                 report.failed(f"environment {name!r}: {exc}")
                 continue

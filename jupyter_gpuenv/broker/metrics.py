@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
 from tornado.web import Application, RequestHandler
 
 from jupyter_gpuenv.broker.leases import KernelLease
@@ -86,6 +87,10 @@ class BrokerUsage(UsageCounter):
     def __init__(self, *, book: Iterable[KernelLease], **kwargs) -> None:
         super().__init__(**kwargs)
         self.book = book
+
+    def start(self) -> None:
+        self._callback = PeriodicCallback(self.tick, self.sampler.interval * 1000)
+        self._callback.start()
 
     async def usages(self, snapshot: Snapshot) -> list[KernelUsage]:
         return kernel_usages(self.book, snapshot)

@@ -19,9 +19,9 @@ from traitlets import TraitError
 from traitlets.config import Config
 from traitlets.config.loader import ConfigFileNotFound, PyFileConfigLoader
 
-from jupyter_gpuenv.broker.daemon import Broker
 from jupyter_gpuenv.broker.metrics import is_loopback
 from jupyter_gpuenv.broker.policy import Policy
+from jupyter_gpuenv.broker.settings import Broker
 from jupyter_gpuenv.environments.definition import parse_environment
 from jupyter_gpuenv.errors import InvalidEnvironment
 

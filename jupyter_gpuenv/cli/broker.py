@@ -155,7 +155,7 @@ def cmd_broker(args) -> int:
 
         print(example_config(), end="")
         return 0
-    from jupyter_gpuenv.broker.daemon import main as broker_main
+    from jupyter_gpuenv.broker.main import main as broker_main
 
     return broker_main(args.config)
 

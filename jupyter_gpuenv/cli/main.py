@@ -25,15 +25,16 @@ import time
 
 from jupyter_client.kernelspec import KernelSpecManager
 
+from jupyter_gpuenv import engines
 from jupyter_gpuenv._version import __version__
 from jupyter_gpuenv.cli import broker as cli_broker
-from jupyter_gpuenv.config import GpuEnv
+from jupyter_gpuenv.cli.usage import add_usage_parser
 from jupyter_gpuenv.engines import base as engine
 from jupyter_gpuenv.environments import kernelspecs, runtime
 from jupyter_gpuenv.environments.definition import PRESETS, parse_environment
 from jupyter_gpuenv.errors import GpuEnvError, InvalidEnvironment
 from jupyter_gpuenv.pulls import progress as pulls
-from jupyter_gpuenv.usage.counter import add_usage_parser
+from jupyter_gpuenv.server.settings import server_settings
 
 _OPTIONS = {  # command-line flag -> environment key
     "image": "image",
@@ -53,15 +54,6 @@ _OPTIONS = {  # command-line flag -> environment key
 
 class CliError(Exception):
     """A sentence for the person at the terminal; exit status 2."""
-
-
-def server_settings() -> GpuEnv:
-    """``c.GpuEnv`` as the Jupyter server would read it (jupyter_server_config.py on its config path)."""
-    from jupyter_server.serverapp import ServerApp
-
-    app = ServerApp()
-    app.load_config_file()
-    return GpuEnv(config=app.config)
 
 
 def _install_args(args) -> dict:
@@ -204,7 +196,7 @@ def cmd_pull(args) -> int:
             raise CliError(f"{args.name!r} is the GPU broker's: `jupyter gpuenv pull {args.name} --broker` asks it")
         raise CliError(str(match[0].error))
     image = match[0].environment.image
-    docker = engine.connect(settings)
+    docker = engines.connect(settings)
     try:
         return asyncio.run(_pull(docker, image))
     except KeyboardInterrupt:

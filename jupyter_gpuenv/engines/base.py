@@ -9,32 +9,19 @@ Every method is a coroutine that answers within its engine's timeout or raises o
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.containers.allocation import Holdings
 from jupyter_gpuenv.containers.labels import KernelContainer
 from jupyter_gpuenv.containers.spec import AssignedGpu
 from jupyter_gpuenv.environments.definition import Environment
+from jupyter_gpuenv.environments.preflight import ImageFacts
 from jupyter_gpuenv.gpus.nvml import GpuSample
 from jupyter_gpuenv.host import Server, User
 from jupyter_gpuenv.pulls.progress import PullProgress
-
-
-@dataclass(frozen=True)
-class ImageFacts:
-    """What the engine says of an image. The Python facts come from running it once (cached by image id)."""
-
-    present: bool
-    id: str | None = None
-    cuda_version: str | None = None
-    python_version: str | None = None  # "3.11"; None when not asked, or the image has no such interpreter
-    has_ipykernel: bool | None = None  # None when not asked
 
 
 @dataclass(frozen=True)
@@ -160,33 +147,8 @@ class StreamShell:
             await self._writer.drain()
 
 
-_engines: dict[tuple, Engine] = {}
-
-
-def connect(settings: GpuEnv, log: logging.Logger | None = None) -> Engine:
-    """The engine this server's settings name, one per process and setting, shared by all its kernels."""
-    if settings.broker:
-        from jupyter_gpuenv.engines.broker import BrokerClient
-
-        key = (settings.broker, settings.docker_timeout)
-        if key not in _engines:
-            _engines[key] = BrokerClient(settings.broker, settings.docker_timeout)
-        return _engines[key]
-    from jupyter_gpuenv.engines.docker.engine import DockerEngine
-
-    key = (settings.docker_url, settings.docker_timeout, settings.socket_root, settings.pull_stall_timeout)
-    if key not in _engines:
-        private = os.path.join(settings.socket_root, f"gpuenv-{os.getuid()}")
-        _engines[key] = DockerEngine(
-            settings.docker_url, settings.docker_timeout, private, log, pull_stall_timeout=settings.pull_stall_timeout
-        )
-    return _engines[key]
-
-
-def cancel_pulls() -> None:
-    """The server stops: kernel starts waiting for a pull fail now instead of holding up its shutdown (the Docker
-    engine drops a pull whose client hung up; the next server reports it as interrupted)."""
-    for each in list(_engines.values()):
-        cancel = getattr(each, "cancel_pulls", None)  # a broker's pulls are the broker's
-        if cancel is not None:
-            cancel()
+async def image_facts_of(engine: Engine, env: Environment) -> ImageFacts:
+    """The one question every verdict (``preflight.check``) asks the engine: its image, and its Python unless its
+    own ipykernel is trusted (``kernel_runtime: image``)."""
+    probe = None if env.kernel_runtime == "image" else env.python
+    return await engine.image_facts(env.image, probe, dict(env.env))

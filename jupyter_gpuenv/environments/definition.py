@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from jupyter_gpuenv.errors import InvalidEnvironment
+from jupyter_gpuenv.host import Mount
 
 GPU_MODES = ("auto", "toolkit", "devices", "none")
 NETWORKS = ("none", "host")
@@ -39,14 +40,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "shm_size": "8g",
     },
 }
-
-
-@dataclass(frozen=True)
-class Mount:
-    source: str  # a host path; for kind "volume", the name of a Docker volume
-    target: str
-    read_only: bool = True
-    kind: str = "bind"
 
 
 @dataclass(frozen=True)

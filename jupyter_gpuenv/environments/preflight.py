@@ -1,7 +1,7 @@
 """Can this environment start here, now? One verdict, read by the provisioner and by GET environments.
 
 :func:`check` is pure: the caller gathers the facts (what the engine says of the image, asked the one way
-:func:`image_facts` asks it; the GPU snapshot; which kernel runtimes are prepared; whether pulling is
+``engines.base.image_facts_of`` asks it; the GPU snapshot; which kernel runtimes are prepared; whether pulling is
 allowed) and it decides. The provisioner raises the
 verdict's error; ``GET environments`` reports its state, ``can_start`` and reason, so the panel never offers
 what the provisioner would refuse.
@@ -12,9 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jupyter_gpuenv import errors
-from jupyter_gpuenv.engines.base import Engine, ImageFacts
 from jupyter_gpuenv.environments.definition import Environment, cuda_compatibility
 from jupyter_gpuenv.gpus.nvml import Snapshot
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the engine says of an image. The Python facts come from running it once (cached by image id)."""
+
+    present: bool
+    id: str | None = None
+    cuda_version: str | None = None
+    python_version: str | None = None  # "3.11"; None when not asked, or the image has no such interpreter
+    has_ipykernel: bool | None = None  # None when not asked
+
 
 # states, in the order the checks run
 INVALID, UNAVAILABLE, INCOMPATIBLE, PULLING, IMAGE_MISSING, RUNTIME_MISSING, READY = (
@@ -58,13 +69,6 @@ class Verdict:
     def raise_if_refused(self) -> None:
         if not self.can_start and self.error is not None:
             raise self.error
-
-
-async def image_facts(engine: Engine, env: Environment) -> ImageFacts:
-    """The one question every verdict asks the engine: its image, and its Python unless its own ipykernel is
-    trusted (``kernel_runtime: image``). The rest of this module decides from the answer without I/O."""
-    probe = None if env.kernel_runtime == "image" else env.python
-    return await engine.image_facts(env.image, probe, dict(env.env))
 
 
 def _refused(state: str, error: errors.GpuEnvError) -> Verdict:

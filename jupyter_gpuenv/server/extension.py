@@ -11,9 +11,9 @@ from collections import deque
 from jupyter_client.provisioning import KernelProvisionerFactory
 from jupyter_server.extension.application import ExtensionApp
 
+from jupyter_gpuenv import engines
 from jupyter_gpuenv.config import GpuEnv
-from jupyter_gpuenv.engines import base as engine
-from jupyter_gpuenv.errors import GpuEnvError, Refusal
+from jupyter_gpuenv.errors import GpuEnvError
 from jupyter_gpuenv.gpus import attribution
 from jupyter_gpuenv.gpus.nvml import Snapshot
 from jupyter_gpuenv.gpus.sampler import Sampler
@@ -22,10 +22,11 @@ from jupyter_gpuenv.server import orphans
 from jupyter_gpuenv.server.handlers import api_handlers
 from jupyter_gpuenv.server.parking import ServerParking
 from jupyter_gpuenv.server.provisioner import REFUSAL_FORMAT, refuse_reserved_keys
+from jupyter_gpuenv.server.refusals import Refusal
 from jupyter_gpuenv.server.terminals import Terminals
+from jupyter_gpuenv.server.usage import UsageTracker
 from jupyter_gpuenv.server.warm import WarmKernels
 from jupyter_gpuenv.usage import metrics
-from jupyter_gpuenv.usage.counter import UsageTracker
 from jupyter_gpuenv.usage.ledger import Ledger
 
 
@@ -96,7 +97,7 @@ class GpuEnvApp(ExtensionApp):
         # -- warm kernels (warm.py): started ahead on the server's loop, handed to the next start --
         self.warm = WarmKernels(
             self.gpuenv,
-            engine.connect(self.gpuenv, self.serverapp.log),
+            engines.connect(self.gpuenv, self.serverapp.log),
             self.sampler,
             os.path.abspath(self.serverapp.root_dir),
             self.serverapp.log,
@@ -126,7 +127,7 @@ class GpuEnvApp(ExtensionApp):
             self.gpuenv,
             self.sampler,
             kernel_manager,
-            engine.connect(self.gpuenv, self.serverapp.log),
+            engines.connect(self.gpuenv, self.serverapp.log),
             self.serverapp.log,
         )
         self.parking.start()
@@ -162,7 +163,7 @@ class GpuEnvApp(ExtensionApp):
     async def _remove_orphans(self) -> None:
         """Containers an earlier, dead server of this user on this host left behind."""
         try:
-            removed = await orphans.remove_orphans(engine.connect(self.gpuenv, self.serverapp.log))
+            removed = await orphans.remove_orphans(engines.connect(self.gpuenv, self.serverapp.log))
         except GpuEnvError as exc:
             self.serverapp.log.info("gpuenv: container kernels unavailable: %s", exc)
             return
@@ -173,7 +174,7 @@ class GpuEnvApp(ExtensionApp):
         self.handlers.extend(api_handlers(self.sampler, self.gpuenv, self.usage, self.terminals, self.parking))
 
     async def stop_extension(self) -> None:
-        engine.cancel_pulls()  # kernel starts waiting for a pull fail now, or the server's shutdown waits for them
+        engines.cancel_pulls()  # kernel starts waiting for a pull fail now, or the server's shutdown waits for them
         metrics.unexport(self.usage)
         await self.usage.stop()  # writes what the ledger has not got yet
         self.sampler.stop()

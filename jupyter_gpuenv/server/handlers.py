@@ -13,16 +13,17 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.websocket import WebSocketHandler
 
+from jupyter_gpuenv import engines
 from jupyter_gpuenv.config import GpuEnv
-from jupyter_gpuenv.engines import base as engine
 from jupyter_gpuenv.environments import kernelspecs
-from jupyter_gpuenv.errors import GpuEnvError, to_http
+from jupyter_gpuenv.errors import GpuEnvError
 from jupyter_gpuenv.gpus.sampler import Sampler
 from jupyter_gpuenv.server import reports
 from jupyter_gpuenv.server.parking import ServerParking
+from jupyter_gpuenv.server.refusals import to_http
 from jupyter_gpuenv.server.terminals import Terminal, Terminals
+from jupyter_gpuenv.server.usage import UsageTracker
 from jupyter_gpuenv.usage import ledger
-from jupyter_gpuenv.usage.counter import UsageTracker
 
 AUTH_RESOURCE = "gpuenv"
 PULL_ANSWER_WITHIN = 1.0  # seconds: a pull that fails this fast answers its error, a longer one 202
@@ -74,7 +75,7 @@ class EnvironmentsHandler(GpuEnvHandler):
         specs = await asyncio.get_running_loop().run_in_executor(None, self.kernel_spec_manager.get_all_specs)
         settings = GpuEnv(parent=self.gpuenv.parent)  # as the provisioner reads them: changed settings apply
         report = await reports.environment_report(
-            settings, specs, self.sampler.latest, engine.connect(settings, self.log)
+            settings, specs, self.sampler.latest, engines.connect(settings, self.log)
         )
         report["terminals"] = await terminals_availability(self, self.terminals)
         self.write_json(report)
@@ -104,7 +105,7 @@ class PullHandler(GpuEnvHandler):
                 f"this server does not pull images (c.GpuEnv.pull_missing_images is off): an administrator pulls "
                 f"{env.image} on the host (`jupyter gpuenv pull {name}`)",
             )
-        docker = engine.connect(settings, self.log)
+        docker = engines.connect(settings, self.log)
         try:
             if not (await docker.image_facts(env.image)).present:
                 await asyncio.wait_for(docker.pull(env.image), PULL_ANSWER_WITHIN)

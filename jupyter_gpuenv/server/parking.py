@@ -26,6 +26,7 @@ from tornado.web import HTTPError
 from jupyter_gpuenv import host
 from jupyter_gpuenv.containers import labels
 from jupyter_gpuenv.containers.allocation import Holdings
+from jupyter_gpuenv.containers.claims import soft_claims
 from jupyter_gpuenv.errors import CannotPark, DriverFailed, GpuEnvError, NoFreeGpu, UnknownKernel
 from jupyter_gpuenv.gpus.nvml import GpuSample, Snapshot
 from jupyter_gpuenv.parking import checkpoint
@@ -45,7 +46,6 @@ from jupyter_gpuenv.parking.rules import (
     why_not_park,
 )
 from jupyter_gpuenv.parking.timeline import CELL, POLICY, RELEASE, REQUEST, ROUND, Timeline
-from jupyter_gpuenv.server.warm import soft_claims
 
 PARKING, RESUMING, RUNNING = "parking", "resuming", "running"
 BROKER_SUMMARY_TTL = 60.0  # seconds the broker's "can this host park" answer is reused

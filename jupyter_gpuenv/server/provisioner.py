@@ -25,18 +25,20 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import KernelProvisionerBase
 
-from jupyter_gpuenv import host
+from jupyter_gpuenv import engines, host
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.containers.spec import CLIENT_LOCK, AssignedGpu, check_cwd
 from jupyter_gpuenv.engines import base as engine
+from jupyter_gpuenv.engines.base import image_facts_of
 from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
 from jupyter_gpuenv.environments.definition import Environment
-from jupyter_gpuenv.errors import GpuEnvError, InvalidEnvironment, InvalidKernelId, Refusal, to_http
+from jupyter_gpuenv.errors import GpuEnvError, InvalidEnvironment, InvalidKernelId
 from jupyter_gpuenv.gpus import nvml
 from jupyter_gpuenv.gpus.nvml import NvmlReader, Snapshot
 from jupyter_gpuenv.gpus.visibility import from_environment
 from jupyter_gpuenv.pulls import progress as pulls
 from jupyter_gpuenv.server import reaper
+from jupyter_gpuenv.server.refusals import Refusal, to_http
 from jupyter_gpuenv.server.warm import warm_variables
 
 _BASE_KWARGS = {"kernel_id", "kernel_spec", "parent", "config", "log"}
@@ -178,7 +180,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
                 self.environment_name = self.environment.name
         except GpuEnvError as exc:
             raise refuse(self.parent, self.kernel_id, exc) from None
-        self.engine: engine.Engine = engine.connect(self.settings, self.log)
+        self.engine: engine.Engine = engines.connect(self.settings, self.log)
         serialise_restarts(self.parent)
         self.placement: engine.Placement | None = None
         self.socket_dir: str | None = None
@@ -396,7 +398,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
 
     async def _verdict(self, snapshot: Snapshot) -> preflight.Verdict:
         env = self.environment
-        image = await preflight.image_facts(self.engine, env)
+        image = await image_facts_of(self.engine, env)
         situation = preflight.Situation(
             image=image,
             snapshot=snapshot,

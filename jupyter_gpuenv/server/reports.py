@@ -10,7 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from jupyter_gpuenv.config import GpuEnv
-from jupyter_gpuenv.engines.base import Engine
+from jupyter_gpuenv.engines.base import Engine, image_facts_of
 from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
 from jupyter_gpuenv.errors import EngineUnavailable
 from jupyter_gpuenv.gpus.nvml import Snapshot
@@ -31,7 +31,7 @@ async def environment_report(settings: GpuEnv, specs: dict[str, Any], snapshot: 
         else:
             if engine_error is None:
                 try:
-                    image = await preflight.image_facts(engine, env)
+                    image = await image_facts_of(engine, env)
                 except EngineUnavailable as exc:
                     engine_error = exc
             progress = engine.pull_progress(env.image)

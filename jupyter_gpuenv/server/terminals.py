@@ -30,9 +30,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from jupyter_gpuenv import host
+from jupyter_gpuenv import engines, host
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.engines import base as engine
+from jupyter_gpuenv.engines.base import image_facts_of
 from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
 from jupyter_gpuenv.errors import (
     CannotStartHere,
@@ -203,7 +204,7 @@ class Terminals:
 
     @property
     def engine(self) -> engine.Engine:
-        return engine.connect(self.settings, self.log)
+        return engines.connect(self.settings, self.log)
 
     def get(self, name: str) -> Terminal | None:
         return self._terminals.get(name)
@@ -296,7 +297,7 @@ class Terminals:
         if item.environment is None:
             raise item.error
         env = item.environment
-        image = await preflight.image_facts(self.engine, env)
+        image = await image_facts_of(self.engine, env)
         situation = preflight.Situation(
             image=image,
             snapshot=self.sampler.latest,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import glob
 import json
 import logging
 import os
@@ -39,13 +38,13 @@ from tornado.ioloop import PeriodicCallback
 from jupyter_gpuenv import host
 from jupyter_gpuenv.containers import labels
 from jupyter_gpuenv.containers import spec as containers
+from jupyter_gpuenv.containers.claims import PREFIX, bound_in_file, soft_claims
 from jupyter_gpuenv.engines import base as engine
 from jupyter_gpuenv.environments.definition import Environment, parse_environment
 from jupyter_gpuenv.errors import GpuEnvError
 from jupyter_gpuenv.parking.rules import released_in
 from jupyter_gpuenv.server import reaper
 
-PREFIX = "warm-"  # a warm container's kernel id (its labels) and socket folder
 REFILL_INTERVAL = 5.0  # seconds between two looks at the pools (a take refills at once)
 HAND_OVER_TRIES = 400  # 5 ms apart: a ready warm kernel opens its FIFO within microseconds
 
@@ -83,26 +82,6 @@ def warm_variables(env: Environment, server_env: dict[str, str]) -> dict[str, st
     """What a start passes to its warm kernel: the server's variables a kernel container gets (the session's
     name, the allow-list); the rest were set when the container was made."""
     return {k: v for k, v in server_env.items() if k in containers.ALWAYS_PASSED or k in env.env_allow}
-
-
-def bound_in(private_dir: str) -> set[str]:
-    """The warm containers a start has bound to a kernel (every server of this user: their warm books)."""
-    found: set[str] = set()
-    for path in glob.glob(os.path.join(private_dir, "warm-bound-*.json")):
-        found |= bound_in_file(path)
-    return found
-
-
-def bound_in_file(path: str) -> set[str]:
-    with contextlib.suppress(OSError, ValueError), open(path) as f:
-        return {c for c in json.load(f) if isinstance(c, str)}
-    return set()
-
-
-def soft_claims(kernels: list[labels.KernelContainer], private_dir: str | None) -> set[str]:
-    """Warm containers no start has bound: their GPUs are free for any start (leave them out of holdings)."""
-    warm = {c.id for c in kernels if c.kernel_id.startswith(PREFIX)}
-    return warm - bound_in(private_dir) if warm and private_dir else warm
 
 
 def definition(env: Environment) -> str:

@@ -15,26 +15,18 @@ serves the same series.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import getpass
-import json
 import logging
-import math
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tornado.ioloop import PeriodicCallback
-
-from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.gpus.nvml import Snapshot
-from jupyter_gpuenv.server import reports
-from jupyter_gpuenv.usage.ledger import BY, Ledger, UsageRecord, local_time, summarize, usage_query
+from jupyter_gpuenv.usage.ledger import Ledger, UsageRecord, summarize
 
 PATH_REFRESH = 2.0  # seconds between two reads of the session list (notebook paths), besides new kernels
 RETIRED_GRACE = 300.0  # seconds an ended kernel's counters stay when nothing scrapes them
@@ -231,12 +223,12 @@ class UsageCounter:
         self.view = View(snapshot=sampler.latest)
         self._last_flush = time.monotonic()
         self._flushing: asyncio.Future | None = None
-        self._callback: PeriodicCallback | None = None
+        self._callback: Any = None  # what calls tick() each sample: its owner's (start)
         self._logged: set[str] = set()
 
     def start(self) -> None:
-        self._callback = PeriodicCallback(self.tick, self.sampler.interval * 1000)
-        self._callback.start()
+        """Call ``tick`` each sample, on the owner's event loop (a tornado PeriodicCallback, in server/ and broker/)."""
+        raise NotImplementedError
 
     def flush_soon(self, seconds: float) -> None:
         """Write the ledger ``seconds`` from now, or as soon after as there is something to write; then every
@@ -319,130 +311,3 @@ class UsageCounter:
         if condition not in self._logged:
             self._logged.add(condition)
             self.log.warning(message, exc_info=exc_info)
-
-
-class UsageTracker(UsageCounter):
-    """This server's kernels, from its kernel manager, named by their sessions' paths and this server's user."""
-
-    def __init__(
-        self,
-        *,
-        sampler,
-        kernel_manager,
-        session_manager=None,
-        ledger: Ledger | None = None,
-        user: str | None = None,
-        flush_interval: float = 60.0,
-        log: logging.Logger | None = None,
-    ) -> None:
-        super().__init__(sampler=sampler, ledger=ledger, flush_interval=flush_interval, log=log)
-        self.kernel_manager, self.session_manager = kernel_manager, session_manager
-        self.user = user if user is not None else server_user()
-        self._paths: dict[str, str] = {}  # kernel id -> session path
-        self._paths_known: set[str] = set()  # kernel ids running at the last read of the sessions
-        self._paths_at = -math.inf
-        self.parking = None  # the server's ServerParking, once it exists: a parked kernel holds no GPU
-
-    async def usages(self, snapshot: Snapshot) -> list[KernelUsage]:
-        rows = reports.kernel_rows(self.kernel_manager, snapshot, self.parking)
-        running = {row["kernel_id"] for row in rows}
-        if not running <= self._paths_known or time.monotonic() - self._paths_at > PATH_REFRESH:
-            await self._refresh_paths(running)
-        return [self._usage(row) for row in rows]
-
-    async def _refresh_paths(self, running: set[str]) -> None:
-        self._paths_at, self._paths_known = time.monotonic(), running
-        if self.session_manager is None:
-            return
-        try:
-            sessions = await self.session_manager.list_sessions()
-        except Exception as exc:
-            self._log_once("sessions", exc, f"gpuenv: could not read the sessions to name notebooks: {exc!r}")
-            return
-        self._paths = {s["kernel"]["id"]: s.get("path") or s.get("name") or "" for s in sessions if s.get("kernel")}
-
-    def _usage(self, row: dict[str, Any]) -> KernelUsage:
-        return KernelUsage(
-            kernel_id=row["kernel_id"],
-            notebook=self._paths.get(row["kernel_id"], ""),
-            environment=row.get("environment") or "",
-            container=(row.get("container_id") or "")[:12],
-            user=self.user,
-            gpus=tuple(row.get("gpus") or ()),
-            gpu_memory=row.get("gpu_memory"),
-            parked=(row.get("park") or {}).get("state") == "parked",
-        )
-
-
-# -- jupyter gpuenv usage -----------------------------------------------------------------------------
-def add_usage_parser(sub) -> argparse.ArgumentParser:
-    """Add ``usage`` to ``jupyter gpuenv``'s subcommands."""
-    p = sub.add_parser(
-        "usage",
-        help="GPU-hours per user or notebook, from the usage ledger (no Prometheus needed)",
-        description="GPU-hours per user or notebook over a period, read from the ledger that the Jupyter server "
-        "writes (up to c.GpuEnv.usage_flush_interval behind; GET gpuenv/api/usage is current).",
-    )
-    p.add_argument(
-        "--since",
-        help="start: a date (2025-11-01, local midnight), a date and time, or seconds since the epoch; "
-        "default: the first day of the month that --until falls in",
-    )
-    p.add_argument("--until", help="end, not included, in the same forms; default: now")
-    p.add_argument("--by", choices=BY, default="user", help="one line per user (default) or per notebook")
-    p.add_argument(
-        "--dir",
-        action="append",
-        help="a usage ledger folder (default: <jupyter data dir>/gpuenv/usage); repeat it to add up several users'",
-    )
-    p.add_argument("--json", action="store_true", help="print what GET gpuenv/api/usage answers")
-    p.set_defaults(func=cmd_usage)
-    return p
-
-
-def cmd_usage(args) -> int:
-    try:
-        since, until, by = usage_query(args.since, args.until, args.by)
-    except ValueError as exc:
-        print(f"jupyter gpuenv usage: {exc}", file=sys.stderr)
-        return 2
-    folders = args.dir or [GpuEnv().usage_dir]
-    missing = [folder for folder in folders if not os.path.isdir(folder)]
-    if missing:  # a mistyped --dir must not read as "nobody used a GPU"
-        print(f"jupyter gpuenv usage: no ledger there: {', '.join(missing)} is not a folder (c.GpuEnv.usage_dir, or "
-              "c.Broker.usage_dir on a shared host, says where it is)", file=sys.stderr)  # fmt: skip
-        return 1
-    try:
-        records = [r for folder in folders for r in Ledger(folder).read(since, until)]
-    except OSError as exc:
-        print(f"jupyter gpuenv usage: cannot read the ledger: {exc} (run as its owner or as root)", file=sys.stderr)
-        return 1
-    rows = summarize(records, since, until, by)
-    if args.json:
-        print(json.dumps({"since": since, "until": until, "by": by, "usage": rows}, indent=1))
-        return 0
-    print(f"GPU usage from {local_time(since)} to {local_time(until)}, by {by}, in {', '.join(folders)}")
-    if not rows:
-        print("No GPU use recorded in this period.")
-        return 0
-    header = ["USER", "NOTEBOOK", "GPU-HOURS", "GPU-MEMORY GiB-HOURS"]
-    table = [
-        [
-            row["user"],
-            row.get("notebook") or "(no notebook)",
-            f"{row['gpu_hours']:.3f}",
-            f"{row['gpu_memory_gib_hours']:.3f}",
-        ]
-        for row in rows
-    ]
-    total = sum(row["gpu_hours"] for row in rows)
-    table.append(["total", "", f"{total:.3f}", ""])
-    if by == "user":
-        header, table = [header[0], *header[2:]], [[r[0], *r[2:]] for r in table]
-    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
-    for r in [header, *table]:
-        names, numbers = r[: len(r) - 2], r[len(r) - 2 :]
-        cells = [c.ljust(w) for c, w in zip(names, widths, strict=False)]
-        cells += [c.rjust(w) for c, w in zip(numbers, widths[len(names) :], strict=True)]
-        print("  ".join(cells).rstrip())
-    return 0

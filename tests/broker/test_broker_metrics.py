@@ -28,8 +28,10 @@ import yaml
 from prometheus_harness import running_prometheus
 
 from jupyter_gpuenv.broker import daemon as broker
+from jupyter_gpuenv.broker import main as broker_main
 from jupyter_gpuenv.broker import metrics as broker_metrics
 from jupyter_gpuenv.broker.leases import RUNNING, KernelLease
+from jupyter_gpuenv.broker.settings import Broker
 from jupyter_gpuenv.gpus.nvml import GpuProcess, GpuSample, Snapshot
 from jupyter_gpuenv.usage import metrics
 from jupyter_gpuenv.usage.counter import View
@@ -269,9 +271,9 @@ def test_a_public_metrics_address_is_refused_unless_the_admin_says_so(tmp_path, 
     config = tmp_path / "broker_config.py"
     config.write_text(f'c.Broker.socket = "{tmp_path}/broker.sock"\nc.Broker.metrics_address = "0.0.0.0"\n')
     with caplog.at_level(logging.ERROR, logger="jupyter_gpuenv.broker.daemon"):
-        assert broker.main(str(config)) == 2
+        assert broker_main.main(str(config)) == 2
     assert "is not a loopback address" in caplog.text and "metrics_public = True" in caplog.text
-    allowed = broker.Broker(socket=f"{tmp_path}/broker.sock", metrics_address="0.0.0.0", metrics_public=True)
+    allowed = Broker(socket=f"{tmp_path}/broker.sock", metrics_address="0.0.0.0", metrics_public=True)
     broker.BrokerDaemon(allowed)  # the administrator said so: no refusal
     for address in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         assert broker_metrics.is_loopback(address), address

@@ -297,8 +297,8 @@ def test_a_users_namespace_holder_goes_with_their_last_kernel(lone):
 
 def test_the_broker_writes_its_ledger_soon_after_start_not_a_flush_interval_later(tmp_path, monkeypatch):
     from jupyter_gpuenv.broker import metrics as broker_metrics
-    from jupyter_gpuenv.broker.daemon import Broker
     from jupyter_gpuenv.broker.leases import RUNNING, KernelLease
+    from jupyter_gpuenv.broker.settings import Broker
     from jupyter_gpuenv.gpus.nvml import GpuSample, Snapshot
     from jupyter_gpuenv.usage.ledger import Ledger
 

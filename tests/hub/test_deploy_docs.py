@@ -73,7 +73,7 @@ def test_dockerspawner_example_gives_each_user_their_gpus(docker_config):
 def load_broker(name):
     from traitlets.config.loader import PyFileConfigLoader
 
-    from jupyter_gpuenv.broker.daemon import Broker
+    from jupyter_gpuenv.broker.settings import Broker
     from jupyter_gpuenv.broker.setup import EXAMPLE
 
     # the peer-mode example ships in the wheel (`jupyter gpuenv broker --example-config`)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fcntl
+import functools
 import ipaddress
 import logging
 import os
@@ -36,6 +37,7 @@ from docker.types import Mount as DockerMount
 from jupyter_gpuenv import host
 from jupyter_gpuenv.containers import allocation, labels
 from jupyter_gpuenv.containers import spec as containers
+from jupyter_gpuenv.containers.claims import soft_claims
 from jupyter_gpuenv.engines.base import ContainerState, ImageFacts, KernelRequest, Placement
 from jupyter_gpuenv.engines.docker import exec as docker_exec
 from jupyter_gpuenv.errors import (
@@ -49,7 +51,6 @@ from jupyter_gpuenv.errors import (
 from jupyter_gpuenv.parking.rules import released_in
 from jupyter_gpuenv.pulls import progress as pulls
 from jupyter_gpuenv.pulls import registry
-from jupyter_gpuenv.server.warm import soft_claims
 
 # One line of Python run in an image (as the kernel's user, no network) to learn what a kernel needs of it.
 PROBE = (
@@ -782,7 +783,10 @@ class DockerEngine:
         except BaseException:
             sock.close()
             raise
-        return docker_exec.DockerShell(self, container_id, user, marker, exec_id, reader, writer, early)
+        control = functools.partial(self._call, self._control)
+        return docker_exec.DockerShell(
+            control, self.timeout, self.log, container_id, user, marker, exec_id, reader, writer, early
+        )
 
 
 def _hang_up(response: requests.Response) -> None:

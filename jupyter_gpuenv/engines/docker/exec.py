@@ -7,10 +7,12 @@ up are engine calls in the engine's control pool. The shell runs as the containe
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import docker
 from docker.errors import APIError, NotFound
@@ -18,9 +20,6 @@ from docker.errors import APIError, NotFound
 from jupyter_gpuenv.containers import spec as containers
 from jupyter_gpuenv.engines.base import StreamShell
 from jupyter_gpuenv.errors import CannotStartHere, EngineRefused, GpuEnvError, NotPermitted, UnknownKernel
-
-if TYPE_CHECKING:
-    from jupyter_gpuenv.engines.docker.engine import DockerEngine
 
 
 def open_shell(c: docker.DockerClient, container_id: str, user: str, marker: str) -> tuple[str, socket.socket, bytes]:
@@ -101,7 +100,9 @@ class DockerShell(StreamShell):
 
     def __init__(
         self,
-        engine: DockerEngine,
+        control: Callable[..., Awaitable[Any]],
+        timeout: float,
+        log: logging.Logger,
         container_id: str,
         user: str,
         marker: str,
@@ -111,7 +112,9 @@ class DockerShell(StreamShell):
         early: bytes = b"",
     ) -> None:
         super().__init__(reader, writer)
-        self.engine, self.container_id, self.exec_id = engine, container_id, exec_id
+        # control(timeout, what, fn, *args): fn(client, *args) in the engine's pool for quick calls, bounded
+        self._control, self.timeout, self.log = control, timeout, log
+        self.container_id, self.exec_id = container_id, exec_id
         self.user, self.marker = user, marker
         self._early = early  # what the SDK read past the HTTP upgrade: the shell's first bytes
         self._closed = False
@@ -123,18 +126,18 @@ class DockerShell(StreamShell):
         return await super().read()
 
     async def resize(self, rows: int, cols: int) -> None:
-        e = self.engine
-        await e._call(e._control, e.timeout + 1, "resize a terminal", resize_shell, self.exec_id, rows, cols)
+        await self._control(self.timeout + 1, "resize a terminal", resize_shell, self.exec_id, rows, cols)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._writer.close()
-        e = self.engine
         try:
-            await e._call(
-                e._control, e.timeout * 2 + 1, "end a shell", end_shell, self.container_id, self.user, self.marker
+            await self._control(
+                self.timeout * 2 + 1, "end a shell", end_shell, self.container_id, self.user, self.marker
             )
         except GpuEnvError as exc:
-            e.log.warning("gpuenv: a terminal's shell in container %s may still run: %s", self.container_id[:12], exc)
+            self.log.warning(
+                "gpuenv: a terminal's shell in container %s may still run: %s", self.container_id[:12], exc
+            )
