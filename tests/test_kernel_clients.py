@@ -241,7 +241,7 @@ def test_the_kernel_ends_by_itself_when_its_client_and_the_clients_reaper_are_bo
     """What a killed session or cgroup does (the reaper dies too): the kernel's own watcher ends it, which stops
     its container and so frees its GPUs; the next server's orphan sweep removes the stopped container."""
     process, container_id = client_process(container_spec)
-    reapers = subprocess.run(["pgrep", "-f", f"jupyter_gpuenv.server.reaper import main; main.* {process.pid} "],
+    reapers = subprocess.run(["pgrep", "-f", f"jupyter_gpuenv.engines.reaper import main; main.* {process.pid} "],
                              capture_output=True, text=True).stdout.split()  # fmt: skip
     assert len(reapers) == 1
     os.kill(int(reapers[0]), signal.SIGKILL)

@@ -8,7 +8,6 @@ machine (``docker.engine.DockerEngine``), or the shared host's broker (``broker.
 from __future__ import annotations
 
 import logging
-import os
 
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.engines.base import Engine
@@ -25,14 +24,11 @@ def connect(settings: GpuEnv, log: logging.Logger | None = None) -> Engine:
         if key not in _engines:
             _engines[key] = BrokerClient(settings.broker, settings.docker_timeout)
         return _engines[key]
-    from jupyter_gpuenv.engines.docker.engine import DockerEngine
+    from jupyter_gpuenv.engines.local import LocalEngine
 
     key = (settings.docker_url, settings.docker_timeout, settings.socket_root, settings.pull_stall_timeout)
     if key not in _engines:
-        private = os.path.join(settings.socket_root, f"gpuenv-{os.getuid()}")
-        _engines[key] = DockerEngine(
-            settings.docker_url, settings.docker_timeout, private, log, pull_stall_timeout=settings.pull_stall_timeout
-        )
+        _engines[key] = LocalEngine(settings, log)
     return _engines[key]
 
 

@@ -12,14 +12,14 @@ import asyncio
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from jupyter_gpuenv.containers.allocation import Holdings
 from jupyter_gpuenv.containers.labels import KernelContainer
 from jupyter_gpuenv.containers.spec import AssignedGpu
 from jupyter_gpuenv.environments.definition import Environment
-from jupyter_gpuenv.environments.preflight import ImageFacts
-from jupyter_gpuenv.gpus.nvml import GpuSample
+from jupyter_gpuenv.environments.preflight import ImageFacts, Verdict
+from jupyter_gpuenv.gpus.nvml import GpuSample, Snapshot
 from jupyter_gpuenv.host import Server, User
 from jupyter_gpuenv.pulls.progress import PullProgress
 
@@ -108,6 +108,34 @@ class Engine(Protocol):
         more: ``user`` must be the one the container runs as, and never root (NotPermitted). UnknownKernel when
         the container is gone, CannotStartHere when it is not running.
         """
+
+    # -- what a start needs around its container: this server does it on one person's machine (``local``),
+    # the broker on a shared host (``broker``). Callers never ask which.
+    kernels_as_this_process: bool
+    """Whether kernels run as this server's own uid (one person's machine: a server run as root has root kernels);
+    a broker runs them as the caller and refuses root."""
+
+    def kernelspec_environment(self, config: dict[str, Any], source: str) -> tuple[str, Environment | None]:
+        """The environment a kernelspec's provisioner ``config`` names, and its definition if it is known here
+        (None: ask ``environment`` at start). InvalidEnvironment if the kernelspec is wrong for this engine."""
+
+    async def environment(self, name: str, specs: dict[str, Any] | None = None) -> Environment:
+        """The definition of environment ``name`` (``specs``: the server's kernelspecs, which may define some);
+        InvalidEnvironment or NotPermitted when there is none for this user."""
+
+    async def verdict(self, env: Environment, snapshot: Snapshot, pull_allowed: bool) -> Verdict:
+        """Whether a kernel of ``env`` can start now (``preflight.check``), from what this engine can see; an engine
+        that checks at start itself (the broker) answers ready."""
+
+    async def socket_folder(self, kernel_id: str) -> str:
+        """A new private folder (0700, this user's) for the kernel's sockets and connection file. InvalidKernelId
+        when its path would be too long for unix sockets."""
+
+    async def remove_socket_folder(self, kernel_id: str, path: str) -> None:
+        """The kernel is done with its socket folder ``path``: it goes, with what is inside."""
+
+    def watch_client(self) -> None:
+        """Make sure that this process's kernels go when this process dies, however it dies (blocking: a fork)."""
 
 
 class Shell(Protocol):

@@ -9,15 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from jupyter_gpuenv import errors
 from jupyter_gpuenv.containers.labels import KernelContainer
 from jupyter_gpuenv.containers.spec import AssignedGpu
 from jupyter_gpuenv.engines.base import ContainerState, ImageFacts, KernelRequest, Placement, StreamShell
+from jupyter_gpuenv.environments import kernelspecs
 from jupyter_gpuenv.environments.definition import Environment, parse_environment
+from jupyter_gpuenv.environments.preflight import READY, Verdict
+from jupyter_gpuenv.gpus.nvml import Snapshot
 
 
 def _all_errors(cls: type) -> dict[str, type]:
@@ -92,7 +97,18 @@ class BrokerClient:
     async def environments(self) -> list[dict[str, Any]]:
         return await self.call("environments")
 
-    async def environment(self, name: str) -> Environment:
+    kernels_as_this_process = False
+
+    def kernelspec_environment(self, config: dict[str, Any], source: str) -> tuple[str, Environment | None]:
+        return kernelspecs.named_only(config, source), None  # the broker's administrator defines it
+
+    async def verdict(self, env: Environment, snapshot: Snapshot, pull_allowed: bool) -> Verdict:
+        return Verdict(READY, True)  # the broker checks (its images, its GPUs, its runtimes) when it starts it
+
+    def watch_client(self) -> None:
+        return None  # the broker removes the kernels of a client that is gone
+
+    async def environment(self, name: str, specs: dict[str, Any] | None = None) -> Environment:
         for row in await self.environments():
             if row["name"] == name:
                 return parse_environment(name, row["definition"], "the GPU broker")
@@ -101,9 +117,13 @@ class BrokerClient:
     async def socket_folder(self, kernel_id: str) -> str:
         return (await self.call("socket_folder", {"kernel_id": kernel_id}))["path"]
 
-    async def remove_socket_folder(self, kernel_id: str) -> None:
-        """Done with a kernel's socket folder: the broker removes it (its parents are root's, so only it can)."""
-        await self.call("remove_socket_folder", {"kernel_id": kernel_id})
+    async def remove_socket_folder(self, kernel_id: str, path: str) -> None:
+        """Done with a kernel's socket folder: what is inside is this user's to remove, the folder the broker's (its
+        parents are root's, so only it can). If the broker cannot be asked, it sweeps the folder after
+        c.Broker.socket_folder_grace."""
+        shutil.rmtree(path, ignore_errors=True)
+        with suppress(errors.GpuEnvError):
+            await self.call("remove_socket_folder", {"kernel_id": kernel_id})
 
     async def park(self, container_id: str) -> dict[str, Any]:
         """Park one of this user's kernels (the broker acts on its process); its park row. Takes as long as the

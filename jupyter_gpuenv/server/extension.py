@@ -13,12 +13,12 @@ from jupyter_server.extension.application import ExtensionApp
 
 from jupyter_gpuenv import engines
 from jupyter_gpuenv.config import GpuEnv
+from jupyter_gpuenv.engines import orphans
 from jupyter_gpuenv.errors import GpuEnvError
 from jupyter_gpuenv.gpus import attribution
 from jupyter_gpuenv.gpus.nvml import Snapshot
 from jupyter_gpuenv.gpus.sampler import Sampler
 from jupyter_gpuenv.gpus.visibility import from_environment
-from jupyter_gpuenv.server import orphans
 from jupyter_gpuenv.server.handlers import api_handlers
 from jupyter_gpuenv.server.parking import ServerParking
 from jupyter_gpuenv.server.provisioner import REFUSAL_FORMAT, refuse_reserved_keys

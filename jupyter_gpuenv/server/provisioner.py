@@ -15,7 +15,6 @@ import inspect
 import logging
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -29,15 +28,12 @@ from jupyter_gpuenv import engines, host
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.containers.spec import CLIENT_LOCK, AssignedGpu, check_cwd
 from jupyter_gpuenv.engines import base as engine
-from jupyter_gpuenv.engines.base import image_facts_of
 from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
-from jupyter_gpuenv.environments.definition import Environment
 from jupyter_gpuenv.errors import GpuEnvError, InvalidEnvironment, InvalidKernelId
 from jupyter_gpuenv.gpus import nvml
 from jupyter_gpuenv.gpus.nvml import NvmlReader, Snapshot
 from jupyter_gpuenv.gpus.visibility import from_environment
 from jupyter_gpuenv.pulls import progress as pulls
-from jupyter_gpuenv.server import reaper
 from jupyter_gpuenv.server.refusals import Refusal, to_http
 from jupyter_gpuenv.server.warm import warm_variables
 
@@ -172,15 +168,11 @@ class DockerKernelProvisioner(KernelProvisionerBase):
                     f"kernel id {self.kernel_id!r} is not allowed: use letters, digits, '-' and '_' (at most 64), "
                     "or let the server choose one"
                 )
-            if self.settings.broker:  # the broker's administrator defines environments; a kernelspec names one
-                self.environment_name = kernelspecs.named_only(spec_config, source)
-                self.environment: Environment | None = None
-            else:
-                self.environment = kernelspecs.resolve(self.settings, spec_config, source)
-                self.environment_name = self.environment.name
+            self.engine: engine.Engine = engines.connect(self.settings, self.log)
+            # None: defined by the broker, asked at start
+            self.environment_name, self.environment = self.engine.kernelspec_environment(spec_config, source)
         except GpuEnvError as exc:
             raise refuse(self.parent, self.kernel_id, exc) from None
-        self.engine: engine.Engine = engines.connect(self.settings, self.log)
         serialise_restarts(self.parent)
         self.placement: engine.Placement | None = None
         self.socket_dir: str | None = None
@@ -202,14 +194,14 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         km = self.parent
         restarting = self._restarting = self.socket_dir is not None
         try:
-            if self.environment is None:  # broker mode: the definition is the broker's
+            if self.environment is None:  # the engine's (the broker's) definition
                 self.environment = await self.engine.environment(self.environment_name)
             if not restarting:
                 self._warm = self._warm_kernels.take(self.environment) if self._warm_kernels else None
                 if self._warm:  # its folder, and the client lock this process holds on it, are this kernel's now
                     self.socket_dir, self._client_lock = self._warm.folder, self._warm.release_lock()
                 else:
-                    self.socket_dir = await self._make_socket_dir()
+                    self.socket_dir = await self.engine.socket_folder(self.kernel_id)
                     self._hold_client_lock()
             if self.environment.transport == "ipc":
                 km.transport, km.ip = "ipc", os.path.join(self.socket_dir, "k")
@@ -225,19 +217,6 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         self.connection_info = km.get_connection_info()
         kwargs.pop("extra_arguments", None)
         return await super().pre_launch(cmd=[], **kwargs)
-
-    async def _make_socket_dir(self) -> str:
-        if self.settings.broker:  # made by the broker, ours, in its root-owned tree
-            return await self.engine.socket_folder(self.kernel_id)
-        root = host.private_folder(os.path.join(self.settings.socket_root, f"gpuenv-{os.getuid()}"))
-        path = os.path.join(root, self.kernel_id)
-        if len(os.path.join(path, "k-9999")) > 100:
-            raise InvalidKernelId(
-                f"socket folder {path} is too long for unix sockets (at most ~100 bytes): "
-                "set c.GpuEnv.socket_root to a shorter path"
-            )
-        os.mkdir(path, 0o700)
-        return path
 
     def _hold_client_lock(self) -> None:
         """Lock the kernel's CLIENT_LOCK for as long as this process lives or until the kernel is shut down.
@@ -258,10 +237,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
 
     async def _remove_socket_dir(self) -> None:
         if self.socket_dir:
-            shutil.rmtree(self.socket_dir, ignore_errors=True)  # with a broker: what is inside; the folder is its
-            if self.settings.broker:
-                with contextlib.suppress(GpuEnvError):  # else the broker sweeps it after c.Broker.socket_folder_grace
-                    await self.engine.remove_socket_folder(self.kernel_id)
+            await self.engine.remove_socket_folder(self.kernel_id, self.socket_dir)
             self.socket_dir = None
         if self._client_lock is not None:  # after the container went: a watcher still there ends its kernel
             os.close(self._client_lock)
@@ -272,8 +248,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
             if self.placement is not None:  # a restart that ran at the same time started it already
                 return self.connection_info
             self._launching = True
-            if not self.settings.broker:  # a broker removes what a dead client left; here, this process's reaper
-                await asyncio.get_running_loop().run_in_executor(None, reaper.watch_client, self.settings)
+            await asyncio.get_running_loop().run_in_executor(None, self.engine.watch_client)
             for path in self._socket_paths():  # a restart: the previous kernel's, which no one listens on
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -357,11 +332,10 @@ class DockerKernelProvisioner(KernelProvisionerBase):
             snapshot = await asyncio.get_running_loop().run_in_executor(None, self._inventory)
         else:  # no GPU to choose or check: NVML is not asked (outside a server that is a driver load per start)
             snapshot = Snapshot(available=False, reason="no GPU asked for")
-        # with a broker, the broker checks (its images, its GPUs, its runtimes) when it starts the kernel
-        verdict = preflight.Verdict(preflight.READY, True) if self.settings.broker else await self._verdict(snapshot)
+        verdict = await self.engine.verdict(env, snapshot, self.settings.pull_missing_images)
         if verdict.can_start and verdict.state in (preflight.IMAGE_MISSING, preflight.PULLING):
             await self._pull(env.image)
-            verdict = await self._verdict(snapshot)
+            verdict = await self.engine.verdict(env, snapshot, self.settings.pull_missing_images)
         verdict.raise_if_refused()
         runtime_dir = runtime.runtime_path(self.settings.kernel_runtime_dir, verdict.runtime_version)
         return engine.KernelRequest(
@@ -395,17 +369,6 @@ class DockerKernelProvisioner(KernelProvisionerBase):
                 self.log.info("gpuenv: pulling %s: %s", image, pulls.describe(progress))
 
         await self.engine.pull(image, note)
-
-    async def _verdict(self, snapshot: Snapshot) -> preflight.Verdict:
-        env = self.environment
-        image = await image_facts_of(self.engine, env)
-        situation = preflight.Situation(
-            image=image,
-            snapshot=snapshot,
-            prepared_runtimes=runtime.prepared_versions(self.settings.kernel_runtime_dir),
-            pull_allowed=self.settings.pull_missing_images,
-        )
-        return preflight.check(env, situation)
 
     def _inventory(self) -> Snapshot:
         """The GPUs this server may give: the sampler's latest, or one NVML read outside a server."""

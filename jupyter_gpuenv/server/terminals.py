@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import logging
 import os
 import secrets
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -33,13 +31,11 @@ from typing import Any, Protocol
 from jupyter_gpuenv import engines, host
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.engines import base as engine
-from jupyter_gpuenv.engines.base import image_facts_of
-from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
+from jupyter_gpuenv.environments import preflight
 from jupyter_gpuenv.errors import (
     CannotStartHere,
     GpuEnvError,
     ImageMissing,
-    InvalidEnvironment,
     InvalidRequest,
     NotPermitted,
     UnknownKernel,
@@ -227,7 +223,7 @@ class Terminals:
         """Why no terminal can open on this server whatever it is asked, or None; the panel disables its buttons
         with it. A server running as root starts its kernels as root (the broker refuses root), and a terminal
         never opens a root shell."""
-        if host.current_user().uid == 0 and not self.settings.broker:
+        if host.current_user().uid == 0 and self.engine.kernels_as_this_process:
             return (
                 "run the Jupyter server as a normal user to open terminals: this one runs as root, so its kernels "
                 "do too, and a terminal never opens a root shell"
@@ -255,14 +251,14 @@ class Terminals:
     async def open_in_environment(self, name: str) -> Terminal:
         """A shell in a container of environment ``name`` started for it alone, removed when it closes."""
         eng = self.engine
-        env = await eng.environment(name) if self.settings.broker else await self._checked_environment(name)
+        env = await self._checked_environment(name)
         user = host.current_user()
         refusal = self.refusal()
         if refusal:
             raise NotPermitted(refusal)
         terminal_name = secrets.token_hex(6)
         kernel_id = f"terminal-{terminal_name}"  # its container's name and labels, as a kernel's
-        socket_dir = await self._socket_dir(kernel_id)
+        socket_dir = await eng.socket_folder(kernel_id)
         snapshot = self.sampler.latest if self.sampler is not None else None
         request = engine.KernelRequest(
             environment=env,
@@ -290,21 +286,8 @@ class Terminals:
     async def _checked_environment(self, name: str):
         """The environment, if a kernel of it could start here now (the same verdict the panel shows)."""
         specs = await asyncio.get_running_loop().run_in_executor(None, self.spec_manager.get_all_specs)
-        defined = {d.name: d for d in kernelspecs.defined_environments(self.settings, specs)}
-        item = defined.get(name)
-        if item is None:
-            raise InvalidEnvironment(f"no environment {name!r} here (defined: {', '.join(sorted(defined)) or 'none'})")
-        if item.environment is None:
-            raise item.error
-        env = item.environment
-        image = await image_facts_of(self.engine, env)
-        situation = preflight.Situation(
-            image=image,
-            snapshot=self.sampler.latest,
-            prepared_runtimes=runtime.prepared_versions(self.settings.kernel_runtime_dir),
-            pull_allowed=False,
-        )
-        verdict = preflight.check(env, situation)
+        env = await self.engine.environment(name, specs)
+        verdict = await self.engine.verdict(env, self.sampler.latest, pull_allowed=False)
         if verdict.state in (preflight.IMAGE_MISSING, preflight.PULLING):
             raise ImageMissing(
                 f"the image {env.image} is not on this machine yet: start a notebook with {env.display_name} once "
@@ -312,14 +295,6 @@ class Terminals:
             )
         verdict.raise_if_refused()
         return env
-
-    async def _socket_dir(self, kernel_id: str) -> str:
-        if self.settings.broker:  # the broker makes it, ours, in its root-owned tree
-            return await self.engine.socket_folder(kernel_id)
-        root = host.private_folder(os.path.join(self.settings.socket_root, f"gpuenv-{os.getuid()}"))
-        path = os.path.join(root, kernel_id)
-        os.mkdir(path, 0o700)
-        return path
 
     async def _remove_container(self, container_id: str | None, socket_dir: str | None) -> None:
         try:
@@ -329,10 +304,7 @@ class Terminals:
             self.log.warning("gpuenv: terminal container %s is removed later: %s", container_id[:12], exc)
         finally:
             if socket_dir:
-                shutil.rmtree(socket_dir, ignore_errors=True)  # with a broker: what is inside; the folder is its
-                if self.settings.broker:
-                    with contextlib.suppress(GpuEnvError):
-                        await self.engine.remove_socket_folder(os.path.basename(socket_dir))
+                await self.engine.remove_socket_folder(os.path.basename(socket_dir), socket_dir)
 
     def _user(self) -> str:
         """Whom the shell runs as: this server's user, as its kernels do (the broker puts in its caller's)."""

@@ -43,7 +43,6 @@ from jupyter_gpuenv.engines import base as engine
 from jupyter_gpuenv.environments.definition import Environment, parse_environment
 from jupyter_gpuenv.errors import GpuEnvError
 from jupyter_gpuenv.parking.rules import released_in
-from jupyter_gpuenv.server import reaper
 
 REFILL_INTERVAL = 5.0  # seconds between two looks at the pools (a take refills at once)
 HAND_OVER_TRIES = 400  # 5 ms apart: a ready warm kernel opens its FIFO within microseconds
@@ -225,15 +224,13 @@ class WarmKernels:
 
     async def _make(self, env: Environment) -> WarmKernel:
         name = f"{PREFIX}{uuid.uuid4().hex[:12]}"
-        root = host.private_folder(os.path.join(self.settings.socket_root, f"gpuenv-{os.getuid()}"))
-        folder = os.path.join(root, name)
-        os.mkdir(folder, 0o700)
+        folder = await self.engine.socket_folder(name)
         os.mkfifo(os.path.join(folder, "go"), 0o600)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         lock = os.open(os.path.join(folder, containers.CLIENT_LOCK), flags, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a folder just made: nobody else holds it
         # should this server die, its reaper removes the warm containers as it does its kernels'
-        await asyncio.get_running_loop().run_in_executor(None, reaper.watch_client, self.settings)
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.watch_client)
         imports = list(self.settings.warm_imports.get(env.name, []))
         request = engine.KernelRequest(
             environment=env,

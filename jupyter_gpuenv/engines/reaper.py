@@ -19,7 +19,7 @@ import sys
 from jupyter_gpuenv.config import GpuEnv
 
 # what the reaper runs: wait for the client's end first, import the engine only then
-COMMAND = "import sys; sys.stdin.buffer.read(); from jupyter_gpuenv.server.reaper import main; main(*sys.argv[1:])"
+COMMAND = "import sys; sys.stdin.buffer.read(); from jupyter_gpuenv.engines.reaper import main; main(*sys.argv[1:])"
 
 _watched: dict[tuple, tuple[int, int]] = {}  # engine settings -> (client pid, the pipe's write end, never closed)
 
@@ -57,8 +57,8 @@ def watch_client(settings: GpuEnv) -> None:
 
 def main(client_pid: str, docker_url: str, timeout: str, socket_root: str) -> None:
     """The client ``client_pid`` is gone (possibly a zombie its parent has not reaped yet): remove what it left."""
+    from jupyter_gpuenv.engines import orphans
     from jupyter_gpuenv.engines.docker.engine import DockerEngine
-    from jupyter_gpuenv.server import orphans
 
     engine = DockerEngine(docker_url or None, float(timeout), os.path.join(socket_root, f"gpuenv-{os.getuid()}"))
     asyncio.run(orphans.remove_orphans(engine, gone=int(client_pid)))

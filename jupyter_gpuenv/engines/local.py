@@ -1,0 +1,86 @@
+"""One person's machine: the Docker engine, and around it what a shared host's broker does for its users.
+
+``DockerEngine`` runs containers. ``LocalEngine`` adds what a start needs around them, from this server's own
+settings: environments from ``c.GpuEnv.environments`` and the kernelspecs, the verdict of ``preflight`` from the
+engine's image facts, socket folders in this user's private folder, and a reaper that removes this process's
+kernels should it die. ``engines.broker.BrokerClient`` answers the same questions over the broker's socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any
+
+from jupyter_gpuenv import host
+from jupyter_gpuenv.config import GpuEnv
+from jupyter_gpuenv.engines import reaper
+from jupyter_gpuenv.engines.base import image_facts_of
+from jupyter_gpuenv.engines.docker.engine import DockerEngine
+from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
+from jupyter_gpuenv.environments.definition import Environment
+from jupyter_gpuenv.errors import InvalidEnvironment, InvalidKernelId
+from jupyter_gpuenv.gpus.nvml import Snapshot
+
+SOCKET_PATH_LIMIT = 100  # bytes of a unix socket's path (sun_path is 108, less what ZMQ adds: "k-<port>")
+
+
+def private_dir(settings: GpuEnv) -> str:
+    """This user's private folder under ``c.GpuEnv.socket_root`` (not made here)."""
+    return os.path.join(settings.socket_root, f"gpuenv-{os.getuid()}")
+
+
+class LocalEngine(DockerEngine):
+    """The Docker engine of one person's machine, with this server deciding what the broker decides elsewhere."""
+
+    kernels_as_this_process = True
+
+    def __init__(self, settings: GpuEnv, log: logging.Logger | None = None) -> None:
+        super().__init__(
+            settings.docker_url,
+            settings.docker_timeout,
+            private_dir(settings),
+            log,
+            pull_stall_timeout=settings.pull_stall_timeout,
+        )
+        self.settings = settings
+
+    def kernelspec_environment(self, config: dict[str, Any], source: str) -> tuple[str, Environment | None]:
+        env = kernelspecs.resolve(self.settings, config, source)
+        return env.name, env
+
+    async def environment(self, name: str, specs: dict[str, Any] | None = None) -> Environment:
+        defined = {d.name: d for d in kernelspecs.defined_environments(self.settings, specs or {})}
+        item = defined.get(name)
+        if item is None:
+            raise InvalidEnvironment(f"no environment {name!r} here (defined: {', '.join(sorted(defined)) or 'none'})")
+        if item.environment is None:
+            raise item.error
+        return item.environment
+
+    async def verdict(self, env: Environment, snapshot: Snapshot, pull_allowed: bool) -> preflight.Verdict:
+        situation = preflight.Situation(
+            image=await image_facts_of(self, env),
+            snapshot=snapshot,
+            prepared_runtimes=runtime.prepared_versions(self.settings.kernel_runtime_dir),
+            pull_allowed=pull_allowed,
+        )
+        return preflight.check(env, situation)
+
+    async def socket_folder(self, kernel_id: str) -> str:
+        root = host.private_folder(private_dir(self.settings))
+        path = os.path.join(root, kernel_id)
+        if len(os.path.join(path, "k-9999")) > SOCKET_PATH_LIMIT:
+            raise InvalidKernelId(
+                f"socket folder {path} is too long for unix sockets (at most ~{SOCKET_PATH_LIMIT} bytes): "
+                "set c.GpuEnv.socket_root to a shorter path"
+            )
+        os.mkdir(path, 0o700)
+        return path
+
+    async def remove_socket_folder(self, kernel_id: str, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def watch_client(self) -> None:
+        reaper.watch_client(self.settings)
