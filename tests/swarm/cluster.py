@@ -98,8 +98,9 @@ class Node:
 class Cluster:
     """Start with ``Cluster.start(specs)``; always ``close()`` (the fixture does, in a ``finally``)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, heartbeat_s: float | None = None):
         self.root = root
+        self.heartbeat_s = heartbeat_s  # Swarm's dispatcher heartbeat; a node is down after 3 missed (default 5 s)
         self.nodes: list[Node] = []
         self.bridge_netns = root / "ns" / "bridge"
         self.started_in: dict[str, float] = {}  # seconds per start-up step, for the report
@@ -108,11 +109,16 @@ class Cluster:
     # -- start ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, specs: list[NodeSpec] | None = None, images: tuple[str, ...] = DEFAULT_IMAGES) -> Cluster:
+    def start(
+        cls,
+        specs: list[NodeSpec] | None = None,
+        images: tuple[str, ...] = DEFAULT_IMAGES,
+        heartbeat_s: float | None = None,
+    ) -> Cluster:
         specs = specs or default_specs()
         if sum(s.manager for s in specs) != 1:
             raise ValueError("a test cluster has exactly one manager")
-        cluster = cls(Path(tempfile.mkdtemp(prefix="gpuenv-swarm-")))
+        cluster = cls(Path(tempfile.mkdtemp(prefix="gpuenv-swarm-")), heartbeat_s)
         try:
             cluster._step("network", cluster._make_network, specs)
             template = cluster._step("images", image_template, images)
@@ -184,6 +190,7 @@ class Cluster:
             listen_addr=f"{manager.address}:2377",
             default_addr_pool=[ADDRESS_POOL],
             subnet_size=24,
+            **({"dispatcher_heartbeat_period": int(self.heartbeat_s * 1e9)} if self.heartbeat_s else {}),
         )
         tokens = mc.swarm.attrs["JoinTokens"]
         for node in self.workers:

@@ -139,11 +139,13 @@ def test_no_room_names_each_host_what_is_free_and_who_holds_the_rest():
         p.Placement("k2bbbbbbbb", "bob", "s2", "running", "gpu-1", ("GPU-b",), ""),
         p.Placement("k3cccccccc", "carol", "s3", "running", "gpu-2", ("GPU-c",), ""),
     ]
+    rejected = p.Placement("k4dddddddd", "dave", "s4", "rejected", "gpu-2", ("GPU-x",), "assigned node no longer…")
     assert p.no_room("GPU-H200", 1, nodes, held) == (
         "No host has 1 free GPU-H200 now. gpu-1: 0 of 2 free, held by alice (kernel k1aaaaaa), bob (kernel k2bbbbbb); "
         "gpu-2 (not answering): 0 of 1 free, held by carol (kernel k3cccccc)."
     )
     assert "No host in the cluster has a GPU-A100" in p.no_room("GPU-A100", 1, nodes, held)
-    assert p.dead_hosts(held, nodes) == {
-        "k3cccccccc": "host gpu-2 stopped answering: the kernel there is lost; restart it to run elsewhere"
-    }
+    assert set(p.dead_hosts([*held, rejected], nodes)) == {"k3cccccccc", "k4dddddddd"}
+    assert p.dead_hosts(held, nodes)["k3cccccccc"] == (
+        "host gpu-2 stopped answering: the kernel there is lost; restart it to run elsewhere"
+    )

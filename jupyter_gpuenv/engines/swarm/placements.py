@@ -102,14 +102,17 @@ def read_placements(services: Iterable[dict], tasks: Iterable[dict], nodes: Iter
 
 
 def dead_hosts(placements: Iterable[Placement], nodes: Iterable[Node]) -> dict[str, str]:
-    """Kernels that hold GPUs on a host Swarm no longer hears from: kernel id → the sentence for its notebook.
+    """Kernels last placed on a host Swarm no longer hears from: kernel id → the sentence for its notebook.
 
-    Swarm keeps such a task "running" (it cannot know better), so the broker must end it and free its GPUs."""
+    When a node misses its heartbeats (3 periods: 15 s by default, ``docker swarm update
+    --dispatcher-heartbeat``), Swarm marks it down and rejects its tasks ("assigned node no longer meets
+    constraints"), which frees their GPUs; with restart policy none it starts nothing elsewhere. Until then the
+    task reads "running". Either way the kernel is lost, and its notebook is told which host went."""
     down = {n.hostname for n in nodes if not n.up}
     return {
         p.kernel_id: f"host {p.host} stopped answering: the kernel there is lost; restart it to run elsewhere"
         for p in placements
-        if p.host in down and p.holds_gpus
+        if p.host in down and p.state != "complete"
     }
 
 
