@@ -11,7 +11,8 @@ record (Raft, on every manager), not a file on one host. What a kernel asks for:
   take them, so they do not fill the GPU hosts' memory and cores.
 - No network: Swarm refuses a service on ``none`` ("could not find the corresponding predefined swarm
   network"), so the spec names no network at all. On a node whose dockerd runs with ``"bridge": "none"`` that
-  is a namespace with only ``lo``; elsewhere ``gpu_runtime`` makes it so (``GPUENV_NETWORK=none``).
+  is a namespace with only ``lo``; elsewhere (a docker0 bridge) the task joins it: giving it a fresh namespace
+  from ``gpu_runtime`` when ``GPUENV_NETWORK=none`` is planned, not built.
 
 The labels say whose kernel it is (user, uid, kernel, notebook, environment); never the connection key.
 """
@@ -32,7 +33,7 @@ ENVIRONMENT = f"{PREFIX}.environment"
 GPU_KIND = f"{PREFIX}.gpu-kind"
 GPU_COUNT = f"{PREFIX}.gpu-count"
 CPU_HOSTS = f"{PREFIX}.cpu-kernels"  # the node label of hosts that take CPU-only kernels
-NETWORK_ENV = "GPUENV_NETWORK"  # read by gpu_runtime: "none" gives the task a namespace with only lo
+NETWORK_ENV = "GPUENV_NETWORK"  # "none": for gpu_runtime to give the task a namespace with only lo (planned)
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,55}")  # a service name holds 63: "gpuenv-" + 56
 _KIND = re.compile(r"GPU(-[A-Za-z0-9]+)*")  # "GPU", "GPU-H200", "GPU-A100-80GB"
