@@ -103,8 +103,8 @@ def fake_devices(folder, names_minors):
     return {name: str(folder / name) for name in names_minors}
 
 
-def bundle_with(tmp_path, env):
-    bundle = tmp_path / "bundle"
+def bundle_with(tmp_path, env, name="bundle"):
+    bundle = tmp_path / name
     bundle.mkdir()
     (bundle / "config.json").write_text(json.dumps({"process": {"env": env}, "linux": {}}))
     os.chmod(bundle / "config.json", 0o600)
@@ -125,9 +125,7 @@ def test_prepare_rewrites_the_bundle_in_place_and_refuses_a_gpu_the_host_has_not
     assert stat.S_IMODE(os.stat(bundle / "config.json").st_mode) == 0o600
     assert os.listdir(bundle) == ["config.json"]  # no temporary file left
 
-    other = (
-        bundle_with(tmp_path / "x", ["DOCKER_RESOURCE_GPU-H200=GPU-zzz"]) if (tmp_path / "x").mkdir() is None else None
-    )
+    other = bundle_with(tmp_path, ["DOCKER_RESOURCE_GPU-H200=GPU-zzz"], name="other")
     with pytest.raises(RuntimeError, match="no GPU GPU-zzz"):
         rt.prepare(str(other), conf)
 
