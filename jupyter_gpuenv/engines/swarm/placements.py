@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import service as s
+from jupyter_gpuenv.engines.swarm import service as s
 
 # Task states in which Swarm counts the task's generic resources as taken (it gives them back at any end state)
 HOLDING = {"assigned", "accepted", "preparing", "ready", "starting", "running"}
