@@ -137,12 +137,6 @@ def test_the_pure_wings_import_no_engine_server_broker_or_cli():
     assert strays == []
 
 
-# What is left of the local/broker choice outside engines/, to move behind the engine next: warm kernels (not built
-# behind a broker), the server's start (the holders thread, the orphan sweep), GET environments' broker rows, and
-# parking's forwarded requests. No other module may read the setting, and these may not read it more.
-NOT_YET = {"server/warm.py": 2, "server/extension.py": 3, "server/reports.py": 1, "server/parking.py": 2}
-
-
 def test_only_the_engines_wing_reads_the_broker_setting():
     """The local/broker choice is made once (``engines.connect``): everywhere else asks the engine."""
     readers = []
@@ -153,6 +147,5 @@ def test_only_the_engines_wing_reads_the_broker_setting():
             if isinstance(node, ast.Attribute) and node.attr == "broker":
                 owner = ast.unparse(node.value)
                 if owner.endswith(("settings", "gpuenv")):
-                    readers.append(where(path))
-    counted = {place: readers.count(place) for place in readers}
-    assert {place: n for place, n in counted.items() if n > NOT_YET.get(place, 0)} == {}
+                    readers.append(f"{where(path)}:{node.lineno} reads {owner}.broker")
+    assert readers == []

@@ -29,7 +29,10 @@ def connect(settings: GpuEnv, log: logging.Logger | None = None) -> Engine:
     key = (settings.docker_url, settings.docker_timeout, settings.socket_root, settings.pull_stall_timeout)
     if key not in _engines:
         _engines[key] = LocalEngine(settings, log)
-    return _engines[key]
+    local = _engines[key]
+    assert isinstance(local, LocalEngine)
+    local.settings = settings  # the caller's, read just now: changed settings (environments, runtimes) apply
+    return local
 
 
 def cancel_pulls() -> None:

@@ -111,9 +111,24 @@ class Engine(Protocol):
 
     # -- what a start needs around its container: this server does it on one person's machine (``local``),
     # the broker on a shared host (``broker``). Callers never ask which.
-    kernels_as_this_process: bool
-    """Whether kernels run as this server's own uid (one person's machine: a server run as root has root kernels);
-    a broker runs them as the caller and refuses root."""
+    shared_host: bool
+    """Whether other people's kernels share this host's GPUs and a broker decides for everyone: it then runs
+    kernels as the caller (never root), parks container kernels, sweeps orphans, and names other people's
+    holders. False on one person's machine, where kernels run as this server's own uid (root if it is root)."""
+
+    books_dir: str
+    """Where this server keeps its own books (park records, warm kernels), private to its user."""
+
+    async def environment_report(self, specs: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
+        """``GET environments``: ``{"docker": {available, reason}, "environments": [row, ...]}``, each row with the
+        verdict a start would reach (``specs``: the server's kernelspecs)."""
+
+    async def sweep_orphans(self) -> list[str]:
+        """Remove what an earlier, dead server of this user on this host left; the names of what went."""
+
+    async def holders(self) -> dict[str, Any]:
+        """Whose kernel each container on this host's GPUs is, for the panel: other people's by what the
+        administrator lets users see (``c.Broker.show_other_users``)."""
 
     def kernelspec_environment(self, config: dict[str, Any], source: str) -> tuple[str, Environment | None]:
         """The environment a kernelspec's provisioner ``config`` names, and its definition if it is known here

@@ -15,11 +15,13 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
+from jupyter_core.paths import jupyter_runtime_dir
+
 from jupyter_gpuenv import errors
 from jupyter_gpuenv.containers.labels import KernelContainer
 from jupyter_gpuenv.containers.spec import AssignedGpu
 from jupyter_gpuenv.engines.base import ContainerState, ImageFacts, KernelRequest, Placement, StreamShell
-from jupyter_gpuenv.environments import kernelspecs
+from jupyter_gpuenv.environments import kernelspecs, preflight
 from jupyter_gpuenv.environments.definition import Environment, parse_environment
 from jupyter_gpuenv.environments.preflight import READY, Verdict
 from jupyter_gpuenv.gpus.nvml import Snapshot
@@ -97,7 +99,42 @@ class BrokerClient:
     async def environments(self) -> list[dict[str, Any]]:
         return await self.call("environments")
 
-    kernels_as_this_process = False
+    shared_host = True
+
+    @property
+    def books_dir(self) -> str:
+        # this server's own runtime folder: nothing in a shared place such as /tmp, where another user may have
+        # made the folder first
+        return os.path.join(jupyter_runtime_dir(), "gpuenv")
+
+    async def sweep_orphans(self) -> list[str]:
+        return []  # the broker removes the kernels of servers that are gone, every user's
+
+    async def holders(self) -> dict[str, Any]:
+        return await self.call("holders")
+
+    async def environment_report(self, specs: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
+        """The environments this person may use, as the broker judges them, with live availability."""
+        starts = {}
+        for spec_name, entry in sorted(specs.items()):
+            config = kernelspecs.provisioner_config(entry.get("spec") or {})
+            if config and isinstance(config.get("environment"), str):
+                starts.setdefault(config["environment"], spec_name)
+        try:
+            rows = await self.environments()
+        except errors.EngineUnavailable as exc:
+            return {"docker": {"available": False, "reason": str(exc)}, "environments": []}
+        out = []
+        for row in rows:
+            row = {k: v for k, v in row.items() if k != "definition"}
+            row.update({"kernelspec": starts.get(row["name"]), "source": "the GPU broker"})
+            compatible = row["state"] != preflight.INCOMPATIBLE
+            row.update({"image_present": None, "cuda_version": None, "compatible": compatible})
+            if row["kernelspec"] is None and row["can_start"]:
+                row.update({"can_start": False, "state": preflight.UNAVAILABLE, "reason_code": "no-kernelspec"})
+                row["reason"] = f"no kernelspec here names {row['name']!r}: `jupyter gpuenv add {row['name']} --broker`"
+            out.append(row)
+        return {"docker": {"available": True, "reason": None}, "environments": out}
 
     def kernelspec_environment(self, config: dict[str, Any], source: str) -> tuple[str, Environment | None]:
         return kernelspecs.named_only(config, source), None  # the broker's administrator defines it

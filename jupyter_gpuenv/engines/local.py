@@ -15,14 +15,16 @@ from typing import Any
 
 from jupyter_gpuenv import host
 from jupyter_gpuenv.config import GpuEnv
-from jupyter_gpuenv.engines import reaper
+from jupyter_gpuenv.engines import orphans, reaper
 from jupyter_gpuenv.engines.base import image_facts_of
 from jupyter_gpuenv.engines.docker.engine import DockerEngine
 from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
 from jupyter_gpuenv.environments.definition import Environment
-from jupyter_gpuenv.errors import InvalidEnvironment, InvalidKernelId
+from jupyter_gpuenv.errors import EngineUnavailable, InvalidEnvironment, InvalidKernelId
 from jupyter_gpuenv.gpus.nvml import Snapshot
+from jupyter_gpuenv.pulls.progress import progress_row
 
+UNSUITED = (preflight.INVALID, preflight.UNAVAILABLE, preflight.INCOMPATIBLE)  # states no waiting changes
 SOCKET_PATH_LIMIT = 100  # bytes of a unix socket's path (sun_path is 108, less what ZMQ adds: "k-<port>")
 
 
@@ -34,7 +36,7 @@ def private_dir(settings: GpuEnv) -> str:
 class LocalEngine(DockerEngine):
     """The Docker engine of one person's machine, with this server deciding what the broker decides elsewhere."""
 
-    kernels_as_this_process = True
+    shared_host = False
 
     def __init__(self, settings: GpuEnv, log: logging.Logger | None = None) -> None:
         super().__init__(
@@ -45,6 +47,7 @@ class LocalEngine(DockerEngine):
             pull_stall_timeout=settings.pull_stall_timeout,
         )
         self.settings = settings
+        self.books_dir = private_dir(settings)
 
     def kernelspec_environment(self, config: dict[str, Any], source: str) -> tuple[str, Environment | None]:
         env = kernelspecs.resolve(self.settings, config, source)
@@ -84,3 +87,63 @@ class LocalEngine(DockerEngine):
 
     def watch_client(self) -> None:
         reaper.watch_client(self.settings)
+
+    async def sweep_orphans(self) -> list[str]:
+        return await orphans.remove_orphans(self)
+
+    async def holders(self) -> dict[str, Any]:
+        return {}  # one person's machine: their own kernels are the server's to name
+
+    async def environment_report(self, specs: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
+        prepared = runtime.prepared_versions(self.settings.kernel_runtime_dir)
+        engine_error: EngineUnavailable | None = None
+        rows = []
+        for item in kernelspecs.defined_environments(self.settings, specs):
+            env, image, progress, failure = item.environment, None, None, None
+            if env is None:
+                verdict = preflight.invalid(item.error)
+            else:
+                if engine_error is None:
+                    try:
+                        image = await image_facts_of(self, env)
+                    except EngineUnavailable as exc:
+                        engine_error = exc
+                progress = self.pull_progress(env.image)
+                if progress is None and not (image and image.present):  # why the last pull failed, while it matters
+                    failure = self.pull_failure(env.image)
+                situation = preflight.Situation(
+                    image=image,
+                    snapshot=snapshot,
+                    prepared_runtimes=prepared,
+                    pull_allowed=self.settings.pull_missing_images,
+                    pulling=progress is not None,
+                    has_kernelspec=item.kernelspec is not None,
+                    engine_error=engine_error,
+                )
+                verdict = preflight.check(env, situation)
+            rows.append(
+                {
+                    "name": item.name,
+                    "kernelspec": item.kernelspec,
+                    "source": item.source,
+                    "display_name": env.display_name if env else item.name,
+                    "image": env.image if env else None,
+                    "gpus": str(env.gpus) if env else None,
+                    "image_present": image.present if image else None,
+                    "cuda_version": (env.cuda_version or (image.cuda_version if image else None)) if env else None,
+                    "pull_progress": progress_row(progress) if progress else None,
+                    "pull_error": {"message": failure.error, "code": failure.error_code} if failure else None,
+                    "state": verdict.state,
+                    "can_start": verdict.can_start,
+                    "compatible": verdict.state not in UNSUITED,
+                    "reason": verdict.reason,
+                    "reason_code": verdict.reason_code,
+                }
+            )
+        if engine_error is None and not any(r["image_present"] is not None for r in rows):
+            try:  # no environment asked the engine anything: ask it whether it is there at all
+                await self.kernels()
+            except EngineUnavailable as exc:
+                engine_error = exc
+        docker = {"available": engine_error is None, "reason": str(engine_error) if engine_error else None}
+        return {"docker": docker, "environments": rows}

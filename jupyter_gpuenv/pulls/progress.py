@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from jupyter_gpuenv import errors
 
@@ -476,3 +477,10 @@ class PullJournal:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return sorted(found, key=lambda item: item[1] or 0)
+
+
+def progress_row(progress: PullProgress) -> dict[str, Any]:
+    """What the panel shows of a pull under way: bytes done and total, percent, rate, time left, layers."""
+    row = progress.as_dict()
+    del row["error"], row["error_code"]  # a pull under way has none; a failed one is pull_error
+    return row

@@ -13,7 +13,6 @@ from jupyter_server.extension.application import ExtensionApp
 
 from jupyter_gpuenv import engines
 from jupyter_gpuenv.config import GpuEnv
-from jupyter_gpuenv.engines import orphans
 from jupyter_gpuenv.errors import GpuEnvError
 from jupyter_gpuenv.gpus import attribution
 from jupyter_gpuenv.gpus.nvml import Snapshot
@@ -139,23 +138,21 @@ class GpuEnvApp(ExtensionApp):
             log.addFilter(quiet)
         refuse_reserved_keys(KernelProvisionerFactory.instance(parent=self.serverapp))
         # its own thread and loop (the server's loop may not run yet); with a broker, the broker finds orphans
-        if self.gpuenv.broker:
+        if engines.connect(self.gpuenv, self.serverapp.log).shared_host:
             threading.Thread(
                 target=asyncio.run, args=(self._watch_holders(),), name="gpuenv-holders", daemon=True
             ).start()
-        if self.gpuenv.remove_orphans and not self.gpuenv.broker:
+        if self.gpuenv.remove_orphans:
             threading.Thread(
                 target=asyncio.run, args=(self._remove_orphans(),), name="gpuenv-orphans", daemon=True
             ).start()
 
     async def _watch_holders(self, interval: float = 3.0) -> None:
         """On a shared host: whose kernel each container on the GPUs is, so the panel can name other people's."""
-        from jupyter_gpuenv.engines.broker import BrokerClient
-
-        broker = BrokerClient(self.gpuenv.broker, self.gpuenv.docker_timeout)
+        engine = engines.connect(self.gpuenv, self.serverapp.log)
         while True:
             try:
-                self.others = await broker.call("holders")
+                self.others = await engine.holders()
             except GpuEnvError:
                 self.others = {}
             await asyncio.sleep(interval)
@@ -163,7 +160,7 @@ class GpuEnvApp(ExtensionApp):
     async def _remove_orphans(self) -> None:
         """Containers an earlier, dead server of this user on this host left behind."""
         try:
-            removed = await orphans.remove_orphans(engines.connect(self.gpuenv, self.serverapp.log))
+            removed = await engines.connect(self.gpuenv, self.serverapp.log).sweep_orphans()
         except GpuEnvError as exc:
             self.serverapp.log.info("gpuenv: container kernels unavailable: %s", exc)
             return

@@ -74,9 +74,7 @@ class EnvironmentsHandler(GpuEnvHandler):
         # kernelspec files are read in a thread; the engine's calls run in its own pools
         specs = await asyncio.get_running_loop().run_in_executor(None, self.kernel_spec_manager.get_all_specs)
         settings = GpuEnv(parent=self.gpuenv.parent)  # as the provisioner reads them: changed settings apply
-        report = await reports.environment_report(
-            settings, specs, self.sampler.latest, engines.connect(settings, self.log)
-        )
+        report = await engines.connect(settings, self.log).environment_report(specs, self.sampler.latest)
         report["terminals"] = await terminals_availability(self, self.terminals)
         self.write_json(report)
 

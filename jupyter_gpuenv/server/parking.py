@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from jupyter_core.paths import jupyter_runtime_dir
 from tornado.ioloop import PeriodicCallback
 from tornado.web import HTTPError
 
@@ -432,15 +431,9 @@ class ServerParking:
             engine,
             log,
         )
-        # with a broker, this server parks only its local kernels, and keeps their book in its own runtime folder:
-        # nothing in a shared place such as /tmp, where another user may have made the folder first
-        private = (
-            os.path.join(jupyter_runtime_dir(), "gpuenv")
-            if settings.broker
-            else os.path.join(settings.socket_root, f"gpuenv-{os.getuid()}")
-        )
+        # with a broker, this server parks only its local kernels; its book is private either way (books_dir)
         self.parker = Parker(
-            FileStore(private, engine.kernels),
+            FileStore(engine.books_dir, engine.kernels),
             timeout=settings.park_timeout,
             log=log,
             inventory=lambda: list(sampler.latest.gpus),
@@ -457,7 +450,8 @@ class ServerParking:
 
     @property
     def broker(self) -> bool:
-        return bool(self.settings.broker)
+        """Whether the broker parks container kernels (a shared host) and this server forwards requests."""
+        return self.engine.shared_host
 
     def start(self) -> None:
         """Tend each sample interval, on the server's loop (a callback that may be set up before it runs)."""

@@ -223,7 +223,7 @@ class Terminals:
         """Why no terminal can open on this server whatever it is asked, or None; the panel disables its buttons
         with it. A server running as root starts its kernels as root (the broker refuses root), and a terminal
         never opens a root shell."""
-        if host.current_user().uid == 0 and self.engine.kernels_as_this_process:
+        if host.current_user().uid == 0 and not self.engine.shared_host:
             return (
                 "run the Jupyter server as a normal user to open terminals: this one runs as root, so its kernels "
                 "do too, and a terminal never opens a root shell"

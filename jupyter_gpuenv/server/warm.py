@@ -130,7 +130,7 @@ class WarmKernels:
     # -- what is wanted ----------------------------------------------------------------------------------
     def wanted(self) -> dict[str, tuple[Environment, int]]:
         out: dict[str, tuple[Environment, int]] = {}
-        if self.settings.broker:
+        if self.engine.shared_host:  # not built behind a broker yet
             return out
         for name, count in self.settings.warm_kernels.items():
             raw = self.settings.environments.get(name)
@@ -152,7 +152,7 @@ class WarmKernels:
 
     # -- the background ----------------------------------------------------------------------------------
     def start(self) -> None:
-        if self.settings.warm_kernels and not self.settings.broker:
+        if self.settings.warm_kernels and not self.engine.shared_host:
             self._callback = PeriodicCallback(self.refill_soon, REFILL_INTERVAL * 1000)
             self._callback.start()
             self.refill_soon()
