@@ -60,5 +60,6 @@ def main(client_pid: str, docker_url: str, timeout: str, socket_root: str) -> No
     from jupyter_gpuenv.engines import orphans
     from jupyter_gpuenv.engines.docker.engine import DockerEngine
 
-    engine = DockerEngine(docker_url or None, float(timeout), os.path.join(socket_root, f"gpuenv-{os.getuid()}"))
+    private = os.path.join(socket_root, f"gpuenv-{os.getuid()}")
+    engine = DockerEngine(docker_url or None, float(timeout), private, pull_journal=False)
     asyncio.run(orphans.remove_orphans(engine, gone=int(client_pid)))

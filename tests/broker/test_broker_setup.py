@@ -50,6 +50,26 @@ class Lone:
         env = [f"JUPYTER_CONFIG_DIR={self.confdir}", f"JUPYTER_DATA_DIR={data}", "PYTHONUNBUFFERED=1"]
         return as_user(user, ["env", *env, sys.executable, "-m", "jupyter_gpuenv.cli.main", *args], timeout=timeout)
 
+    @contextlib.contextmanager
+    def client(self, user: str):
+        """One long-lived client process of ``user`` (its kernels end when it does): ``ask(op, **args)``."""
+        process = subprocess.Popen(
+            ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--reset-env", "/usr/bin/python3",
+             str(WIRE), "--session", self.socket],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+        def ask(op: str, /, **args) -> dict:
+            process.stdin.write(json.dumps({"op": op, "args": args}) + "\n")
+            process.stdin.flush()
+            return json.loads(process.stdout.readline())
+
+        try:
+            yield ask
+        finally:
+            process.stdin.close()
+            process.wait(30)
+
     def ask(self, user: str, op: str, /, **args) -> dict:
         """One operation as a process of ``user``: the broker's final line."""
         request = json.dumps({"op": op, "args": args})
@@ -275,20 +295,20 @@ def test_a_users_namespace_holder_goes_with_their_last_kernel(lone):
     home.mkdir(mode=0o700)
     shutil.chown(home, "dave", "dave")
     started = []
-    for _ in range(2):
-        kernel_id = f"setup-{secrets.token_hex(6)}"
-        folder = lone.ask("dave", "socket_folder", kernel_id=kernel_id)["result"]["path"]
-        answer = lone.ask("dave", "start_kernel", kernel_id=kernel_id, environment="cpu", root_dir=str(home),
-                          cwd=str(home), socket_dir=folder, connection_file=f"{folder}/kernel.json",
-                          terminal=True)  # fmt: skip
-        assert "result" in answer, answer
-        started.append(answer["result"]["container_id"])
-    (mode,) = {client.api.inspect_container(c)["HostConfig"]["NetworkMode"] for c in started}
-    holder = mode.removeprefix("container:")
-    assert client.api.inspect_container(holder)["Name"].startswith(f"/gpuenv-netns-{pwd.getpwnam('dave').pw_uid}-")
-    assert lone.ask("dave", "remove", container_id=started[0])["result"] is not None
-    assert client.api.inspect_container(holder)["State"]["Running"]  # dave's other kernel still joins it
-    assert lone.ask("dave", "remove", container_id=started[1])["result"] is not None
+    with lone.client("dave") as ask:  # the kernels' client: they end with it
+        for _ in range(2):
+            kernel_id = f"setup-{secrets.token_hex(6)}"
+            folder = ask("socket_folder", kernel_id=kernel_id)["result"]["path"]
+            answer = ask("start_kernel", kernel_id=kernel_id, environment="cpu", root_dir=str(home), cwd=str(home),
+                         socket_dir=folder, connection_file=f"{folder}/kernel.json", terminal=True)  # fmt: skip
+            assert "result" in answer, answer
+            started.append(answer["result"]["container_id"])
+        (mode,) = {client.api.inspect_container(c)["HostConfig"]["NetworkMode"] for c in started}
+        holder = mode.removeprefix("container:")
+        assert client.api.inspect_container(holder)["Name"].startswith(f"/gpuenv-netns-{pwd.getpwnam('dave').pw_uid}-")
+        assert ask("remove", container_id=started[0])["result"] is not None
+        assert client.api.inspect_container(holder)["State"]["Running"]  # dave's other kernel still joins it
+        assert ask("remove", container_id=started[1])["result"] is not None
     joined = {c["HostConfig"]["NetworkMode"] for c in client.api.containers(all=True)}
     if mode not in joined:  # (a kernel of dave's from another broker on this engine would keep it, rightly)
         with pytest.raises(docker.errors.NotFound):

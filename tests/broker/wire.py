@@ -7,6 +7,10 @@ Standard library only, so that it runs as any Unix user under the system's pytho
 It sends the request (one JSON line, or the raw text given with ``--raw``), then prints every line the broker
 answers, as it came, until the broker closes the connection or sends its final ``result`` / ``error`` line.
 A connection that fails prints ``{"connect_error": "...", "errno": N}`` and exits with 3.
+
+With ``--session`` it is one long-lived client instead: each request line read from stdin is sent on a connection
+of its own and the final answer printed as one line, until stdin ends. The broker ties a kernel to the process that
+started it (it ends when that client dies), so a test that keeps kernels running asks through one of these.
 """
 
 from __future__ import annotations
@@ -40,7 +44,16 @@ def exchange(path: str, request: dict | str, timeout: float = 30.0) -> list[dict
         return answers
 
 
+def session(path: str) -> int:
+    for line in sys.stdin:
+        if line.strip():
+            print(json.dumps(exchange(path, json.loads(line), timeout=120)[-1]), flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--session"]:
+        return session(argv[1])
     raw = argv[:1] == ["--raw"]
     if raw:
         argv = argv[1:]

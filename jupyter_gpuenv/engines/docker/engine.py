@@ -100,7 +100,10 @@ class DockerEngine:
         private_dir: str | None = None,
         log: logging.Logger | None = None,
         pull_stall_timeout: float = 120.0,
+        pull_journal: bool = True,
     ) -> None:
+        """``pull_journal``: read and keep the journal of pulls under way (a server's engine does; a reaper's must
+        not, or it would take the notes of the pulls its dead server cut short before the next server reports them)."""
         self.where = url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.url, self.timeout, self.private_dir = url, timeout, private_dir
         self.log = log or logging.getLogger(__name__)
@@ -122,7 +125,7 @@ class DockerEngine:
         # called on the loop with the container id once a kernel container is removed: its GPUs are free (parking
         # wakes a cell that waits for one)
         self.removal_listeners: list[Callable[[str], None]] = []
-        self._pulls = pulls.Pulls(self._pull, self._pull_journal())
+        self._pulls = pulls.Pulls(self._pull, self._pull_journal() if pull_journal else None)
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _client(self) -> docker.DockerClient:
