@@ -139,7 +139,8 @@ def defined_environments(settings: GpuEnv, specs: dict[str, Any]) -> list[Define
         config = provisioner_config(spec)
         if config is None:
             continue
-        name = config.get("environment") if isinstance(config.get("environment"), str) else spec_name
+        named = config.get("environment")
+        name = named if isinstance(named, str) else spec_name
         source = CONFIGURED if name in settings.environments else f"kernelspec {spec_name}"
         try:
             env, error = resolve(settings, config, f"kernelspec {spec_name}", spec.get("display_name")), None
