@@ -128,7 +128,14 @@ class Defined:
     kernelspec: str | None
     source: str
     environment: Environment | None
-    error: InvalidEnvironment | None
+    error: InvalidEnvironment | None  # set exactly when environment is None
+
+    def definition(self) -> Environment:
+        """Its definition; the InvalidEnvironment that stops it is raised."""
+        if self.environment is None:
+            assert self.error is not None
+            raise self.error
+        return self.environment
 
 
 def defined_environments(settings: GpuEnv, specs: dict[str, Any]) -> list[Defined]:

@@ -16,7 +16,7 @@ from tornado.websocket import WebSocketHandler
 from jupyter_gpuenv import engines
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.environments import kernelspecs
-from jupyter_gpuenv.errors import GpuEnvError
+from jupyter_gpuenv.errors import GpuEnvError, InvalidEnvironment
 from jupyter_gpuenv.gpus.sampler import Sampler
 from jupyter_gpuenv.server import reports
 from jupyter_gpuenv.server.parking import ServerParking
@@ -94,9 +94,10 @@ class PullHandler(GpuEnvHandler):
         found = [d for d in kernelspecs.defined_environments(settings, specs) if d.name == name]
         if not found:
             raise web.HTTPError(404, f"no environment {name!r} on this server: GET environments lists them")
-        env = found[0].environment
-        if env is None:
-            raise to_http(found[0].error)
+        try:
+            env = found[0].definition()
+        except InvalidEnvironment as exc:
+            raise to_http(exc) from None
         if not settings.pull_missing_images:
             raise web.HTTPError(
                 409,
