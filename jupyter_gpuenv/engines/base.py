@@ -116,8 +116,9 @@ class Engine(Protocol):
     kernels as the caller (never root), parks container kernels, sweeps orphans, and names other people's
     holders. False on one person's machine, where kernels run as this server's own uid (root if it is root)."""
 
-    books_dir: str
-    """Where this server keeps its own books (park records, warm kernels), private to its user."""
+    @property
+    def books_dir(self) -> str:
+        """Where this server keeps its own books (park records, warm kernels), private to its user."""
 
     async def environment_report(self, specs: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
         """``GET environments``: ``{"docker": {available, reason}, "environments": [row, ...]}``, each row with the
