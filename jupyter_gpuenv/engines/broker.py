@@ -20,10 +20,10 @@ from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_gpuenv import errors
 from jupyter_gpuenv.containers.labels import KernelContainer
 from jupyter_gpuenv.containers.spec import AssignedGpu
-from jupyter_gpuenv.engines.base import ContainerState, ImageFacts, KernelRequest, Placement, StreamShell
+from jupyter_gpuenv.engines.base import ContainerState, KernelRequest, Placement, StreamShell
 from jupyter_gpuenv.environments import kernelspecs, preflight
 from jupyter_gpuenv.environments.definition import Environment, parse_environment
-from jupyter_gpuenv.environments.preflight import READY, Verdict
+from jupyter_gpuenv.environments.preflight import READY, ImageFacts, Verdict
 from jupyter_gpuenv.gpus.nvml import Snapshot
 
 

@@ -38,8 +38,9 @@ from jupyter_gpuenv import host
 from jupyter_gpuenv.containers import allocation, labels
 from jupyter_gpuenv.containers import spec as containers
 from jupyter_gpuenv.containers.claims import soft_claims
-from jupyter_gpuenv.engines.base import ContainerState, ImageFacts, KernelRequest, Placement
+from jupyter_gpuenv.engines.base import ContainerState, KernelRequest, Placement
 from jupyter_gpuenv.engines.docker import exec as docker_exec
+from jupyter_gpuenv.environments.preflight import ImageFacts
 from jupyter_gpuenv.errors import (
     DiskTooSmall,
     EngineRefused,
