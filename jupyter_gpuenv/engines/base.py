@@ -191,7 +191,14 @@ class StreamShell:
             await self._writer.drain()
 
 
-async def image_facts_of(engine: Engine, env: Environment) -> ImageFacts:
+class ImageFactsSource(Protocol):
+    """What ``image_facts_of`` needs: an ``Engine``, or the broker's own ``DockerEngine``, which is not one."""
+
+    async def image_facts(self, image: str, python: str | None = None, env: dict[str, str] | None = None) -> ImageFacts:
+        """As ``Engine.image_facts``."""
+
+
+async def image_facts_of(engine: ImageFactsSource, env: Environment) -> ImageFacts:
     """The one question every verdict (``preflight.check``) asks the engine: its image, and its Python unless its
     own ipykernel is trusted (``kernel_runtime: image``)."""
     probe = None if env.kernel_runtime == "image" else env.python
