@@ -37,9 +37,11 @@ pip_quiet install -q -e ".[test]"
 command -v configurable-http-proxy >/dev/null || npm install -g --silent configurable-http-proxy
 bash tests/images/build-kernel-image.sh
 
-# lint and format, both halves: ruff for Python, eslint + prettier for the panel
+# lint, format and types, both halves: ruff and mypy for Python (pyproject's [tool.mypy]), eslint + prettier for
+# the panel
 ruff check .
 ruff format --check .
+python -m mypy
 (cd labextension && jlpm lint:check && jlpm test)
 
 python -m pytest "$@"

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from jupyter_gpuenv.broker.daemon import BrokerDaemon, Caller
-from jupyter_gpuenv.engines.base import ImageFacts, image_facts_of
+from jupyter_gpuenv.engines.base import image_facts_of
 from jupyter_gpuenv.environments import preflight, runtime
 from jupyter_gpuenv.environments.definition import Environment, cuda_compatibility
+from jupyter_gpuenv.environments.preflight import ImageFacts
 from jupyter_gpuenv.errors import EngineUnavailable, GpuEnvError, InvalidRequest, NotPermitted
 from jupyter_gpuenv.gpus.nvml import Snapshot
 

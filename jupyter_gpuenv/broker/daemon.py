@@ -468,8 +468,8 @@ class BrokerDaemon:
             return {"user": caller.name, "uid": caller.uid, "mode": self.settings.identify}
         if op == "environments":  # each image asked about at once: a stalled engine costs one timeout, not five
             rule = self.policy.rule_for(caller.name, list(caller.groups))
-            names = [name for name in sorted(self.environments) if rule.allows(name)]
-            return list(await asyncio.gather(*(self.environment_row(caller, name) for name in names)))
+            allowed = [name for name in sorted(self.environments) if rule.allows(name)]
+            return list(await asyncio.gather(*(self.environment_row(caller, name) for name in allowed)))
         if op == "socket_folder":
             return {"path": await self.socket_folder(caller, _arg(args, "kernel_id", str))}
         if op == "remove_socket_folder":
@@ -486,8 +486,8 @@ class BrokerDaemon:
         if op == "parking":
             return await self.parking.summary()
         if op == "shell_resize":
-            owner, shell = self.shells.get(_arg(args, "shell", str), (None, None))
-            if owner != caller.name:
+            owner, shell = self.shells.get(_arg(args, "shell", str), ("", None))
+            if owner != caller.name or shell is None:
                 raise UnknownKernel("no such shell of yours")
             rows, cols = _arg(args, "rows", int), _arg(args, "cols", int)
             if not (0 < rows <= 1000 and 0 < cols <= 1000):
@@ -723,7 +723,7 @@ class BrokerDaemon:
         names, held = self._names(caller), self.book.holdings()
         out = []
         for g in self.sampler.latest.gpus:
-            holders = held.exclusive.get(g.uuid, []) + held.shared.get(g.uuid, [])
+            holders = held.holders(g.uuid)
             own = [h for h in holders if self.book.get(caller.name, h)]
             out.append({"index": g.index, "uuid": g.uuid, "holders": sorted({names[h] for h in holders}),
                         "your_kernels": own})  # fmt: skip

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from jupyter_gpuenv.containers.allocation import Holdings
 
@@ -33,11 +34,12 @@ class KernelLease:
     server_pid: int = 0  # the caller's server (SO_PEERCRED), to find kernels whose server is gone
     server_started: int = 0  # its start time in clock ticks since boot: a reused pid is another process
     notebook: str = ""  # the session's path (JPY_SESSION_NAME), as the caller said: a metrics label, nothing more
-    park: dict | None = None  # a parked kernel's record (parking.ParkRecord): it holds no GPU meanwhile, ``gpus`` is []
+    # a parked kernel's record (parking.ParkRecord): it holds no GPU meanwhile, ``gpus`` is []
+    park: dict[str, Any] | None = None
 
     @property
     def parked(self) -> bool:
-        return bool(self.park) and self.park.get("state") == "parked"
+        return self.park is not None and self.park.get("state") == "parked"
 
 
 class LeaseBook:

@@ -22,7 +22,7 @@ from traitlets.config.loader import ConfigFileNotFound, PyFileConfigLoader
 from jupyter_gpuenv.broker.metrics import is_loopback
 from jupyter_gpuenv.broker.policy import Policy
 from jupyter_gpuenv.broker.settings import Broker
-from jupyter_gpuenv.environments.definition import parse_environment
+from jupyter_gpuenv.environments.definition import Environment, parse_environment
 from jupyter_gpuenv.errors import InvalidEnvironment
 
 DEFAULT_CONFIG = "/etc/jupyter-gpuenv/broker_config.py"
@@ -97,7 +97,7 @@ def check(config: Config) -> list[str]:
             bad.add(key)
     settings = Broker(config=Config({"Broker": {k: v for k, v in section.items() if k not in bad}}))
     problems += _out_of_range(settings, set(section) - bad)
-    environments = {}
+    environments: dict[str, Environment | None] = {}  # None: invalid (said in problems)
     for name, raw in settings.environments.items():
         if not isinstance(name, str):
             problems.append(f"c.Broker.environments: the name {name!r} must be a string such as 'pytorch'")

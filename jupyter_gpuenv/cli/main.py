@@ -200,7 +200,7 @@ def cmd_pull(args) -> int:
     try:
         return asyncio.run(_pull(docker, image))
     except KeyboardInterrupt:
-        docker.cancel_pulls()  # the engine drops the pull as its connection closes
+        engines.cancel_pulls()  # the engine drops the pull as its connection closes
         print(f"\nPull of {image} interrupted; layers already downloaded are kept", file=sys.stderr)
         return 130
 

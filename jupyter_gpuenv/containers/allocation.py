@@ -26,8 +26,12 @@ class Holdings:
     def add(self, uuid: str, kernel_id: str, exclusive: bool) -> None:
         (self.exclusive if exclusive else self.shared).setdefault(uuid, []).append(kernel_id)
 
-    def held_by_anyone(self, uuid: str) -> bool:
-        return uuid in self.exclusive or uuid in self.shared
+    def holders(self, uuid: str | None) -> list[str]:
+        """The kernels holding GPU ``uuid``, exclusive ones first; none for a GPU without a uuid (none can name it)."""
+        return [] if uuid is None else self.exclusive.get(uuid, []) + self.shared.get(uuid, [])
+
+    def held_by_anyone(self, uuid: str | None) -> bool:
+        return bool(self.holders(uuid))
 
 
 def _least_used(gpus: list[GpuSample]) -> list[GpuSample]:
@@ -37,7 +41,7 @@ def _least_used(gpus: list[GpuSample]) -> list[GpuSample]:
 def describe(gpus: list[GpuSample], holdings: Holdings) -> str:
     parts = []
     for g in gpus:
-        holders = holdings.exclusive.get(g.uuid, []) + holdings.shared.get(g.uuid, [])
+        holders = holdings.holders(g.uuid)
         named = sorted({holdings.names[h] for h in holders if h in holdings.names})
         unnamed = [h[:8] for h in holders if h not in holdings.names]
         who = ", ".join(named + ([f"kernel(s) {', '.join(unnamed)}"] if unnamed else []))
@@ -81,7 +85,11 @@ def choose(
             match = [
                 g
                 for g in usable
-                if (str(g.index) == token if token.isdigit() else g.uuid.upper().startswith(token.upper()))
+                if (
+                    str(g.index) == token
+                    if token.isdigit()
+                    else g.uuid is not None and g.uuid.upper().startswith(token.upper())
+                )
             ]
             if not match:
                 raise NoFreeGpu(

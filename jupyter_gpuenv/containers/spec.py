@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass, field
 
 from jupyter_gpuenv.containers import labels
-from jupyter_gpuenv.environments.definition import Environment, Mount
+from jupyter_gpuenv.environments.definition import Environment
 from jupyter_gpuenv.errors import OutsideRoot
-from jupyter_gpuenv.host import DRIVER_TARGET, User
+from jupyter_gpuenv.host import DRIVER_TARGET, Mount, User
 
 # variables that always pass (a local kernel would have them too); everything else needs env_allow. Not
 # JPY_PARENT_PID: it names a process of the client's PID namespace, and ipykernel's parent poller, which finds

@@ -12,7 +12,7 @@ import logging
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.engines.base import Engine
 
-_engines: dict[tuple, Engine] = {}
+_engines: dict[tuple[object, ...], Engine] = {}
 
 
 def connect(settings: GpuEnv, log: logging.Logger | None = None) -> Engine:
@@ -20,7 +20,7 @@ def connect(settings: GpuEnv, log: logging.Logger | None = None) -> Engine:
     if settings.broker:
         from jupyter_gpuenv.engines.broker import BrokerClient
 
-        key = (settings.broker, settings.docker_timeout)
+        key: tuple[object, ...] = (settings.broker, settings.docker_timeout)
         if key not in _engines:
             _engines[key] = BrokerClient(settings.broker, settings.docker_timeout)
         return _engines[key]

@@ -116,8 +116,9 @@ class Engine(Protocol):
     kernels as the caller (never root), parks container kernels, sweeps orphans, and names other people's
     holders. False on one person's machine, where kernels run as this server's own uid (root if it is root)."""
 
-    books_dir: str
-    """Where this server keeps its own books (park records, warm kernels), private to its user."""
+    @property
+    def books_dir(self) -> str:
+        """Where this server keeps its own books (park records, warm kernels), private to its user."""
 
     async def environment_report(self, specs: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
         """``GET environments``: ``{"docker": {available, reason}, "environments": [row, ...]}``, each row with the
@@ -190,7 +191,14 @@ class StreamShell:
             await self._writer.drain()
 
 
-async def image_facts_of(engine: Engine, env: Environment) -> ImageFacts:
+class ImageFactsSource(Protocol):
+    """What ``image_facts_of`` needs: an ``Engine``, or the broker's own ``DockerEngine``, which is not one."""
+
+    async def image_facts(self, image: str, python: str | None = None, env: dict[str, str] | None = None) -> ImageFacts:
+        """As ``Engine.image_facts``."""
+
+
+async def image_facts_of(engine: ImageFactsSource, env: Environment) -> ImageFacts:
     """The one question every verdict (``preflight.check``) asks the engine: its image, and its Python unless its
     own ipykernel is trusted (``kernel_runtime: image``)."""
     probe = None if env.kernel_runtime == "image" else env.python

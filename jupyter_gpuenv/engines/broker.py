@@ -20,14 +20,14 @@ from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_gpuenv import errors
 from jupyter_gpuenv.containers.labels import KernelContainer
 from jupyter_gpuenv.containers.spec import AssignedGpu
-from jupyter_gpuenv.engines.base import ContainerState, ImageFacts, KernelRequest, Placement, StreamShell
+from jupyter_gpuenv.engines.base import ContainerState, KernelRequest, Placement, StreamShell
 from jupyter_gpuenv.environments import kernelspecs, preflight
 from jupyter_gpuenv.environments.definition import Environment, parse_environment
-from jupyter_gpuenv.environments.preflight import READY, Verdict
+from jupyter_gpuenv.environments.preflight import READY, ImageFacts, Verdict
 from jupyter_gpuenv.gpus.nvml import Snapshot
 
 
-def _all_errors(cls: type) -> dict[str, type]:
+def _all_errors(cls: type[errors.GpuEnvError]) -> dict[str, type[errors.GpuEnvError]]:
     out = {cls.__name__: cls}
     for sub in cls.__subclasses__():
         out.update(_all_errors(sub))
@@ -35,6 +35,11 @@ def _all_errors(cls: type) -> dict[str, type]:
 
 
 ERRORS = _all_errors(errors.GpuEnvError)
+
+
+def _refusal(error: dict[str, Any]) -> errors.GpuEnvError:
+    """The broker's error answer as the exception it names; EngineRefused for a class this client does not know."""
+    return ERRORS.get(str(error.get("type")), errors.EngineRefused)(error.get("message", "the broker refused"))
 
 
 class BrokerClient:
@@ -80,10 +85,7 @@ class BrokerClient:
                 if "progress" in answer and progress is not None:
                     progress(answer["progress"])
                 elif "error" in answer:
-                    error = answer["error"]
-                    raise ERRORS.get(error.get("type"), errors.EngineRefused)(
-                        error.get("message", "the broker refused")
-                    )
+                    raise _refusal(answer["error"])
                 elif "result" in answer:
                     return answer["result"]
         except asyncio.TimeoutError:
@@ -115,7 +117,7 @@ class BrokerClient:
 
     async def environment_report(self, specs: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
         """The environments this person may use, as the broker judges them, with live availability."""
-        starts = {}
+        starts: dict[str, str] = {}  # environment -> the kernelspec that starts it
         for spec_name, entry in sorted(specs.items()):
             config = kernelspecs.provisioner_config(entry.get("spec") or {})
             if config and isinstance(config.get("environment"), str):
@@ -250,8 +252,7 @@ class BrokerClient:
             ) from None
         if "result" not in answer:
             writer.close()
-            error = answer.get("error") or {}
-            raise ERRORS.get(error.get("type"), errors.EngineRefused)(error.get("message", "the broker refused"))
+            raise _refusal(answer.get("error") or {})
         return BrokerShell(self, answer["result"]["shell"], reader, writer)
 
 

@@ -58,9 +58,7 @@ class LocalEngine(DockerEngine):
         item = defined.get(name)
         if item is None:
             raise InvalidEnvironment(f"no environment {name!r} here (defined: {', '.join(sorted(defined)) or 'none'})")
-        if item.environment is None:
-            raise item.error
-        return item.environment
+        return item.definition()
 
     async def verdict(self, env: Environment, snapshot: Snapshot, pull_allowed: bool) -> preflight.Verdict:
         situation = preflight.Situation(
@@ -101,6 +99,7 @@ class LocalEngine(DockerEngine):
         for item in kernelspecs.defined_environments(self.settings, specs):
             env, image, progress, failure = item.environment, None, None, None
             if env is None:
+                assert item.error is not None  # kernelspecs.Defined holds an environment or its error
                 verdict = preflight.invalid(item.error)
             else:
                 if engine_error is None:

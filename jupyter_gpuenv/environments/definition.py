@@ -9,6 +9,7 @@ a notebook user sends reaches ``docker run`` except the choice of one of these e
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -184,7 +185,7 @@ def parse_environment(name: str, raw: dict[str, Any], source: str) -> Environmen
     return Environment(**values)
 
 
-def _parse_mount(raw: Any, fail) -> Mount:
+def _parse_mount(raw: Any, fail: Callable[[str], InvalidEnvironment]) -> Mount:
     if isinstance(raw, str):  # "SRC:DST[:ro|rw]"
         parts = raw.split(":")
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):

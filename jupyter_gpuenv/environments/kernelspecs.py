@@ -128,7 +128,14 @@ class Defined:
     kernelspec: str | None
     source: str
     environment: Environment | None
-    error: InvalidEnvironment | None
+    error: InvalidEnvironment | None  # set exactly when environment is None
+
+    def definition(self) -> Environment:
+        """Its definition; the InvalidEnvironment that stops it is raised."""
+        if self.environment is None:
+            assert self.error is not None
+            raise self.error
+        return self.environment
 
 
 def defined_environments(settings: GpuEnv, specs: dict[str, Any]) -> list[Defined]:
@@ -139,7 +146,8 @@ def defined_environments(settings: GpuEnv, specs: dict[str, Any]) -> list[Define
         config = provisioner_config(spec)
         if config is None:
             continue
-        name = config.get("environment") if isinstance(config.get("environment"), str) else spec_name
+        named = config.get("environment")
+        name = named if isinstance(named, str) else spec_name
         source = CONFIGURED if name in settings.environments else f"kernelspec {spec_name}"
         try:
             env, error = resolve(settings, config, f"kernelspec {spec_name}", spec.get("display_name")), None

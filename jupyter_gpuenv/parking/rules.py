@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from jupyter_gpuenv.containers.allocation import Holdings, describe
 from jupyter_gpuenv.errors import NoFreeGpu
@@ -50,7 +51,7 @@ class IdlePolicy:
     def on(self) -> bool:
         return self.idle_minutes > 0
 
-    def as_dict(self) -> dict | None:
+    def as_dict(self) -> dict[str, Any] | None:
         return {"idle_minutes": self.idle_minutes, "min_gpu_memory": self.min_gpu_memory} if self.on else None
 
 
@@ -90,7 +91,11 @@ def why_not_park(facts: KernelFacts, unavailable: str | None) -> str | None:
 
 
 def idle_to_park(
-    now: float, kernels: Iterable[KernelFacts], policy: IdlePolicy, history: list[dict], unavailable: str | None
+    now: float,
+    kernels: Iterable[KernelFacts],
+    policy: IdlePolicy,
+    history: list[dict[str, Any]],
+    unavailable: str | None,
 ) -> list[KernelFacts]:
     """The kernels the idle policy parks now: idle long enough, holding enough, on GPUs that did no work since.
 

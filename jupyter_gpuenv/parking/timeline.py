@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 # what started an operation: a person's request, the idle policy, a cell run in a parked kernel, the release of
 # the GPU a waiting cell needed, or the background round (the fallback for a release this process cannot see)
@@ -54,7 +55,7 @@ class Timeline:
         self.phases.sort(key=lambda p: p.start)
         return self
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "action": self.action,
             "trigger": self.trigger,

@@ -143,6 +143,7 @@ class PullTally:
 
     def progress(self, now: float) -> PullProgress:
         with self._lock:
+            layers_total: int | None
             if self._layers:  # the engine names every layer at the start: from then on, its list counts
                 layers = [layer for layer in self._layers.values() if layer.state != "present"]
                 sizes = [layer.size for layer in layers]

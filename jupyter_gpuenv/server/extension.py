@@ -59,7 +59,8 @@ class QuietRefusals(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg == REFUSAL_FORMAT:
-            self.recent.append(str(record.args[-1]) if record.args else "")
+            # args is a mapping when a record is logged with one dict argument: not a refusal's
+            self.recent.append(str(record.args[-1]) if isinstance(record.args, tuple) and record.args else "")
             return True
         if isinstance(record.msg, Refusal) or (record.exc_info and isinstance(record.exc_info[1], Refusal)):
             return False

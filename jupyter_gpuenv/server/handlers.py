@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from typing import Any
 
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized
@@ -16,7 +17,7 @@ from tornado.websocket import WebSocketHandler
 from jupyter_gpuenv import engines
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.environments import kernelspecs
-from jupyter_gpuenv.errors import GpuEnvError
+from jupyter_gpuenv.errors import GpuEnvError, InvalidEnvironment
 from jupyter_gpuenv.gpus.sampler import Sampler
 from jupyter_gpuenv.server import reports
 from jupyter_gpuenv.server.parking import ServerParking
@@ -30,10 +31,9 @@ PULL_ANSWER_WITHIN = 1.0  # seconds: a pull that fails this fast answers its err
 
 
 class GpuEnvHandler(APIHandler):
-    auth_resource = AUTH_RESOURCE
+    """Each handler takes what it serves in its own ``initialize`` (the route table's third item)."""
 
-    def initialize(self, sampler: Sampler | None = None, settings: GpuEnv | None = None) -> None:
-        self.sampler, self.gpuenv = sampler, settings
+    auth_resource = AUTH_RESOURCE
 
     def write_json(self, payload) -> None:
         self.set_header("Content-Type", "application/json")
@@ -41,6 +41,9 @@ class GpuEnvHandler(APIHandler):
 
 
 class GpusHandler(GpuEnvHandler):
+    def initialize(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+
     @web.authenticated
     @authorized
     def get(self) -> None:
@@ -48,6 +51,9 @@ class GpusHandler(GpuEnvHandler):
 
 
 class HistoryHandler(GpuEnvHandler):
+    def initialize(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+
     @web.authenticated
     @authorized
     def get(self) -> None:
@@ -65,7 +71,7 @@ class HistoryHandler(GpuEnvHandler):
 
 
 class EnvironmentsHandler(GpuEnvHandler):
-    def initialize(self, sampler: Sampler, settings: GpuEnv, terminals: Terminals | None = None) -> None:
+    def initialize(self, sampler: Sampler, settings: GpuEnv, terminals: Terminals) -> None:
         self.sampler, self.gpuenv, self.terminals = sampler, settings, terminals
 
     @web.authenticated
@@ -86,6 +92,9 @@ class PullHandler(GpuEnvHandler):
     (unknown tag, registry down, no room) answers its error. One pull per image, whoever else waits for it.
     """
 
+    def initialize(self, settings: GpuEnv) -> None:
+        self.gpuenv = settings
+
     @web.authenticated
     @authorized
     async def post(self, name: str) -> None:
@@ -94,9 +103,10 @@ class PullHandler(GpuEnvHandler):
         found = [d for d in kernelspecs.defined_environments(settings, specs) if d.name == name]
         if not found:
             raise web.HTTPError(404, f"no environment {name!r} on this server: GET environments lists them")
-        env = found[0].environment
-        if env is None:
-            raise to_http(found[0].error)
+        try:
+            env = found[0].definition()
+        except InvalidEnvironment as exc:
+            raise to_http(exc) from None
         if not settings.pull_missing_images:
             raise web.HTTPError(
                 409,
@@ -275,10 +285,11 @@ class TerminalSocket(WebSocketMixin, JupyterHandler, WebSocketHandler):
         self.terminal = self.terminals.get(name)
         if self.terminal is None:
             raise web.HTTPError(404, f"no terminal {name!r} on this server: it has ended")
-        await ensure_async(super().get(name))
+        await super().get(name)
 
     def open(self, name: str) -> None:
         super().open(name)
+        assert self.terminal is not None  # get() found it, or answered 404 instead of upgrading
         self.terminal.attach(self)
 
     async def on_message(self, message: str | bytes) -> None:
@@ -286,6 +297,7 @@ class TerminalSocket(WebSocketMixin, JupyterHandler, WebSocketHandler):
             kind, *content = json.loads(message)
         except (ValueError, TypeError):
             return
+        assert self.terminal is not None  # messages come after open()
         if kind == "stdin" and content and isinstance(content[0], str):
             await self.terminal.type(content[0])
         elif kind == "set_size" and len(content) >= 2 and all(isinstance(v, int) for v in content[:2]):
@@ -315,9 +327,9 @@ def api_handlers(
     sampler: Sampler,
     settings: GpuEnv,
     usage: UsageTracker,
-    terminals: Terminals | None = None,
-    parking: ServerParking | None = None,
-) -> list:
+    terminals: Terminals,
+    parking: ServerParking,
+) -> list[tuple[Any, ...]]:
     """The route table, relative to the server's base URL."""
     prefix = "gpuenv/api"
     return [

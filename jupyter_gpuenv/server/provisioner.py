@@ -18,6 +18,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -134,6 +135,7 @@ def serialise_restarts(kernel_manager: Any) -> None:
     if getattr(kernel_manager, "_gpuenv_serialised", False) or not hasattr(kernel_manager, "restart_kernel"):
         return
     restart = kernel_manager.restart_kernel
+    restart_kernel: Callable[..., Any]  # a coroutine function or a plain one, as restart is
     if inspect.iscoroutinefunction(restart):
         lock = asyncio.Lock()
 

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from jupyter_gpuenv import engines, host
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.engines import base as engine
+from jupyter_gpuenv.engines.base import Shell  # inside Terminals, ``engine`` is its property, not this module
 from jupyter_gpuenv.environments import preflight
 from jupyter_gpuenv.errors import (
     CannotStartHere,
@@ -301,7 +302,7 @@ class Terminals:
             if container_id is not None:
                 await self.engine.remove(container_id)
         except GpuEnvError as exc:
-            self.log.warning("gpuenv: terminal container %s is removed later: %s", container_id[:12], exc)
+            self.log.warning("gpuenv: terminal container %.12s is removed later: %s", container_id, exc)
         finally:
             if socket_dir:
                 await self.engine.remove_socket_folder(os.path.basename(socket_dir), socket_dir)
@@ -311,7 +312,7 @@ class Terminals:
         user = host.current_user()
         return f"{user.uid}:{user.gid}"
 
-    def _add(self, shell: engine.Shell, target: Target, name: str | None = None) -> Terminal:
+    def _add(self, shell: Shell, target: Target, name: str | None = None) -> Terminal:
         name = name or secrets.token_hex(6)
         terminal = Terminal(name, shell, target, self._ended, self.settings.terminal_grace_period, self.log)
         self._terminals[name] = terminal

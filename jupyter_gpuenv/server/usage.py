@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import PeriodicCallback
 
@@ -13,6 +13,9 @@ from jupyter_gpuenv.gpus.nvml import Snapshot
 from jupyter_gpuenv.server import reports
 from jupyter_gpuenv.usage.counter import PATH_REFRESH, KernelUsage, UsageCounter, server_user
 from jupyter_gpuenv.usage.ledger import Ledger
+
+if TYPE_CHECKING:  # parking.py is the extension's to start; this only reads its records
+    from jupyter_gpuenv.server.parking import ServerParking
 
 
 class UsageTracker(UsageCounter):
@@ -35,7 +38,7 @@ class UsageTracker(UsageCounter):
         self._paths: dict[str, str] = {}  # kernel id -> session path
         self._paths_known: set[str] = set()  # kernel ids running at the last read of the sessions
         self._paths_at = -math.inf
-        self.parking = None  # the server's ServerParking, once it exists: a parked kernel holds no GPU
+        self.parking: ServerParking | None = None  # the server's, once it exists: a parked kernel holds no GPU
 
     def start(self) -> None:
         self._callback = PeriodicCallback(self.tick, self.sampler.interval * 1000)

@@ -124,7 +124,7 @@ class WarmKernels:
         self._callback: PeriodicCallback | None = None
         self._refilling: asyncio.Future | None = None
         self._again = False
-        self._said: set[str] = set()
+        self._said: set[tuple[str, str]] = set()  # (environment, message): each said once
         self._stopped = False
 
     # -- what is wanted ----------------------------------------------------------------------------------

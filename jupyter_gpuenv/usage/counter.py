@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_gpuenv.gpus.nvml import Snapshot
-from jupyter_gpuenv.usage.ledger import Ledger, UsageRecord, summarize
+from jupyter_gpuenv.usage.ledger import Ledger, UsageRecord, UsageRow, summarize
 
 PATH_REFRESH = 2.0  # seconds between two reads of the session list (notebook paths), besides new kernels
 RETIRED_GRACE = 300.0  # seconds an ended kernel's counters stay when nothing scrapes them
@@ -274,7 +274,7 @@ class UsageCounter:
             return
         self._last_flush = time.monotonic()
         if self.ledger is not None:
-            self._flushing = asyncio.get_running_loop().run_in_executor(None, self._write, records)
+            self._flushing = asyncio.get_running_loop().run_in_executor(None, self._write, self.ledger, records)
 
     async def flush(self) -> None:
         """Write everything pending now (at shutdown)."""
@@ -283,14 +283,14 @@ class UsageCounter:
         self._last_flush = time.monotonic()
         records = self.meter.take_pending()
         if records and self.ledger is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._write, records)
+            await asyncio.get_running_loop().run_in_executor(None, self._write, self.ledger, records)
 
-    def _write(self, records: list[UsageRecord]) -> None:
+    def _write(self, ledger: Ledger, records: list[UsageRecord]) -> None:
         try:
-            self.ledger.append(records)
+            ledger.append(records)
         except Exception as exc:  # a worker thread's end: nothing may escape into the loop, nothing may be lost
             self.meter.restore_pending(records)
-            self._log_once("ledger", exc, f"gpuenv: could not write the usage ledger in {self.ledger.folder}: {exc}")
+            self._log_once("ledger", exc, f"gpuenv: could not write the usage ledger in {ledger.folder}: {exc}")
 
     async def report(self, since: float, until: float, by: str) -> dict[str, Any]:
         """GPU-hours per user or notebook in ``[since, until)``: the ledger plus what is not written yet."""
@@ -298,7 +298,7 @@ class UsageCounter:
             await asyncio.shield(self._flushing)
         pending = self.meter.peek_pending()
 
-        def read() -> list[dict]:
+        def read() -> list[UsageRow]:
             written = self.ledger.read(since, until) if self.ledger is not None else []
             return summarize(written + pending, since, until, by)
 

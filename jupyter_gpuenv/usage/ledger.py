@@ -24,10 +24,11 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, TypedDict
 
 BY = ("user", "notebook")  # what a report adds up by
 COMPACT_BYTES = 256 * 1024  # a file is compacted when it grows past this (or twice its last compacted size)
@@ -63,17 +64,32 @@ class UsageRecord:
             return None
 
 
-def _finite(value) -> float:
+def _finite(value: Any) -> float:
     number = float(value)
     if not math.isfinite(number):
         raise ValueError(f"not a finite number: {value!r}")
     return number
 
 
-_TYPES = {"float": _finite, "str": str}  # field annotations are strings (from __future__ import annotations)
+# field annotations are strings (from __future__ import annotations)
+_TYPES: dict[object, Callable[[Any], Any]] = {"float": _finite, "str": str}
 
 
-def private_folder(path: str | os.PathLike) -> Path:
+class _UsageTotals(TypedDict):
+    user: str
+    gpu_seconds: float
+    gpu_hours: float
+    gpu_memory_byte_seconds: float
+    gpu_memory_gib_hours: float
+
+
+class UsageRow(_UsageTotals, total=False):
+    """One line of a report (:func:`summarize`): a user's totals, or a user's totals for one notebook."""
+
+    notebook: str
+
+
+def private_folder(path: str | os.PathLike[str]) -> Path:
     """``path`` created if needed, owned by this user and closed to everyone else (0700)."""
     folder = Path(path)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -90,7 +106,7 @@ def _month(t: float) -> str:
 
 
 class Ledger:
-    def __init__(self, folder: str | os.PathLike, *, retention_days: float = 400.0) -> None:
+    def __init__(self, folder: str | os.PathLike[str], *, retention_days: float = 400.0) -> None:
         self.folder = Path(folder)
         self.retention_days = retention_days
         self._compacted_size: dict[str, int] = {}  # file name -> its size after our last compaction
@@ -168,7 +184,7 @@ def read_file(path: Path) -> list[UsageRecord]:
 
 def compact(path: Path) -> int:
     """Merge the file's records to one per kernel and UTC hour; returns the new size. Caller holds the lock."""
-    merged: dict[tuple, UsageRecord] = {}
+    merged: dict[tuple[str, str, str, str, int], UsageRecord] = {}
     for r in read_file(path):
         key = (*r.key, int(r.start // 3600))
         old = merged.get(key)
@@ -205,28 +221,31 @@ def _overlap(r: UsageRecord, since: float | None, until: float | None) -> float:
     return max(0.0, hi - lo) / (r.end - r.start)
 
 
-def summarize(records: Iterable[UsageRecord], since: float | None, until: float | None, by: str) -> list[dict]:
+def summarize(records: Iterable[UsageRecord], since: float | None, until: float | None, by: str) -> list[UsageRow]:
     """GPU-hours per user (``by="user"``) or per user and notebook (``by="notebook"``), largest first."""
     if by not in BY:
         raise ValueError(f"by must be 'user' or 'notebook', got {by!r}")
-    totals: dict[tuple[str, ...], list[float]] = {}
+    totals: dict[tuple[str, str], list[float]] = {}
     for r in records:
         share = _overlap(r, since, until)
         if share <= 0:
             continue
-        key = (r.user,) if by == "user" else (r.user, r.notebook)
+        key = (r.user, "" if by == "user" else r.notebook)
         acc = totals.setdefault(key, [0.0, 0.0])
         acc[0] += r.gpu_seconds * share
         acc[1] += r.gpu_memory_byte_seconds * share
-    rows = []
+    rows: list[UsageRow] = []
     for key, (gpu_seconds, byte_seconds) in totals.items():
-        row = {"user": key[0]} if by == "user" else {"user": key[0], "notebook": key[1]}
-        row.update(
+        row = UsageRow(
+            user=key[0],
+            notebook=key[1],
             gpu_seconds=gpu_seconds,
             gpu_hours=gpu_seconds / 3600,
             gpu_memory_byte_seconds=byte_seconds,
             gpu_memory_gib_hours=byte_seconds / 2**30 / 3600,
         )
+        if by == "user":
+            del row["notebook"]
         rows.append(row)
     return sorted(rows, key=lambda row: (-row["gpu_seconds"], row["user"], row.get("notebook", "")))
 

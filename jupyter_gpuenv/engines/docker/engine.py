@@ -38,8 +38,9 @@ from jupyter_gpuenv import host
 from jupyter_gpuenv.containers import allocation, labels
 from jupyter_gpuenv.containers import spec as containers
 from jupyter_gpuenv.containers.claims import soft_claims
-from jupyter_gpuenv.engines.base import ContainerState, ImageFacts, KernelRequest, Placement
+from jupyter_gpuenv.engines.base import ContainerState, KernelRequest, Placement
 from jupyter_gpuenv.engines.docker import exec as docker_exec
+from jupyter_gpuenv.environments.preflight import ImageFacts
 from jupyter_gpuenv.errors import (
     DiskTooSmall,
     EngineRefused,
@@ -428,7 +429,7 @@ class DockerEngine:
                 except BaseException:
                     self._remove_later(container_id)
                     raise
-                if not went:
+                if holder is None or not went:
                     self._remove_later(container_id)
                     raise
                 self._holder_went(holder, attempt, req)
@@ -449,7 +450,8 @@ class DockerEngine:
             if env.gpus.wants_gpus:
                 held = req.held if req.held is not None else self._holdings(c, req.kernel_id)
                 chosen = allocation.choose(env.gpus, req.inventory, held, keep=req.keep_gpus or None)
-                gpus = [containers.AssignedGpu(g.index, g.uuid, g.minor_number) for g in chosen]
+                # every chosen GPU has a uuid (choose() skips the others); the test says so to the type checker
+                gpus = [containers.AssignedGpu(g.index, g.uuid, g.minor_number) for g in chosen if g.uuid]
             mode = "none" if not gpus else (self._engine_gpu_mode(c) if env.gpu_mode == "auto" else env.gpu_mode)
             facts = containers.LaunchFacts(
                 kernel_id=req.kernel_id,
