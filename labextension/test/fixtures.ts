@@ -113,6 +113,7 @@ export function kernelRow(overrides: Partial<IKernel> = {}, park: Partial<IKerne
       since: null,
       by: null,
       message: null,
+      timeline: {},
       ...park
     },
     ...overrides
