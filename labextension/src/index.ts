@@ -16,7 +16,8 @@ import { addParkCommands, openParkMenu } from './parkCommands';
 import { ParkNotices } from './parkNotices';
 import { labTerminalOptions } from './terminalInfo';
 import { openTerminal, TerminalWidget } from './terminals';
-import { IEnvironment, IGpuModel, TerminalTarget } from './tokens';
+import { IGpuModel } from './tokens';
+import { IEnvironment, TerminalTarget } from './wire';
 
 const PLUGIN_ID = 'jupyter-gpuenv:plugin';
 

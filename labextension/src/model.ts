@@ -14,16 +14,10 @@ import { History, sampleOf } from './history';
 import { parkErrorText, ParkAction, parkState } from './park';
 import { NotebookNames } from './sessions';
 import {
-  ApiError,
   EnvironmentsStatus,
   GpuStatus,
   ICurrentNotebook,
-  IEnvironmentsReply,
-  IGpuApi,
   IGpuModel,
-  IGpusReply,
-  IKernel,
-  IKernelExit,
   IParkRequest,
   IPrepareState,
   ISeries,
@@ -31,6 +25,7 @@ import {
   ISettings,
   KernelsStatus
 } from './tokens';
+import { ApiError, IEnvironmentsReply, IGpuApi, IGpusReply, IKernel, IKernelExit } from './wire';
 
 export const DEFAULT_SETTINGS: ISettings = { refreshInterval: 2, historyLength: 600 };
 const ENVIRONMENTS_EVERY = 30; // seconds

@@ -6,7 +6,7 @@ import { renderToStaticMarkup } from 'react-dom/server';
 
 import { KernelSection } from '../src/components/KernelList';
 import { GpuModel } from '../src/model';
-import type { IGpuApi, IGpusReply, IKernelsReply } from '../src/tokens';
+import type { IGpuApi, IGpusReply, IKernelsReply } from '../src/wire';
 import { gpusReply, historyReply, kernelRow, PARKING, parkedRow } from './fixtures';
 
 const NOW = 1_700_000_000;

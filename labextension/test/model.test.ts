@@ -4,16 +4,8 @@ import { test } from 'node:test';
 import { Signal } from '@lumino/signaling';
 
 import { GpuModel } from '../src/model';
-import {
-  ApiError,
-  IEnvironmentsReply,
-  IGpuApi,
-  IGpusReply,
-  IKernel,
-  IKernelsReply,
-  IPullAnswer,
-  ISessionSource
-} from '../src/tokens';
+import { ISessionSource } from '../src/tokens';
+import { ApiError, IEnvironmentsReply, IGpuApi, IGpusReply, IKernel, IKernelsReply, IPullAnswer } from '../src/wire';
 import { gpusReply, historyReply, kernelRow, PARKING, parkedRow, pullProgress } from './fixtures';
 
 class FakeApi implements IGpuApi {

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 
 import { GpuModel } from '../src/model';
 import { INotifier, ParkNotices } from '../src/parkNotices';
-import type { IGpuApi, IKernelsReply } from '../src/tokens';
+import type { IGpuApi, IKernelsReply } from '../src/wire';
 import { gpusReply, historyReply, kernelRow, PARKING, parkedRow } from './fixtures';
 
 const NOW = 1_700_000_000;
