@@ -1,7 +1,7 @@
 /**
  * The REST API as the panel sees it: the JSON of each endpoint under {base}gpuenv/api/ (every field may be null),
  * the client interfaces over them (`api.ts` implements them, tests pass fakes) and the error a request fails with.
- * Types and one small class, no side effects.
+ * Types, one small class and one pure function: no side effects.
  */
 
 // -- GET gpus, gpus/history, environments, kernels; POST environments/NAME/pull, kernels/ID/park|resume -------
@@ -261,4 +261,14 @@ export interface ITerminalApi {
   get(name: string): Promise<ITerminalModel>;
   close(name: string): Promise<void>;
   socketUrl(name: string): string;
+}
+
+/** What a failed request says in the panel: the server's answer, or that it cannot be reached. */
+export function errorText(error: unknown): string {
+  if (error instanceof ApiError) {
+    return error.status === 0
+      ? 'The server cannot be reached.'
+      : `The server answered ${error.status}: ${error.message}`;
+  }
+  return error instanceof Error ? error.message : String(error);
 }
