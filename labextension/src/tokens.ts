@@ -110,6 +110,7 @@ export interface IGpuModel {
   prepareState(name: string): IPrepareState;
   /** Seconds until the next attempt after an error, or null. */
   readonly retryIn: number | null;
+  /** Read the GPUs now (the panel's refresh button). */
   refresh(): Promise<void>;
   /** Read everything now: GPUs, kernels and environments. */
   reload(): Promise<void>;
@@ -118,5 +119,5 @@ export interface IGpuModel {
 
 export const IGpuModel = new Token<IGpuModel>(
   'jupyter-gpuenv:IGpuModel',
-  'GPU usage and container environments, refreshed by one poll.'
+  'GPU usage, kernels and container environments, each refreshed by its own poll for every view.'
 );
