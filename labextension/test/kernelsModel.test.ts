@@ -30,11 +30,14 @@ test('kernels: read every 10 s; a restarted kernel reports how its last containe
   model.dispose();
 });
 
-test('kernels: never read more often than the GPUs, nor settle more slowly', () => {
-  const { model } = setup(30);
+test('kernels: never read more often than the GPUs, nor settle more slowly', async () => {
+  const { api, model } = setup(30);
   assert.equal(model.interval, 30_000);
   model.configure(0.2);
   assert.equal(model.interval, 10_000);
+  api.kernelsReply = { kernels: [kernelRow({}, { state: 'resuming' })], parking: PARKING };
+  await model.refresh();
+  assert.equal(model.interval, 200);
   model.dispose();
 });
 
