@@ -15,7 +15,7 @@ import {
   ITerminalApi,
   ITerminalModel,
   TerminalTarget
-} from './tokens';
+} from './wire';
 
 const TIMEOUT = 10_000; // ms: a request that hangs becomes an error the panel shows, not a spinner
 // ms: parking copies a kernel's GPU memory (tens of GiB) to host memory, and the server may answer once it is done

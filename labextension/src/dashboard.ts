@@ -1,6 +1,7 @@
 /** What a GPU's dashboard charts, from its history and its latest snapshot. Pure. */
 import { bytes, celsius, power } from './format';
-import type { IGpu, ISeries } from './tokens';
+import type { ISeries } from './tokens';
+import type { IGpu } from './wire';
 
 export interface IMetric {
   title: string;

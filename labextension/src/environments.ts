@@ -1,6 +1,7 @@
 /** Whether an environment can be used for the notebook in focus, and what the section shows between reads. Pure. */
 import { sentence } from './format';
-import type { EnvironmentsStatus, ICurrentNotebook, IEnvironment, IEnvironmentsReply, ReasonCode } from './tokens';
+import type { EnvironmentsStatus, ICurrentNotebook } from './tokens';
+import type { IEnvironment, IEnvironmentsReply, ReasonCode } from './wire';
 
 /** What to say when the server gives a reason code but no sentence. */
 const FALLBACK: Record<ReasonCode, string> = {

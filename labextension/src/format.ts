@@ -1,5 +1,5 @@
 /** How numbers read in the panel. Pure: no DOM, no Lab imports. */
-import type { IPullProgress } from './tokens';
+import type { IPullProgress } from './wire';
 
 const GIB = 1024 ** 3;
 const MIB = 1024 ** 2;

@@ -1,5 +1,6 @@
 /** The history behind each GPU card's chart and dashboard. Pure: plain arrays in, plain arrays out. */
-import type { IGpusReply, IHistorySample, ISeries } from './tokens';
+import type { ISeries } from './tokens';
+import type { IGpusReply, IHistorySample } from './wire';
 
 interface IPoint {
   t: number;

@@ -10,13 +10,14 @@ import { GpuPanel } from './components/Panel';
 import { PullStatusItem, waitingFor } from './components/PullStatus';
 import { GpuStatusItem, statusOf } from './components/StatusItem';
 import { gpuIcon } from './icon';
-import { DEFAULT_SETTINGS, GpuModel } from './model';
+import { DEFAULT_SETTINGS, PanelModel } from './model';
 import { followCurrentNotebook, useKernelspec } from './notebook';
 import { addParkCommands, openParkMenu } from './parkCommands';
 import { ParkNotices } from './parkNotices';
 import { labTerminalOptions } from './terminalInfo';
 import { openTerminal, TerminalWidget } from './terminals';
-import { IEnvironment, IGpuModel, TerminalTarget } from './tokens';
+import { IGpuModel } from './tokens';
+import { IEnvironment, TerminalTarget } from './wire';
 
 const PLUGIN_ID = 'jupyter-gpuenv:plugin';
 
@@ -27,7 +28,7 @@ namespace CommandIDs {
   export const openDashboard = 'gpuenv:open-dashboard';
 }
 
-/** The model (one poll for every view) and the side panel. */
+/** The model (one poll per resource, for every view) and the side panel. */
 const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
   id: PLUGIN_ID,
   description: 'GPUs, the notebooks using them and container environments, in a side panel.',
@@ -41,7 +42,7 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
     notebooks: INotebookTracker | null,
     palette: ICommandPalette | null
   ): IGpuModel => {
-    const model = new GpuModel({
+    const model = new PanelModel({
       api: createApi(app.serviceManager.serverSettings),
       sessions: app.serviceManager.sessions
     });

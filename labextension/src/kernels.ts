@@ -1,6 +1,6 @@
 /** Kernels whose container ended on its own (e.g. killed by its memory limit) and was restarted. Pure. */
 import { basename, sentence } from './format';
-import type { IKernel, IKernelExit } from './tokens';
+import type { IKernel, IKernelExit } from './wire';
 
 /** The warning for a kernel's previous end, in the server's words when it gives them; null when none. */
 export function lastExitText(exit: IKernelExit | null | undefined): string | null {

@@ -3,7 +3,8 @@
  * memory is on the GPU, moving, in host memory (parked) or stuck (failed), and which button it offers. Pure.
  */
 import { ago, basename, bytes, sentence } from './format';
-import { ApiError, IKernel, IParking, IParkRequest, ParkState } from './tokens';
+import { IParkRequest } from './tokens';
+import { ApiError, IKernel, IParking, ParkState } from './wire';
 
 export type ParkAction = 'park' | 'resume' | 'restart';
 

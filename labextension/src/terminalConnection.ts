@@ -9,7 +9,7 @@
 import type { ServerConnection, Terminal } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { ApiError, ITerminalApi } from './tokens';
+import { ApiError, ITerminalApi } from './wire';
 
 const RECONNECT_LIMIT = 7;
 const RESET = '\x1bc'; // a reconnect replays what the shell wrote: draw it on a clean screen, not twice

@@ -2,7 +2,7 @@
 import type { ITerminal } from '@jupyterlab/terminal';
 
 import { basename } from './format';
-import type { IKernel, ITerminalModel } from './tokens';
+import type { IKernel, ITerminalModel } from './wire';
 
 /** The Lab terminal settings a tab takes over (font, theme, scrollback, …); never `shutdownOnClose`. */
 const LAB_OPTIONS: (keyof ITerminal.IOptions)[] = [

@@ -13,7 +13,7 @@ import { Widget } from '@lumino/widgets';
 
 import { GpuEnvTerminalConnection } from './terminalConnection';
 import { tabLabel, whereItRuns } from './terminalInfo';
-import type { ITerminalApi, TerminalTarget } from './tokens';
+import type { ITerminalApi, TerminalTarget } from './wire';
 
 export type TerminalWidget = MainAreaWidget<Terminal>;
 

@@ -5,7 +5,7 @@ import { ServerConnection } from '@jupyterlab/services';
 
 import { createApi } from '../src/api';
 import { parkErrorText } from '../src/park';
-import { ApiError } from '../src/tokens';
+import { ApiError } from '../src/wire';
 import { kernelRow } from './fixtures';
 
 /** The server, as ServerConnection's fetch sees it: records each request and answers `reply`. */

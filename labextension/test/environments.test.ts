@@ -3,7 +3,7 @@ import { test } from 'node:test';
 
 import { canPrepare, pullingFor, whyNot } from '../src/environments';
 import { pullProgress } from './fixtures';
-import type { IEnvironment } from '../src/tokens';
+import type { IEnvironment } from '../src/wire';
 
 const env = (over: Partial<IEnvironment> = {}): IEnvironment => ({
   name: 'pytorch',

@@ -1,5 +1,5 @@
 /** Replies shaped like the server's, with the numbers of tests/recordings/h100x2.json. */
-import type { IGpu, IGpusReply, IHistoryReply, IKernel, IKernelPark, IParking, IPullProgress } from '../src/tokens';
+import type { IGpu, IGpusReply, IHistoryReply, IKernel, IKernelPark, IParking, IPullProgress } from '../src/wire';
 
 export function gpu(index: number, overrides: Partial<IGpu> = {}): IGpu {
   return {

@@ -5,8 +5,8 @@ import React from 'react';
 import { renderToStaticMarkup } from 'react-dom/server';
 
 import { KernelSection } from '../src/components/KernelList';
-import { GpuModel } from '../src/model';
-import type { IGpuApi, IGpusReply, IKernelsReply } from '../src/tokens';
+import { PanelModel } from '../src/model';
+import type { IGpuApi, IGpusReply, IKernelsReply } from '../src/wire';
 import { gpusReply, historyReply, kernelRow, PARKING, parkedRow } from './fixtures';
 
 const NOW = 1_700_000_000;
@@ -27,8 +27,8 @@ async function render(kernels: IKernelsReply | Error, gpus: IGpusReply = gpusRep
     resume: async () => kernelRow(),
     restart: async () => undefined
   };
-  const model = new GpuModel({ api, autoStart: false });
-  await model.tick();
+  const model = new PanelModel({ api, autoStart: false });
+  await model.reload();
   const html = renderToStaticMarkup(React.createElement(KernelSection, { model, now: NOW * 1000 }));
   model.dispose();
   return html;

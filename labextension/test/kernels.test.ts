@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { lastExitText, restartNotices } from '../src/kernels';
-import type { IKernel } from '../src/tokens';
+import type { IKernel } from '../src/wire';
 
 const kernel = (over: Partial<IKernel> = {}): IKernel => ({
   kernel_id: '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0',

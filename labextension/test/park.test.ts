@@ -13,7 +13,7 @@ import {
   resumeOutcome,
   statusView
 } from '../src/park';
-import { ApiError } from '../src/tokens';
+import { ApiError } from '../src/wire';
 import { kernelRow, PARKING, parkedRow } from './fixtures';
 
 const NOW = 1_700_000_000; // seconds

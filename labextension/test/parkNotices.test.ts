@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { GpuModel } from '../src/model';
+import { PanelModel } from '../src/model';
 import { INotifier, ParkNotices } from '../src/parkNotices';
-import type { IGpuApi, IKernelsReply } from '../src/tokens';
+import type { IGpuApi, IKernelsReply } from '../src/wire';
 import { gpusReply, historyReply, kernelRow, PARKING, parkedRow } from './fixtures';
 
 const NOW = 1_700_000_000;
@@ -58,20 +58,27 @@ function setup() {
     }
   };
   let clock = 0;
-  const model = new GpuModel({ api, autoStart: false, now: () => clock });
+  const model = new PanelModel({ api, autoStart: false, now: () => clock });
+  const expected: (string | null)[] = []; // the kernels model reads often while it waits for these
+  const expectResume = model.expectResume.bind(model);
+  model.expectResume = (id: string) => {
+    expected.push(id);
+    expectResume(id);
+  };
   model.current = { path: 'train.ipynb', kernelId: 'k-1', kernelName: 'gpuenv-pt' };
   const notifier = new FakeNotifier();
   let noticeClock = 0;
   const notices = new ParkNotices(model, notifier, () => noticeClock);
   return {
     model,
+    expected,
     notifier,
     notices,
     calls,
     serve: async (reply: IKernelsReply) => {
       kernels = reply;
       clock += 10_000;
-      await model.tick();
+      await model.reload();
     },
     later: (ms: number) => {
       noticeClock += ms;
@@ -105,7 +112,7 @@ test('the idle policy parking the notebook in focus is told once, and the notice
 });
 
 test('a cell run in a parked kernel shows "Resuming GPU state…" until it runs again', async () => {
-  const { model, notifier, notices, serve } = setup();
+  const { model, expected, notifier, notices, serve } = setup();
   await serve({ kernels: [parkedRow(NOW, { by: 'you' })], parking: PARKING });
   notices.cellScheduled('k-1');
   notices.cellScheduled('k-1'); // a second cell while it resumes: still one notice
@@ -113,7 +120,7 @@ test('a cell run in a parked kernel shows "Resuming GPU state…" until it runs 
     notifier.shown.map(n => [n.message, n.type]),
     [['Resuming GPU state…', 'in-progress']]
   );
-  assert.equal(model.interval, 500); // and the model reads the kernel often meanwhile
+  assert.deepEqual(expected, ['k-1', 'k-1']); // and the model reads the kernel often meanwhile
   await serve({ kernels: [parkedRow(NOW, { by: 'you', state: 'resuming' })], parking: PARKING });
   assert.equal(notifier.shown[0].type, 'in-progress');
   await serve({ kernels: [kernelRow()], parking: PARKING });

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { processName, sortProcesses } from '../src/components/ProcessList';
-import type { IGpuProcess } from '../src/tokens';
+import type { IGpuProcess } from '../src/wire';
 
 const base: IGpuProcess = {
   pid: 1,

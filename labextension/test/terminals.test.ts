@@ -5,7 +5,7 @@ import type { Terminal } from '@jupyterlab/services';
 
 import { GpuEnvTerminalConnection } from '../src/terminalConnection';
 import { kernelsOf, labTerminalOptions, tabLabel } from '../src/terminalInfo';
-import { ApiError, IKernel, ITerminalApi, ITerminalModel } from '../src/tokens';
+import { ApiError, IKernel, ITerminalApi, ITerminalModel } from '../src/wire';
 
 /** A browser WebSocket as the connection uses it: the test plays the server. */
 class FakeSocket {

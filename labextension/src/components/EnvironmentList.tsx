@@ -2,7 +2,8 @@ import React from 'react';
 
 import { canPrepare, pullingFor, whyNot } from '../environments';
 import { basename, environmentState, gpuPolicy, sentence } from '../format';
-import type { ICurrentNotebook, IEnvironment, IEnvironmentsReply, IGpuModel } from '../tokens';
+import type { ICurrentNotebook, IGpuModel } from '../tokens';
+import type { IEnvironment, IEnvironmentsReply } from '../wire';
 import { EnvironmentTerminals, OpenTerminal } from './EnvironmentTerminals';
 import { PullBar } from './PullBar';
 import { Reason } from './Reason';

@@ -3,7 +3,8 @@ import React from 'react';
 import { basename } from '../format';
 import { kernelsOf } from '../terminalInfo';
 import { sentence } from '../format';
-import type { IEnvironment, IEnvironmentsReply, IGpuModel, TerminalTarget } from '../tokens';
+import type { IGpuModel } from '../tokens';
+import type { IEnvironment, IEnvironmentsReply, TerminalTarget } from '../wire';
 
 export type OpenTerminal = (target: TerminalTarget) => void;
 

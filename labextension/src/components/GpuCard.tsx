@@ -1,7 +1,8 @@
 import React from 'react';
 
 import { celsius, fraction, memoryUsage, percent, power } from '../format';
-import type { IGpu, IGpuModel } from '../tokens';
+import type { IGpuModel } from '../tokens';
+import type { IGpu } from '../wire';
 import { Meter } from './Meter';
 import { OpenNotebook, ProcessList } from './ProcessList';
 import { HistoryChart } from './HistoryChart';

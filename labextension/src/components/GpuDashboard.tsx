@@ -12,7 +12,7 @@ const W = 400;
 const H = 80;
 
 /** One GPU in the main area: utilization, memory, power, temperature and PCIe (where NVML gives it) over the
- * server's history window, from the same model (one poll, one server sampler) as the side panel. */
+ * server's history window, from the same model (the same polls, one server sampler) as the side panel. */
 export class GpuDashboard extends ReactWidget {
   constructor(
     private _model: IGpuModel,

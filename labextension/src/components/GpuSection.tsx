@@ -1,7 +1,8 @@
 import React from 'react';
 
 import { noGpuMessage, retryIn } from '../format';
-import type { IGpuModel, IGpusReply } from '../tokens';
+import type { IGpuModel } from '../tokens';
+import type { IGpusReply } from '../wire';
 import { GpuCard, OpenDashboard } from './GpuCard';
 import type { OpenNotebook } from './ProcessList';
 import { StateMessage } from './StateMessage';

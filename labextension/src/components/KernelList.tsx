@@ -2,7 +2,8 @@ import React from 'react';
 
 import { sentence } from '../format';
 import { autoParkText, kernelLabel, parkRows, parkView } from '../park';
-import type { IGpuModel, IKernel, IParking, IParkRequest } from '../tokens';
+import type { IGpuModel, IParkRequest } from '../tokens';
+import type { IKernel, IParking } from '../wire';
 import { Section } from './Section';
 import { StateMessage } from './StateMessage';
 

@@ -2,7 +2,8 @@ import React, { useState } from 'react';
 
 import { basename, bytes } from '../format';
 import { lastExitText } from '../kernels';
-import type { IGpuModel, IGpuProcess } from '../tokens';
+import type { IGpuModel } from '../tokens';
+import type { IGpuProcess } from '../wire';
 
 export type OpenNotebook = (path: string) => void;
 

@@ -1,7 +1,7 @@
 import React from 'react';
 
 import { pullLayers, pullSummary } from '../format';
-import type { IPullProgress } from '../tokens';
+import type { IPullProgress } from '../wire';
 
 /** A pull under way: a progress bar, "layers 2 of 5", and bytes, rate and time left in words. */
 export function PullBar(props: { progress: IPullProgress; label: string; compact?: boolean }): JSX.Element {

@@ -3,7 +3,8 @@ import React from 'react';
 
 import { pullingFor } from '../environments';
 import { duration } from '../format';
-import type { IEnvironment, IGpuModel } from '../tokens';
+import type { IGpuModel } from '../tokens';
+import type { IEnvironment } from '../wire';
 import { PullBar } from './PullBar';
 import { useModel } from './useModel';
 
