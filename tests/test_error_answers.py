@@ -8,6 +8,7 @@ from container_harness import IMAGE, install_spec, our_containers, start, start_
 
 from jupyter_gpuenv import engines as engine_module
 from jupyter_gpuenv import errors
+from jupyter_gpuenv.engines.local import LocalEngine
 
 
 def leaves(cls):
@@ -25,10 +26,12 @@ def test_every_error_class_has_a_status_a_person_can_act_on():
         assert e.status < 500 or issubclass(e, (errors.EngineUnavailable, errors.DriverFailed))
 
 
-class Refusing:
-    """An engine (the Engine interface) whose first answer is the error under test: the rest is real."""
+class Refusing(LocalEngine):
+    """One person's engine whose every Docker call answers the error under test: the rest (the kernelspec, the
+    socket folder, the verdict made from what the engine says) is real."""
 
-    def __init__(self, error):
+    def __init__(self, settings, error):
+        super().__init__(settings)
         self.error = error
 
     async def image_facts(self, image, python=None, env=None):
@@ -43,7 +46,7 @@ class Refusing:
     async def kernels(self):
         raise self.error
 
-    async def pull(self, image, on_progress):
+    async def pull(self, image, on_progress=None):
         raise self.error
 
     async def start_kernel(self, request):
@@ -70,7 +73,7 @@ def jp_server_config(jp_server_config):
 @pytest.mark.parametrize("error", ERRORS, ids=[e.__name__ for e in ERRORS])
 async def test_each_error_reaches_the_rest_answer(error, jp_fetch, jp_data_dir, monkeypatch):
     sentence = f"{error.__name__} happened: do this about it (100% of the time)"
-    monkeypatch.setattr(engine_module, "connect", lambda settings, log=None: Refusing(error(sentence)))
+    monkeypatch.setattr(engine_module, "connect", lambda settings, log=None: Refusing(settings, error(sentence)))
     name = install_spec(jp_data_dir, "e", {})
     code, message = await start_error(jp_fetch, name)
     assert (code, message) == (error.status, sentence)

@@ -26,7 +26,7 @@ from jupyter_gpuenv.environments.definition import Environment, parse_environmen
 from jupyter_gpuenv.errors import InvalidEnvironment
 
 DEFAULT_CONFIG = "/etc/jupyter-gpuenv/broker_config.py"
-EXAMPLE = Path(__file__).resolve().parent / "examples" / "broker_config.py"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "broker_config.py"
 
 
 class ConfigProblems(Exception):
