@@ -1,9 +1,9 @@
 """The broker's Prometheus endpoint and usage ledger: every user's kernels on a shared GPU host, the admin's view.
 
-A single-user server exports its own kernels (metrics.py); on a shared host the broker knows every kernel, so one
+A single-user server exports its own kernels (usage.metrics); on a shared host the broker knows every kernel, so one
 scrape target per host tells who holds which GPU. The series, the meter and the ledger are the server's own
-(usage.py, metrics.py, ledger.py); only the rows differ: one per lease in the broker's book, named by its owner,
-environment, container and notebook. GPU memory is found by container: the sampler thread reads each GPU
+(usage/); only the rows differ: one per lease in the broker's book, named by its owner, environment, container and
+notebook. GPU memory is found by container: the sampler thread reads each GPU
 process's cgroup (:func:`attribute`), and a lease names its container (:func:`kernel_usages`, pure).
 
 The endpoint listens on loopback unless the administrator says otherwise, and asks for a bearer token that only

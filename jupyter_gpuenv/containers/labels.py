@@ -24,7 +24,7 @@ EXCLUSIVE = f"{PREFIX}.exclusive"
 SOCKETS = f"{PREFIX}.socket-dir"
 PROBE = f"{PREFIX}.probe"  # a short-lived container that asks an image about its Python
 BROKER = f"{PREFIX}.broker"  # started by the shared-host broker, which keeps its lease
-TERMINAL = f"{PREFIX}.terminal"  # started for a terminal alone (terminals.py), removed when it closes
+TERMINAL = f"{PREFIX}.terminal"  # started for a terminal alone (server.terminals), removed when it closes
 NETNS = f"{PREFIX}.netns"  # holds one user's no-network namespace, which their kernels join
 USER = f"{PREFIX}.user"  # whose namespace holder (one uid may serve several people behind a broker)
 

@@ -140,7 +140,7 @@ class KernelsHandler(GpuEnvHandler):
 
 
 class ParkHandler(GpuEnvHandler):
-    """``POST kernels/ID/park`` and ``…/resume``: move a kernel's GPU memory to host memory and back (parker.py).
+    """``POST kernels/ID/park`` and ``…/resume``: move a kernel's GPU memory to host memory and back (server.parking).
 
     200 with the kernel's row; 404 for a kernel this server does not run; 409 with the reason when it cannot be
     parked now (busy, nothing on a GPU, no checkpoint API) or its GPU is taken; 503 when the driver failed.
@@ -187,7 +187,7 @@ class UsageHandler(GpuEnvHandler):
 
 class TerminalsHandler(GpuEnvHandler):
     """``GET terminals``: this server's terminals. ``POST terminals`` opens one: ``{"kernel_id": ID}`` in that
-    kernel's container, ``{"environment": NAME}`` in a container of its own (``terminals.py``).
+    kernel's container, ``{"environment": NAME}`` in a container of its own (``server.terminals``).
 
     It takes what opening a Lab terminal takes (permission to execute terminals); none opens while the
     server's terminals are off (``c.ServerApp.terminals_enabled = False``).

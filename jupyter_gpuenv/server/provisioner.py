@@ -162,7 +162,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         super().__init__(**kwargs)
         context = server_context(self)
         self.settings, self._sampler, self._root_dir = context.settings, context.sampler, context.root_dir
-        self._warm_kernels, self._warm = context.warm, None  # a warm kernel taken for this start (warm.py)
+        self._warm_kernels, self._warm = context.warm, None  # a warm kernel taken for this start (server.warm)
         source = f"kernelspec {getattr(self.parent, 'kernel_name', None) or '?'}"
         try:
             if not _KERNEL_ID.fullmatch(self.kernel_id or ""):
