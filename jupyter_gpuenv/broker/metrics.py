@@ -30,11 +30,12 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.web import Application, RequestHandler
 
+from jupyter_gpuenv import host
 from jupyter_gpuenv.broker.leases import KernelLease
 from jupyter_gpuenv.gpus import attribution
 from jupyter_gpuenv.gpus.nvml import Snapshot
 from jupyter_gpuenv.usage.counter import KernelUsage, UsageCounter
-from jupyter_gpuenv.usage.ledger import Ledger, private_folder
+from jupyter_gpuenv.usage.ledger import Ledger
 from jupyter_gpuenv.usage.metrics import Collector
 
 log = logging.getLogger("jupyter_gpuenv.broker")
@@ -178,7 +179,7 @@ class BrokerMetrics:
         if self.usage.ledger is not None:
             # the folder from the start, so `usage --dir` finds a ledger (empty) rather than no folder; the first
             # records soon after, not a whole flush interval later
-            private_folder(self.usage.ledger.folder)
+            host.private_folder(str(self.usage.ledger.folder), parents=True)
             self.usage.flush_soon(FIRST_FLUSH)
         self.usage.start()
         if not self.settings.metrics_port:

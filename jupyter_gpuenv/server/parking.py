@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import time
@@ -353,16 +352,6 @@ class Parker:
         }
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class FileStore:
     """One person's machine: this server's parked kernels in a private file, under the allocation lock the engine
     uses; another server of the same user keeps its own, and GPU choices read them all."""
@@ -396,12 +385,12 @@ class FileStore:
     @contextlib.asynccontextmanager
     async def locked(self) -> AsyncIterator[None]:
         path = os.path.join(host.private_folder(self.private_dir), "allocation.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        lock = host.locked_file(path)
+        await asyncio.get_running_loop().run_in_executor(None, lock.__enter__)
         try:
-            await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)
+            lock.__exit__(None, None, None)
 
     async def others(self, kernel_id: str) -> Holdings:
         kernels = await self._kernels()
@@ -571,7 +560,7 @@ class ServerParking:
         if self.broker:  # first: a fault in this server's own book must not keep the broker's rows from the panel
             await self._refresh_brokered(running)
         for record in self.parker.store.all():
-            if record.kernel_id not in running or not all(process_alive(p) for p in record.pids):
+            if record.kernel_id not in running or not all(host.process_alive(p) for p in record.pids):
                 self.parker.forget(record.kernel_id)
         inventory = list(self.sampler.latest.gpus)
         await self.parker.retry_waiting(inventory)

@@ -14,7 +14,6 @@ import fcntl
 import inspect
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -27,6 +26,7 @@ from jupyter_client.provisioning import KernelProvisionerBase
 
 from jupyter_gpuenv import engines, host
 from jupyter_gpuenv.config import GpuEnv
+from jupyter_gpuenv.containers import labels
 from jupyter_gpuenv.containers.spec import CLIENT_LOCK, AssignedGpu, check_cwd
 from jupyter_gpuenv.engines import base as engine
 from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
@@ -40,7 +40,6 @@ from jupyter_gpuenv.server.warm import warm_variables
 
 _BASE_KWARGS = {"kernel_id", "kernel_spec", "parent", "config", "log"}
 # a kernel id names a folder and a container: what jupyter_server makes (a uuid), nothing that walks paths
-_KERNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would let a final newline in
 # the one log line of a refused start (the quiet-refusals log filter knows it by this format)
 REFUSAL_FORMAT = "gpuenv: kernel %s not started (%d %s): %s"
 LISTEN_WAIT = 30.0  # seconds a launch waits at most for the kernel's sockets (a large image's first start: ~4 s)
@@ -165,7 +164,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         self._warm_kernels, self._warm = context.warm, None  # a warm kernel taken for this start (server.warm)
         source = f"kernelspec {getattr(self.parent, 'kernel_name', None) or '?'}"
         try:
-            if not _KERNEL_ID.fullmatch(self.kernel_id or ""):
+            if not labels.KERNEL_ID.fullmatch(self.kernel_id or ""):
                 raise InvalidKernelId(
                     f"kernel id {self.kernel_id!r} is not allowed: use letters, digits, '-' and '_' (at most 64), "
                     "or let the server choose one"
