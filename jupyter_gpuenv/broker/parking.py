@@ -25,6 +25,7 @@ from jupyter_gpuenv.broker.policy import check_start
 from jupyter_gpuenv.containers.allocation import Holdings
 from jupyter_gpuenv.errors import UnknownKernel
 from jupyter_gpuenv.parking.activity import KernelActivity, iopub_address
+from jupyter_gpuenv.parking.parker import Parker
 from jupyter_gpuenv.parking.rules import (
     BY_PERSON,
     BY_POLICY,
@@ -34,7 +35,6 @@ from jupyter_gpuenv.parking.rules import (
     idle_to_park,
     why_not_park,
 )
-from jupyter_gpuenv.server.parking import Parker
 
 log = logging.getLogger("jupyter_gpuenv.broker")
 CONNECTION_FILE_LIMIT = 1 << 16  # bytes: a connection file is a few hundred
