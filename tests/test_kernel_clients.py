@@ -207,7 +207,7 @@ time.sleep(600)
 
 FAKE_NVML = """
 import fake_pynvml
-from jupyter_gpuenv import nvml
+from jupyter_gpuenv.gpus import nvml
 fake = fake_pynvml.FakePynvml(fake_pynvml.load("h100x2"))
 nvml.load_pynvml = lambda: fake
 """
