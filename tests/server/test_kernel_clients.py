@@ -214,7 +214,7 @@ nvml.load_pynvml = lambda: fake
 
 
 def client_process(name, prelude="", env=None):
-    script = SCRIPT.format(tests=os.path.dirname(__file__), prelude=prelude, name=name)
+    script = SCRIPT.format(tests=os.path.dirname(os.path.dirname(__file__)), prelude=prelude, name=name)
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     container_id = process.stdout.readline().strip()
     assert container_id, "the client script did not start its kernel"
