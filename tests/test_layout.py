@@ -37,7 +37,9 @@ FLOORS = {
 PURE = ("environments", "containers")
 # Where an outside library may be imported (by its top-level name).
 ADAPTERS = {
-    "docker": ("engines/docker/",),
+    # the Swarm engine is a second adapter of the same outside system: services, tasks and nodes are Engine API
+    # calls, translated by the Docker adapter's one translation point (engines.docker.engine.translated)
+    "docker": ("engines/docker/", "engines/swarm/"),
     "tornado": ("server/", "broker/daemon.py", "broker/metrics.py"),
     "jupyter_server": ("server/",),
 }
@@ -149,3 +151,4 @@ def test_only_the_engines_wing_reads_the_broker_setting():
                 if owner.endswith(("settings", "gpuenv")):
                     readers.append(f"{where(path)}:{node.lineno} reads {owner}.broker")
     assert readers == []
+

@@ -135,3 +135,16 @@ def no_room(kind: str, count: int, nodes: Iterable[Node], placements: Iterable[P
     if not hosts:
         return f"No host in the cluster has a {kind}: ask the administrator which GPU models there are."
     return f"No host has {count} free {kind} now. " + "; ".join(hosts) + "."
+
+
+def free_gpus(kind: str, nodes: Iterable[Node], placements: Iterable[Placement]) -> dict[str, list[str]]:
+    """Node id → the UUIDs of ``kind`` no kernel holds there, on hosts Swarm may place on (up, not drained).
+
+    The broker's own count of what is free: a kernel is created only when a host has room (no task left
+    pending, whose next try Swarm would make only ~14 s later), and its queue knows when a GPU came free."""
+    held = {uuid for p in placements if p.holds_gpus or p.state in ("", "new", "pending") for uuid in p.gpus}
+    return {
+        n.id: [uuid for k, uuid in n.gpus if k == kind and uuid not in held]
+        for n in nodes
+        if n.up and n.available and any(k == kind for k, _ in n.gpus)
+    }
