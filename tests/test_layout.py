@@ -152,3 +152,14 @@ def test_only_the_engines_wing_reads_the_broker_setting():
                     readers.append(f"{where(path)}:{node.lineno} reads {owner}.broker")
     assert readers == []
 
+
+def test_only_broker_cluster_reads_the_cluster_setting():
+    """One host or a cluster is decided once (``broker.cluster.connect``); the daemon asks what it was given."""
+    readers = [
+        f"{where(path)}:{node.lineno}"
+        for path in MODULES.values()
+        if where(path) not in ("broker/cluster.py", "broker/setup.py", "broker/settings.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "cluster" and ast.unparse(node.value).endswith("settings")
+    ]
+    assert readers == []

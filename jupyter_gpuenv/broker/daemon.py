@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import hashlib
 import json
@@ -36,6 +37,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from jupyter_gpuenv import host
+from jupyter_gpuenv.broker import cluster as broker_cluster
 from jupyter_gpuenv.broker import folders as broker_folders
 from jupyter_gpuenv.broker import metrics as broker_metrics
 from jupyter_gpuenv.broker.leases import RUNNING, KernelLease, LeaseBook
@@ -43,11 +45,13 @@ from jupyter_gpuenv.broker.parking import BrokerParking
 from jupyter_gpuenv.broker.policy import Policy, check_start
 from jupyter_gpuenv.broker.settings import Broker
 from jupyter_gpuenv.containers import labels
+from jupyter_gpuenv.containers import spec as containers
 from jupyter_gpuenv.containers.spec import check_cwd, within
 from jupyter_gpuenv.engines.base import KernelRequest, image_facts_of
 from jupyter_gpuenv.engines.docker.engine import DockerEngine
+from jupyter_gpuenv.engines.swarm.placements import ENDED
 from jupyter_gpuenv.environments import preflight, runtime
-from jupyter_gpuenv.environments.definition import Environment, parse_environment
+from jupyter_gpuenv.environments.definition import Environment, GpuPolicy, parse_environment
 from jupyter_gpuenv.errors import (
     EngineUnreachable,
     GpuEnvError,
@@ -73,6 +77,7 @@ _START_ARGS = {
     "keep_gpus",
     "server_env",
     "terminal",
+    "wait",  # cluster only: wait in line for a GPU instead of being refused (progress lines give the place)
 }
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MAX_REQUEST = 1 << 16
@@ -193,6 +198,8 @@ class BrokerDaemon:
             name: parse_environment(name, raw, "c.Broker.environments") for name, raw in settings.environments.items()
         }
         self.docker = DockerEngine(settings.docker_url, settings.docker_timeout, None, log)
+        self.cluster = broker_cluster.connect(settings)  # None: kernels run on this host's engine
+        self.kernel_engine = self.cluster.engine if self.cluster else self.docker  # state and signal of a kernel
         self.book = LeaseBook(os.path.join(self.folder, "leases.json"))
         self.sampler = Sampler(
             interval=settings.sample_interval,
@@ -232,6 +239,9 @@ class BrokerDaemon:
     async def recover(self) -> None:
         """After a restart: keep running kernels' leases, remove what an interrupted start left."""
         self.book.load()
+        if self.cluster is not None:
+            await self._recover_in_cluster()
+            return
         mine = self.settings.socket  # this broker's containers; another broker on the same engine keeps its own
         containers = {c.kernel_id: c for c in await self.docker.kernels() if c.labels.get(labels.BROKER) == mine}
         for lease in self.book:
@@ -262,6 +272,21 @@ class BrokerDaemon:
                         self.pending[path] = ("", time.monotonic())
         finally:
             os.close(sockets)
+
+    async def _recover_in_cluster(self) -> None:
+        """After a restart, in a cluster: Swarm's record decides which leases still hold (a manager keeps it across
+        our restart); an interrupted start's service goes. Other brokers' kernels are theirs to sweep."""
+        cluster = self.cluster
+        assert cluster is not None
+        running = {k.kernel_id: k for k in await cluster.engine.kernels()}
+        for lease in self.book:
+            found = running.get(lease.kernel_id)
+            if lease.state != RUNNING or found is None or found.state in ENDED:
+                if found is not None:
+                    await cluster.remove(found.service_id)
+                if lease.state != RUNNING:
+                    shutil.rmtree(lease.socket_dir, ignore_errors=True)
+                self.book.drop(lease)
 
     async def serve(self) -> None:
         self.prepare_folders()
@@ -347,7 +372,7 @@ class BrokerDaemon:
     async def _remove_lease(self, lease: KernelLease) -> None:
         try:
             if lease.container_id:
-                await self.docker.remove(lease.container_id)
+                await self._remove_kernel(lease.container_id)
         finally:
             self._drop_folder(lease.socket_dir)
             self.book.drop(lease)
@@ -502,12 +527,12 @@ class BrokerDaemon:
             if lease is None:
                 raise UnknownKernel("no such kernel container of yours")
             if op == "state":
-                return asdict(await self.docker.state(lease.container_id))
+                return asdict(await self.kernel_engine.state(lease.container_id))
             if op == "signal":
-                await self.docker.signal(lease.container_id, _arg(args, "signum", int))
+                await self.kernel_engine.signal(lease.container_id, _arg(args, "signum", int))
                 return {}
             async with self.lock:
-                last = await self.docker.remove(lease.container_id)
+                last = await self._remove_kernel(lease.container_id)
                 self.book.drop(lease)
             # a restart starts the same kernel id again at once: it may keep these GPUs (keep_gpus), no others
             now = time.monotonic()
@@ -516,6 +541,12 @@ class BrokerDaemon:
             self.pending.setdefault(lease.socket_dir, (caller.name, now))  # its folder: until the restart, or swept
             return asdict(last) if last else None
         raise InvalidRequest(f"unknown operation {op!r}")
+
+    async def _remove_kernel(self, container_id: str) -> Any:
+        """A kernel's container goes (on this host, or its service in the cluster: whoever waits is told)."""
+        if self.cluster is not None:
+            return await self.cluster.remove(container_id)
+        return await self.docker.remove(container_id)
 
     # -- who asks --------------------------------------------------------------------------------------
     async def identify(self, uid: int, pid: int, token: Any) -> Caller:
@@ -798,9 +829,10 @@ class BrokerDaemon:
             raise InvalidRequest("the connection file must be in the kernel's socket folder")
         keep = self._keep(caller, kernel_id, env, args.get("keep_gpus"))
         server_env = _server_env(args.get("server_env"))
-        terminal = args.get("terminal")
-        if terminal is not None and not isinstance(terminal, bool):
-            raise InvalidRequest("'terminal' must be true or false")
+        terminal, wait = args.get("terminal"), args.get("wait")
+        for key, value in (("terminal", terminal), ("wait", wait)):
+            if value is not None and not isinstance(value, bool):
+                raise InvalidRequest(f"'{key}' must be true or false")
         if caller.volume:  # a path inside the user's own container: only their volume's folder is theirs
             root_dir, cwd = os.path.normpath(root_arg), os.path.normpath(cwd_arg)
             if not os.path.isabs(root_dir) or not within(root_dir, caller.home):
@@ -814,7 +846,8 @@ class BrokerDaemon:
 
         self.starting.add(socket_dir)
         try:
-            verdict = await self._verdict(env)
+            # in a cluster the GPUs are the chosen host's: this host's image and runtime are checked here
+            verdict = await self._verdict(dataclasses.replace(env, gpus=GpuPolicy("none")) if self.cluster else env)
             verdict.raise_if_refused()
             if verdict.state in (preflight.IMAGE_MISSING, preflight.PULLING):
                 await self.docker.pull(env.image, lambda p: progress(p.as_dict()))
@@ -827,6 +860,10 @@ class BrokerDaemon:
                     cwd = os.path.realpath(cwd_arg)  # a string the container resolves in its own view
                     check_cwd(cwd, root_dir, caller.home)
                 await race_window(kernel_id)
+                if self.cluster is not None:
+                    return await self._start_in_cluster(caller, kernel_id, env, rule, root_dir, cwd, socket_dir,
+                                                        connection_file, server_env, bool(terminal), verdict,
+                                                        bool(wait), progress)  # fmt: skip
                 return await self._start(caller, kernel_id, env, rule, root_dir, cwd, socket_dir, connection_file,
                                          keep, server_env, bool(terminal), verdict, pinned)  # fmt: skip
             finally:
@@ -902,6 +939,67 @@ class BrokerDaemon:
             "container_id": placement.container_id,
             "gpu_mode": placement.gpu_mode,
             "gpus": [asdict(g) for g in placement.gpus],
+        }
+
+    async def _start_in_cluster(
+        self,
+        caller: Caller,
+        kernel_id: str,
+        env: Environment,
+        rule: Any,
+        root_dir: str,
+        cwd: str,
+        socket_dir: str,
+        connection_file: str,
+        server_env: dict[str, str],
+        terminal: bool,
+        verdict: preflight.Verdict,
+        wait: bool,
+        progress: Callable,
+    ) -> dict[str, Any]:
+        """The start as a Swarm service on whichever host has room (``broker.cluster``), limits counted on every
+        host; not under the host's lock, since a start may wait in line for a GPU."""
+        assert self.cluster is not None
+        lease = KernelLease(kernel_id, caller.uid, caller.name, env.name, socket_dir, server_pid=caller.pid,
+                            server_started=process_start(caller.pid))  # fmt: skip
+        lease.notebook = server_env.get("JPY_SESSION_NAME", "")[:1000]
+        self.book.put(lease)
+        try:
+            facts = containers.LaunchFacts(
+                kernel_id=kernel_id,
+                user=host.User(caller.name, caller.uid, caller.gid, caller.home),
+                server_host=self.hostname,
+                server_pid=caller.pid,
+                root_dir=root_dir,
+                cwd=cwd,
+                socket_dir=socket_dir,
+                connection_file=connection_file,
+                gpu_mode="none",  # the chosen host's runtime adds the GPUs Swarm reserved
+                runtime_dir=runtime.runtime_path(self.settings.kernel_runtime_dir, verdict.runtime_version)
+                if verdict.runtime_version
+                else None,
+                server_env=server_env,
+                terminal=terminal,
+            )
+            request = broker_cluster.service_request(
+                env, self.cluster.kind_of(env), containers.spec(env, facts), kernel_id, caller.name, caller.uid,
+                caller.gid, lease.notebook,
+            )  # fmt: skip
+            placement = await self.cluster.start(request, rule, wait, progress)
+        except BaseException:
+            self.book.drop(lease)
+            raise
+        lease.state, lease.container_id = RUNNING, placement.service_id
+        lease.gpus, lease.exclusive = list(placement.gpus), True
+        self.book.put(lease)
+        self.pending.pop(socket_dir, None)
+        log.info("gpuenv broker: %s's kernel %s runs on %s (GPUs %s)", caller.name, kernel_id, placement.host,
+                 list(placement.gpus) or "none")  # fmt: skip
+        return {
+            "container_id": placement.service_id,
+            "gpu_mode": "swarm",
+            "gpus": [{"index": i, "uuid": uuid, "minor": None} for i, uuid in enumerate(placement.gpus)],
+            "host": placement.host,
         }
 
 

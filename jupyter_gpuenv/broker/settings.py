@@ -158,3 +158,35 @@ class Broker(Configurable):
         "user's) instead of one each: a faster start. A user's kernels then share 127.0.0.1, as local kernels do. "
         "False: a namespace per kernel.",
     )
+    cluster = Enum(
+        ["", "swarm"],
+        "",
+        config=True,
+        help="'' (default): kernels run on this host. 'swarm': this host is one of several in a Docker Swarm, and "
+        "kernels run on whichever host has a free GPU of the model their environment asks for (docs/multi-host.md). "
+        "This host's engine must then be a swarm manager (or set cluster_manager_url).",
+    )
+    cluster_manager_url = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="cluster 'swarm': a swarm manager's Engine API. Unset: this host's own engine (docker_url), which "
+        "must be a manager. Never a TCP address without TLS: whoever reaches it is root on every host.",
+    )
+    cluster_gpu_kinds = Dict(
+        config=True,
+        help="cluster 'swarm': the GPU model each environment that wants GPUs asks for, as the hosts advertise it "
+        "in their daemon.json node-generic-resources: {'pytorch': 'GPU-H200'}.",
+    )
+    relay_port = Int(
+        7491,
+        config=True,
+        help="cluster 'swarm': the port on this host's swarm address where its broker takes kernel channels from "
+        "the other hosts' brokers (mutual TLS with the swarm's own node certificates; nothing else listens).",
+    )
+    swarm_certificates = Unicode(
+        "/var/lib/docker/swarm/certificates",
+        config=True,
+        help="cluster 'swarm': the folder of this node's swarm certificate, key and root CA (swarm-node.crt, "
+        "swarm-node.key, swarm-root-ca.crt), which the relay authenticates with; under dockerd's data-root.",
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 
 from traitlets import TraitError
@@ -113,6 +114,7 @@ def check(config: Config) -> list[str]:
         problems.append(str(exc))
     else:
         problems += _unknown_in_policy(policy, environments)
+    problems += _cluster_problems(settings, environments)
     if settings.metrics_port and not is_loopback(settings.metrics_address) and not settings.metrics_public:
         problems.append(
             f"c.Broker.metrics_address = {settings.metrics_address!r} is not a loopback address: the metrics name "
@@ -133,6 +135,40 @@ def _out_of_range(settings: Broker, given: set[str]) -> list[str]:
             for k in AT_LEAST_ZERO if k in given and not getattr(settings, k) >= 0]  # fmt: skip
     if "metrics_port" in given and not 0 <= settings.metrics_port <= 65535:
         out.append(f"c.Broker.metrics_port must be a port (1 to 65535), or 0 for none, not {settings.metrics_port}")
+    return out
+
+
+GPU_KIND = re.compile(r"GPU(-[A-Za-z0-9]+)*")
+
+
+def _cluster_problems(settings: Broker, environments: dict[str, Environment | None]) -> list[str]:
+    """With c.Broker.cluster = 'swarm': every environment that wants GPUs names a GPU model, as a count (Swarm's
+    GPUs are whole and each one kernel's), and the person's files are folders (a Docker volume is one host's)."""
+    if settings.cluster != "swarm":
+        given = [k for k in ("cluster_manager_url", "cluster_gpu_kinds") if getattr(settings, k)]
+        return [f"c.Broker.{k} is set but c.Broker.cluster is not 'swarm': set both, or neither" for k in given]
+    out = []
+    if settings.identify == "hub-token":
+        out.append("c.Broker.cluster = 'swarm' needs c.Broker.identify = 'peer': in hub-token mode a person's files "
+                   "are a Docker volume, which only one host has")  # fmt: skip
+    if not 0 < settings.relay_port < 65536:
+        out.append(f"c.Broker.relay_port must be a port (1 to 65535), not {settings.relay_port}")
+    for name, kind in sorted(settings.cluster_gpu_kinds.items()):
+        if name not in environments:
+            out.append(f"c.Broker.cluster_gpu_kinds names the environment {name!r}, which c.Broker.environments "
+                       "does not define")  # fmt: skip
+        if not isinstance(kind, str) or not GPU_KIND.fullmatch(kind):
+            out.append(f"c.Broker.cluster_gpu_kinds[{name!r}] = {kind!r} is not a GPU model as hosts advertise it "
+                       "(e.g. 'GPU-H200')")  # fmt: skip
+    for name, env in sorted(environments.items()):
+        if env is None or not env.gpus.wants_gpus:
+            continue
+        if env.gpus.kind not in ("count", "exclusive"):
+            out.append(f"environment {name!r}: gpus {str(env.gpus)!r} has no meaning across hosts (c.Broker.cluster = "
+                       "'swarm'): give a count, such as '1' or 'exclusive:2'")  # fmt: skip
+        elif name not in settings.cluster_gpu_kinds:
+            out.append(f"environment {name!r} wants GPUs: c.Broker.cluster_gpu_kinds must say which model "
+                       f"(e.g. {{{name!r}: 'GPU-H200'}})")  # fmt: skip
     return out
 
 
