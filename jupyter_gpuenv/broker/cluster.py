@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +29,9 @@ from jupyter_gpuenv.engines.swarm import placements as p
 from jupyter_gpuenv.engines.swarm import service as s
 from jupyter_gpuenv.engines.swarm.engine import SwarmEngine
 from jupyter_gpuenv.environments.definition import Environment
-from jupyter_gpuenv.errors import InvalidEnvironment, NoFreeGpu
+from jupyter_gpuenv.errors import CannotStartHere, InvalidEnvironment, NoFreeGpu
 
+Prepare = Callable[[p.Node, s.KernelRequest], Awaitable[s.KernelRequest]]
 LOOK = 0.25  # seconds between two looks at the swarm while someone waits: a release elsewhere is seen this soon
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)b?", re.IGNORECASE)
 
@@ -145,15 +146,21 @@ class Cluster:
         return len(mine), sum(len(k.gpus) for k in mine)
 
     async def start(
-        self, request: s.KernelRequest, rule: Rule, wait: bool, progress: Callable[[dict[str, Any]], None]
+        self,
+        request: s.KernelRequest,
+        rule: Rule,
+        wait: bool,
+        progress: Callable[[dict[str, Any]], None],
+        prepare: Prepare | None = None,
     ) -> p.Placement:
         """Start ``request`` where Swarm has room; NotPermitted past the person's limits on all hosts together;
         NoFreeGpu with the sentence naming hosts and holders, or, with ``wait``, its place in line until a GPU of
-        its model is free."""
+        its model is free. ``prepare``: the host is chosen first and made ready for the kernel (its broker makes
+        the socket folder there), and the kernel is placed on it; without it, Swarm chooses."""
         if not request.gpu_count:
             async with self.lock:
                 await self._check(request, rule)
-                return await self.engine.start_kernel(request)
+                return await self._place(request, prepare)
         if not wait and self.line.ahead(request.gpu_kind):
             nodes, now = await self.engine.snapshot()
             waiting = self.line.ahead(request.gpu_kind)
@@ -169,7 +176,7 @@ class Cluster:
                     async with self.lock:
                         await self._check(request, rule)
                         try:
-                            return await self.engine.start_kernel(request)
+                            return await self._place(request, prepare)
                         except NoFreeGpu:
                             if not wait:
                                 raise
@@ -182,6 +189,20 @@ class Cluster:
         finally:
             self.line.leave(ticket)
             self._freed.set()  # the next in line looks at once
+
+    async def _place(self, request: s.KernelRequest, prepare: Prepare | None) -> p.Placement:
+        if prepare is None:
+            return await self.engine.start_kernel(request)
+        nodes, now = await self.engine.snapshot()
+        node = p.choose_node(request.gpu_kind, request.gpu_count, nodes, now)
+        if node is None and not request.gpu_count:
+            raise CannotStartHere(
+                "No host of the cluster takes CPU-only kernels now: the administrator labels such hosts with "
+                f"`docker node update --label-add {s.CPU_HOSTS}=true <host>`"
+            )
+        if node is None:
+            raise NoFreeGpu(p.no_room(request.gpu_kind, request.gpu_count, nodes, now))
+        return await self.engine.start_kernel(await prepare(node, request), node=node.id)
 
     async def _check(self, request: s.KernelRequest, rule: Rule) -> None:
         kernels, gpus = await self.usage(request.user)

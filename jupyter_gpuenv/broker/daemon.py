@@ -40,6 +40,7 @@ from jupyter_gpuenv import host
 from jupyter_gpuenv.broker import cluster as broker_cluster
 from jupyter_gpuenv.broker import folders as broker_folders
 from jupyter_gpuenv.broker import metrics as broker_metrics
+from jupyter_gpuenv.broker import relay
 from jupyter_gpuenv.broker.leases import RUNNING, KernelLease, LeaseBook
 from jupyter_gpuenv.broker.parking import BrokerParking
 from jupyter_gpuenv.broker.policy import Policy, check_start
@@ -50,6 +51,7 @@ from jupyter_gpuenv.containers.spec import check_cwd, within
 from jupyter_gpuenv.engines.base import KernelRequest, image_facts_of
 from jupyter_gpuenv.engines.docker.engine import DockerEngine
 from jupyter_gpuenv.engines.swarm.placements import ENDED
+from jupyter_gpuenv.engines.swarm.service import service_name
 from jupyter_gpuenv.environments import preflight, runtime
 from jupyter_gpuenv.environments.definition import Environment, GpuPolicy, parse_environment
 from jupyter_gpuenv.errors import (
@@ -200,6 +202,8 @@ class BrokerDaemon:
         self.docker = DockerEngine(settings.docker_url, settings.docker_timeout, None, log)
         self.cluster = broker_cluster.connect(settings)  # None: kernels run on this host's engine
         self.kernel_engine = self.cluster.engine if self.cluster else self.docker  # state and signal of a kernel
+        self.relay_server: relay.RelayServer | None = None  # cluster: other hosts' kernels' channels come here
+        self.relayed: dict[str, tuple[relay.Listeners, relay.Peer]] = {}  # kernel id -> channels to its host
         self.book = LeaseBook(os.path.join(self.folder, "leases.json"))
         self.sampler = Sampler(
             interval=settings.sample_interval,
@@ -293,6 +297,8 @@ class BrokerDaemon:
         self.sampler.start()
         await self.recover()
         await self.metrics.start()
+        if self.cluster is not None:
+            await self._serve_relay()
         if os.path.exists(self.settings.socket):
             os.unlink(self.settings.socket)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -315,6 +321,10 @@ class BrokerDaemon:
         listener.close()
         for task in tasks:
             task.cancel()
+        for listeners, _ in self.relayed.values():
+            await listeners.close()
+        if self.relay_server is not None:
+            await self.relay_server.close()
         await self.metrics.stop()
         self.sampler.stop()
         self.docker.close()
@@ -529,7 +539,12 @@ class BrokerDaemon:
             if op == "state":
                 return asdict(await self.kernel_engine.state(lease.container_id))
             if op == "signal":
-                await self.kernel_engine.signal(lease.container_id, _arg(args, "signum", int))
+                signum = _arg(args, "signum", int)
+                remote = self.relayed.get(lease.kernel_id)
+                if remote is not None:  # only the kernel's own host can signal it
+                    await relay.ask(self.relay_ssl, remote[1], "signal", kernel=lease.kernel_id, signum=signum)
+                else:
+                    await self.kernel_engine.signal(lease.container_id, signum)
                 return {}
             async with self.lock:
                 last = await self._remove_kernel(lease.container_id)
@@ -543,10 +558,123 @@ class BrokerDaemon:
         raise InvalidRequest(f"unknown operation {op!r}")
 
     async def _remove_kernel(self, container_id: str) -> Any:
-        """A kernel's container goes (on this host, or its service in the cluster: whoever waits is told)."""
-        if self.cluster is not None:
-            return await self.cluster.remove(container_id)
-        return await self.docker.remove(container_id)
+        """A kernel's container goes (on this host, or its service in the cluster: whoever waits is told); the
+        channels to another host's kernel close, and that host's broker forgets its socket folder."""
+        if self.cluster is None:
+            return await self.docker.remove(container_id)
+        last = await self.cluster.remove(container_id)
+        lease = next((k for k in self.book if k.container_id == container_id), None)
+        remote = self.relayed.pop(lease.kernel_id, None) if lease else None
+        if remote is not None and lease is not None:
+            await remote[0].close()
+            try:
+                await relay.ask(self.relay_ssl, remote[1], "forget", uid=lease.uid, kernel=lease.kernel_id)
+            except (OSError, PermissionError, ValueError, asyncio.TimeoutError) as exc:
+                log.warning("gpuenv broker: %s keeps kernel %s's socket folder (%s)", remote[1].node_id,
+                            lease.kernel_id, exc)  # fmt: skip
+        return last
+
+    # -- several hosts: the relay ------------------------------------------------------------------------
+    async def _serve_relay(self) -> None:
+        """Listen for the other hosts' brokers on this node's swarm address (mutual TLS, swarm certificates)."""
+        assert self.cluster is not None
+        certs = relay.NodeCertificates(self.settings.swarm_certificates)
+        self.relay_ssl = relay.context(certs, server=False)
+        self.relay_server = relay.RelayServer(certs, self.sockets, self._relay_control)
+        address = await self.cluster.engine.node_address()
+        await self.relay_server.start(address, self.settings.relay_port)
+        log.info("gpuenv broker: kernel channels of other hosts on %s:%d", address, self.settings.relay_port)
+
+    async def _relay_control(self, header: dict[str, Any]) -> dict[str, Any]:
+        """What another host's broker asks of this one for a kernel placed here: its socket folder with the
+        connection file (``prepare``), a signal (``signal``), the folder gone (``forget``)."""
+        assert self.cluster is not None
+        op, kernel_id, uid = header.get("op"), str(header.get("kernel", "")), header.get("uid")
+        if not labels.KERNEL_ID.fullmatch(kernel_id):
+            raise PermissionError("not a kernel id")
+        if op == "signal":
+            await self.cluster.engine.signal(service_name(kernel_id), int(header["signum"]))
+            return {}
+        if not isinstance(uid, int) or isinstance(uid, bool) or uid <= 0:
+            raise PermissionError("a kernel never runs as root")
+        path = os.path.join(self.sockets, str(uid), kernel_id)
+        if op == "forget":
+            self._drop_folder(path)
+            return {}
+        if op != "prepare":
+            raise PermissionError(f"no operation {op!r}")
+        gid, name, connection = header.get("gid"), str(header.get("file", "")), header.get("connection")
+        if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0 or not isinstance(connection, dict):
+            raise PermissionError("prepare takes a gid and a connection")
+        if not relay.NAME.fullmatch(name):
+            raise PermissionError("not a connection file name")
+        data = json.dumps(connection).encode()
+        if len(data) > 1 << 16:
+            raise PermissionError("a connection file is at most 64 KiB")
+        await asyncio.get_running_loop().run_in_executor(None, self._prepare_folder, uid, gid, kernel_id, name, data)
+        return {"folder": path}
+
+    def _prepare_folder(self, uid: int, gid: int, kernel_id: str, name: str, data: bytes) -> None:
+        """sockets/<uid>/<kernel id>/<name> for a kernel another host's broker placed here: made by descriptor,
+        as ``socket_folder`` makes one, the connection file the user's (0600)."""
+        sockets = os.open(self.sockets, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            mine = broker_folders.open_folder(sockets, str(uid), mode=0o711, owner=ROOT, adopt=True)
+        finally:
+            os.close(sockets)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(kernel_id, 0o700, dir_fd=mine)
+            folder = broker_folders.open_folder(mine, kernel_id, mode=0o700, owner=(uid, gid), make=False)
+        finally:
+            os.close(mine)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(name, flags, 0o600, dir_fd=folder)
+            try:
+                os.fchown(fd, uid, gid)
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(folder)
+
+    async def _prepare_remote(
+        self, caller: Caller, kernel_id: str, socket_dir: str, connection_file: str, node: Any, request: Any
+    ) -> Any:
+        """Before a kernel is placed on ``node``: that host's broker makes its socket folder there, with the
+        connection file, and the kernel's socket folder is mounted from it (this host's is here, the relay's)."""
+        assert self.cluster is not None
+        if node.id == await self.cluster.engine.node_id():
+            return request
+        name = os.path.basename(connection_file)
+        raw = await asyncio.get_running_loop().run_in_executor(
+            None, broker_folders.read_user_file, socket_dir, name, caller.uid, 1 << 16
+        )
+        peer = relay.Peer(node.id, node.address, self.settings.relay_port)
+        answer = await relay.ask(self.relay_ssl, peer, "prepare", uid=caller.uid, gid=caller.gid, kernel=kernel_id,
+                                 file=name, connection=json.loads(raw))  # fmt: skip
+        mounts = tuple(
+            dataclasses.replace(m, source=answer["folder"]) if m.target == socket_dir else m for m in request.mounts
+        )
+        return dataclasses.replace(request, mounts=mounts)
+
+    async def _relay_channels(self, caller: Caller, kernel_id: str, connection_file: str, host: str) -> None:
+        """The kernel runs on ``host``: its five channels are listened for here and carried there."""
+        assert self.cluster is not None
+        nodes = await self.cluster.engine.nodes()
+        node = next(n for n in nodes if n.hostname == host)
+        if node.id == await self.cluster.engine.node_id():
+            return
+        raw = await asyncio.get_running_loop().run_in_executor(
+            None, broker_folders.read_user_file, os.path.dirname(connection_file), os.path.basename(connection_file),
+            caller.uid, 1 << 16,
+        )  # fmt: skip
+        peer = relay.Peer(node.id, node.address, self.settings.relay_port)
+        listeners = relay.Listeners(relay.NodeCertificates(self.settings.swarm_certificates), peer, caller.uid,
+                                    kernel_id)  # fmt: skip
+        await listeners.open(relay.channel_paths(json.loads(raw)), owner=(caller.uid, caller.gid))
+        self.relayed[kernel_id] = (listeners, peer)
 
     # -- who asks --------------------------------------------------------------------------------------
     async def identify(self, uid: int, pid: int, token: Any) -> Caller:
@@ -985,7 +1113,15 @@ class BrokerDaemon:
                 env, self.cluster.kind_of(env), containers.spec(env, facts), kernel_id, caller.name, caller.uid,
                 caller.gid, lease.notebook,
             )  # fmt: skip
-            placement = await self.cluster.start(request, rule, wait, progress)
+            placement = await self.cluster.start(
+                request, rule, wait, progress,
+                lambda node, r: self._prepare_remote(caller, kernel_id, socket_dir, connection_file, node, r),
+            )  # fmt: skip
+            try:
+                await self._relay_channels(caller, kernel_id, connection_file, placement.host)
+            except BaseException:
+                await self.cluster.remove(placement.service_id)
+                raise
         except BaseException:
             self.book.drop(lease)
             raise

@@ -22,7 +22,7 @@ import json
 import os
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from jupyter_gpuenv.containers.labels import KERNEL_ID
 
 ROLES = ("swarm-manager", "swarm-worker")
 CHUNK = 1 << 18
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 HEADER_LIMIT = 4096
 CONNECT_TIMEOUT = 5.0
 
@@ -95,7 +95,7 @@ def peer_identity(cert: dict[str, Any] | None) -> tuple[str, str]:
 
 def socket_path(root: str, uid: int, kernel_id: str, name: str) -> str:
     """The kernel socket ``name`` in its socket folder under the broker's tree: ``<root>/<uid>/<kernel>/<name>``."""
-    if not KERNEL_ID.fullmatch(kernel_id) or not _NAME.fullmatch(name) or not 0 < uid < 1 << 31:
+    if not KERNEL_ID.fullmatch(kernel_id) or not NAME.fullmatch(name) or not 0 < uid < 1 << 31:
         raise PermissionError("not a kernel socket")
     return os.path.join(root, str(uid), kernel_id, name)
 
@@ -123,12 +123,19 @@ async def splice(a: tuple[asyncio.StreamReader, asyncio.StreamWriter], b: tuple[
             writer.close()
 
 
-class RelayServer:
-    """The receiving end on the kernel's host: a TLS listener on the node's swarm address."""
+Control = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
-    def __init__(self, certs: NodeCertificates, sockets_root: str) -> None:
+
+class RelayServer:
+    """The receiving end on the kernel's host: a TLS listener on the node's swarm address.
+
+    A connection's first line is ``{"uid", "kernel", "socket"}`` for a kernel channel, or ``{"op": NAME, ...}``
+    for what only this host's broker can do for a kernel placed here (``control``: make its socket folder,
+    signal it, forget it), answered with one line."""
+
+    def __init__(self, certs: NodeCertificates, sockets_root: str, control: Control | None = None) -> None:
         self.ssl = context(certs, server=True)
-        self.root = sockets_root
+        self.root, self.control = sockets_root, control
         self.refused: list[str] = []  # why connections were turned away, for the log and the tests
         self._server: asyncio.AbstractServer | None = None
         self._open: set[asyncio.Task] = set()
@@ -149,6 +156,9 @@ class RelayServer:
         try:
             peer_identity(writer.get_extra_info("peercert"))
             header = json.loads(await asyncio.wait_for(reader.readline(), CONNECT_TIMEOUT))
+            if "op" in header:
+                await self._control(header, writer)
+                return
             path = socket_path(self.root, int(header["uid"]), str(header["kernel"]), str(header["socket"]))
             kernel = await asyncio.wait_for(_kernel_socket(path), CONNECT_TIMEOUT)
         except (PermissionError, ValueError, KeyError, TypeError, OSError, asyncio.TimeoutError) as exc:
@@ -160,6 +170,19 @@ class RelayServer:
             return
         writer.write(b'{"ok": true}\n')
         await splice((reader, writer), kernel)
+
+    async def _control(self, header: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.control is None:
+                raise PermissionError("this relay takes kernel channels only")
+            answer = {"ok": True, **await self.control(header)}
+        except Exception as exc:  # noqa: BLE001 - the asking broker reads the sentence; this one logs it
+            self.refused.append(f"{header.get('op')}: {type(exc).__name__}: {exc}")
+            answer = {"error": str(exc) or type(exc).__name__}
+        with suppress(ConnectionError, OSError):
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        writer.close()
 
 
 async def _kernel_socket(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -189,6 +212,7 @@ class Listeners:
         self.peer, self.uid, self.kernel_id = peer, uid, kernel_id
         self._servers: list[asyncio.AbstractServer] = []
         self._open: set[asyncio.Task] = set()
+        self._paths: list[str] = []
 
     async def open(self, paths: Iterable[str], owner: tuple[int, int] | None = None) -> None:
         """Listen on ``paths`` (made the person's: only they may connect, in their 0700 folder)."""
@@ -198,31 +222,20 @@ class Listeners:
                 os.chown(path, *owner)
             os.chmod(path, 0o600)
             self._servers.append(server)
+            self._paths.append(path)
 
     async def close(self) -> None:
         """Stop listening and end the channels under way (the kernel went)."""
         for server in self._servers:
             server.close()
+        for path in self._paths:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
         await _end(self._open)
 
     async def connect(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A channel to the kernel socket ``name`` on the peer, through its broker; PermissionError when the
-        peer is not the node meant, ConnectionError when its broker turns the channel away."""
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.peer.address, self.peer.port, ssl=self.ssl), CONNECT_TIMEOUT
-        )
-        try:
-            node, _ = peer_identity(writer.get_extra_info("peercert"))
-            if node != self.peer.node_id:
-                raise PermissionError(f"reached node {node}, not {self.peer.node_id}, at {self.peer.address}")
-            header = {"uid": self.uid, "kernel": self.kernel_id, "socket": name}
-            writer.write(json.dumps(header).encode() + b"\n")
-            answer = json.loads(await asyncio.wait_for(reader.readline(), CONNECT_TIMEOUT) or b"{}")
-            if not answer.get("ok"):
-                raise ConnectionError(f"the broker of {node} refused the channel: {answer.get('error', 'closed')}")
-        except BaseException:
-            writer.close()
-            raise
+        """A channel to the kernel socket ``name`` on the peer, through its broker."""
+        reader, writer, _ = await _ask(self.ssl, self.peer, {"uid": self.uid, "kernel": self.kernel_id, "socket": name})
         return reader, writer
 
     async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str) -> None:
@@ -236,6 +249,33 @@ class Listeners:
             writer.close()  # ZMQ connects again by itself: a kernel not bound yet is seen on the next try
             return
         await splice((reader, writer), remote)
+
+
+async def _ask(
+    ctx: ssl.SSLContext, peer: Peer, header: dict[str, Any]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]]:
+    """Connect to ``peer``'s broker, make sure it is that node, send ``header``; its answer line. PermissionError
+    when the peer is not the node meant, ConnectionError when its broker says no."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(peer.address, peer.port, ssl=ctx), CONNECT_TIMEOUT)
+    try:
+        node, _ = peer_identity(writer.get_extra_info("peercert"))
+        if node != peer.node_id:
+            raise PermissionError(f"reached node {node}, not {peer.node_id}, at {peer.address}")
+        writer.write(json.dumps(header).encode() + b"\n")
+        answer = json.loads(await asyncio.wait_for(reader.readline(), CONNECT_TIMEOUT) or b"{}")
+        if not answer.get("ok"):
+            raise ConnectionError(f"the broker of {node} said no: {answer.get('error', 'it closed the connection')}")
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer, answer
+
+
+async def ask(ctx: ssl.SSLContext, peer: Peer, op: str, **args: Any) -> dict[str, Any]:
+    """What only the broker of ``peer`` can do for a kernel placed there (``RelayServer``'s control): its answer."""
+    _, writer, answer = await _ask(ctx, peer, {"op": op, **args})
+    writer.close()
+    return answer
 
 
 async def _end(tasks: set[asyncio.Task]) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_until
+from jupyter_client import BlockingKernelClient
 
 WIRE = Path(__file__).resolve().parents[1] / "broker" / "wire.py"
 # A request whose answer's lines are printed as they come (wire.py prints them at the end): a waiting start's
@@ -78,44 +79,61 @@ class Client:
         self.process.wait(30)
 
 
-@pytest.fixture
-def broker(swarm):
-    top = tempfile.mkdtemp(prefix="b-", dir="/tmp")
-    os.chmod(top, 0o755)
-    socket, config = f"{top}/broker.sock", Path(top, "broker_config.py")
+def start_broker(swarm, node, top: str) -> tuple[subprocess.Popen, str, Path]:
+    """The broker of ``node``: in its network namespace (its relay listens on the node's address), on its engine,
+    with its swarm certificates, its socket tree of its own (the test nodes share this machine's files)."""
+    folder = Path(top, node.name)
+    folder.mkdir(mode=0o755)
+    socket, config = f"{folder}/broker.sock", folder / "broker_config.py"
     config.write_text(
         f"c.Broker.socket = {socket!r}\n"
         f"c.Broker.environments = {{'pytorch': {{'image': {IMAGE!r}, 'gpus': 'exclusive:1'}},"
         f" 'cpu': {{'image': {IMAGE!r}, 'gpus': 'none'}}}}\n"
         "c.Broker.policy = {'default': {'max_gpus': 2}}\n"
         "c.Broker.cluster = 'swarm'\n"
-        f"c.Broker.docker_url = {swarm.manager.url!r}\n"
+        f"c.Broker.docker_url = {node.url!r}\n"
+        f"c.Broker.cluster_manager_url = {swarm.manager.url!r}\n"
+        f"c.Broker.swarm_certificates = {str(node.folder / 'data' / 'swarm' / 'certificates')!r}\n"
         "c.Broker.cluster_gpu_kinds = {'pytorch': 'GPU-H200'}\n"
         "c.Broker.docker_timeout = 15.0\n"
         "c.Broker.metrics_port = 0\n"
         "c.Broker.usage_dir = ''\n"
     )
-    log = Path(top, "broker.log")
+    log = folder / "broker.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", f"from jupyter_gpuenv.broker.main import main; main({str(config)!r})"],
+            ["nsenter", f"--net={node.netns}", sys.executable, "-c",
+             f"from jupyter_gpuenv.broker.main import main; main({str(config)!r})"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
+    return proc, socket, log
+
+
+@pytest.fixture
+def broker(swarm):
+    """A broker on every node of the session's swarm; the users' processes talk to manager-1's."""
+    top = tempfile.mkdtemp(prefix="b-", dir="/tmp")
+    os.chmod(top, 0o755)
+    brokers = {node.name: start_broker(swarm, node, top) for node in swarm.nodes}
     clients: list[Client] = []
     try:
-        wait_until(lambda: os.path.exists(socket) or proc.poll() is not None, 60, "the broker's socket")
-        assert proc.poll() is None, log.read_text()
+        for proc, socket, log in brokers.values():
+            wait_until(lambda p=proc, s=socket: os.path.exists(s) or p.poll() is not None, 60, "the broker's socket")
+            assert proc.poll() is None, log.read_text()
+        _, socket, log = brokers["manager-1"]
 
         def client(name: str) -> Client:
             clients.append(Client(socket, name))
             return clients[-1]
 
-        yield client, socket, log
+        yield client, socket, log, {name: Path(top, name) for name in brokers}
     finally:
         for c in clients:
             c.close()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        for proc, _, _ in brokers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _, _ in brokers.values():
+            proc.wait(30)
         api = swarm.manager.client().api
         for svc in api.services(filters={"label": "io.jupyter.gpuenv.kernel-id"}):
             api.remove_service(svc["ID"])
@@ -123,7 +141,7 @@ def broker(swarm):
 
 
 def test_kernels_are_placed_across_hosts_with_limits_counted_on_all_and_a_queue(broker):
-    client, socket, log = broker
+    client, socket, log, _ = broker
     alice, bob = client("alice"), client("bob")
     first = alice.ask("start_kernel", **alice.start_args("pytorch"))
     second = alice.ask("start_kernel", **alice.start_args("pytorch"))
@@ -153,3 +171,43 @@ def test_kernels_are_placed_across_hosts_with_limits_counted_on_all_and_a_queue(
     print(f"bob's waiting kernel ran {took:.2f} s after alice's went")
     assert answers[-1]["result"]["gpus"][0]["uuid"] == first["result"]["gpus"][0]["uuid"]
     assert took < 5  # Swarm gives a removed task's GPU back in ~1.8 s; never its 14 s retry
+
+
+def test_a_kernel_on_another_host_runs_code_for_its_server_through_the_brokers(broker):
+    client, _, log, folders = broker
+    alice = client("alice")
+    args = alice.start_args("pytorch")
+    started = alice.ask("start_kernel", **args)
+    assert "result" in started, (started, log.read_text()[-3000:])
+    host = started["result"]["host"]
+    assert host in ("gpu-1", "gpu-2")
+    # the kernel's socket folder on its host was made there by that host's broker, as alice's, with the
+    # connection file; the channels on manager-1 are the relay's, alice's alone
+    remote = folders[host] / "sockets" / str(alice.entry.pw_uid) / args["kernel_id"]
+    wait_until(lambda: len(list(remote.glob("k-*"))) == 5, 60, "the kernel's channels on its host")
+    assert remote.stat().st_uid == alice.entry.pw_uid and (remote / "kernel.json").stat().st_mode & 0o077 == 0
+    here = Path(args["socket_dir"], "k-1").stat()
+    assert here.st_uid == alice.entry.pw_uid and here.st_mode & 0o777 == 0o600
+
+    client = BlockingKernelClient(connection_file=args["connection_file"])
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        out: list[str] = []
+        hook = lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None  # noqa: E731
+        reply = client.execute_interactive("print(sum(range(10)))", timeout=60, output_hook=hook)
+        assert reply["content"]["status"] == "ok" and "".join(out) == "45\n"
+
+        # an interrupt reaches the kernel on its host through that host's broker
+        client.execute("import time; time.sleep(60)")
+        time.sleep(1)
+        assert "result" in alice.ask("signal", container_id=started["result"]["container_id"], signum=2)
+        reply = client.get_shell_msg(timeout=20)
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    finally:
+        client.stop_channels()
+
+    assert "result" in alice.ask("remove", container_id=started["result"]["container_id"])
+    wait_until(lambda: not remote.exists(), 10, "the kernel's folder on its host forgotten")
+    assert not Path(args["socket_dir"], "k-1").exists()

@@ -80,3 +80,18 @@ def test_the_line_is_first_come_first_served_per_gpu_model():
     line.leave(a)
     assert [line.position(t) for t in (b, d)] == [1, 2] and line.ahead("GPU-H200") == 2
     assert c.size_bytes("512m") == 512 * 2**20 and c.size_bytes(None) == 0 and c.size_bytes("100") == 100
+
+
+def test_a_host_is_chosen_as_swarm_would_spread_and_never_one_without_room():
+    from jupyter_gpuenv.engines.swarm import placements as p
+
+    def node(name, gpus, up=True, cpu=False):
+        return p.Node(name, name, up, True, tuple(("GPU-H200", f"{name}-{i}") for i in range(gpus)),
+                      {"io.jupyter.gpuenv.cpu-kernels": "true"} if cpu else {})  # fmt: skip
+
+    nodes = [node("gpu-1", 2), node("gpu-2", 1), node("gpu-3", 4, up=False), node("m-1", 0, cpu=True)]
+    holding = [p.Placement("k1", "bob", "s1", "running", "gpu-1", ("gpu-1-0",), "")]
+    assert p.choose_node("GPU-H200", 1, nodes, []).hostname == "gpu-1"  # most free first; gpu-3 is down
+    assert p.choose_node("GPU-H200", 1, nodes, holding).hostname == "gpu-2"  # 1 and 1: by name
+    assert p.choose_node("GPU-H200", 2, nodes, holding) is None
+    assert p.choose_node("", 0, nodes, holding).hostname == "m-1"

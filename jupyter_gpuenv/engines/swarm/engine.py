@@ -44,7 +44,7 @@ class SwarmEngine:
         self.timeout, self.start_timeout = timeout, start_timeout
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="gpuenv-swarm")
         self._clients: dict[str, docker.APIClient] = {}
-        self._node_id: str | None = None
+        self._node: tuple[str, str] | None = None  # (id, address)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -211,10 +211,18 @@ class SwarmEngine:
 
     async def node_id(self) -> str:
         """This engine's own node in the swarm (its ``docker info``)."""
-        if self._node_id is None:
+        return (await self._own_node())[0]
+
+    async def node_address(self) -> str:
+        """This engine's node's swarm address: where the other hosts' brokers reach this one's."""
+        return (await self._own_node())[1]
+
+    async def _own_node(self) -> tuple[str, str]:
+        if self._node is None:
             info = await self._call("ask the engine which node it is", self._api(self.local_url).info)
-            self._node_id = info.get("Swarm", {}).get("NodeID") or ""
-        return self._node_id
+            swarm = info.get("Swarm", {})
+            self._node = (swarm.get("NodeID") or "", swarm.get("NodeAddr") or "")
+        return self._node
 
 
 def _remove(api: docker.APIClient, service_id: str) -> None:

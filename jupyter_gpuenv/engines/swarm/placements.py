@@ -26,6 +26,7 @@ class Node:
     available: bool  # not drained or paused
     gpus: tuple[tuple[str, str], ...]  # (kind, uuid) it advertises
     labels: dict[str, str]
+    address: str = ""  # where the node's broker is reached (its swarm address)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ def read_nodes(nodes: Iterable[dict]) -> list[Node]:
                 available=n.get("Spec", {}).get("Availability") == "active",
                 gpus=gpus,
                 labels=dict(n.get("Spec", {}).get("Labels") or {}),
+                address=n.get("Status", {}).get("Addr", ""),
             )
         )
     return out
@@ -148,3 +150,20 @@ def free_gpus(kind: str, nodes: Iterable[Node], placements: Iterable[Placement])
         for n in nodes
         if n.up and n.available and any(k == kind for k, _ in n.gpus)
     }
+
+
+def choose_node(kind: str, count: int, nodes: Iterable[Node], placements: Iterable[Placement]) -> Node | None:
+    """The host a kernel goes to when its broker must prepare that host first (its socket folder), as Swarm's own
+    spread would: for GPUs, the host with the most free of ``kind``; for a CPU kernel, the labelled host with the
+    fewest kernels. None when no host has room."""
+    nodes, placements = list(nodes), list(placements)
+    if count:
+        room = free_gpus(kind, nodes, placements)
+        fits = [n for n in nodes if len(room.get(n.id, ())) >= count]
+        return max(fits, key=lambda n: (len(room[n.id]), n.hostname), default=None)
+    running: dict[str, int] = {}
+    for p in placements:
+        if p.state not in ENDED:
+            running[p.host] = running.get(p.host, 0) + 1
+    hosts = [n for n in nodes if n.up and n.available and n.labels.get(s.CPU_HOSTS) == "true"]
+    return min(hosts, key=lambda n: (running.get(n.hostname, 0), n.hostname), default=None)
