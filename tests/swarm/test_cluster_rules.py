@@ -95,3 +95,13 @@ def test_a_host_is_chosen_as_swarm_would_spread_and_never_one_without_room():
     assert p.choose_node("GPU-H200", 1, nodes, holding).hostname == "gpu-2"  # 1 and 1: by name
     assert p.choose_node("GPU-H200", 2, nodes, holding) is None
     assert p.choose_node("", 0, nodes, holding).hostname == "m-1"
+
+
+def test_every_broker_setting_the_multi_host_guide_names_is_one():
+    import re
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "multi-host.md").read_text()
+    named = set(re.findall(r"c\.Broker\.(\w+)", guide))
+    assert {"cluster", "cluster_gpu_kinds", "relay_port", "swarm_certificates"} <= named
+    assert named - set(Broker.class_traits(config=True)) == set()
