@@ -50,11 +50,13 @@ from jupyter_gpuenv.containers import spec as containers
 from jupyter_gpuenv.containers.spec import check_cwd, within
 from jupyter_gpuenv.engines.base import KernelRequest, image_facts_of
 from jupyter_gpuenv.engines.docker.engine import DockerEngine
-from jupyter_gpuenv.engines.swarm.placements import ENDED
+from jupyter_gpuenv.engines.swarm.placements import ENDED, Node
+from jupyter_gpuenv.engines.swarm.service import KernelRequest as ServiceRequest
 from jupyter_gpuenv.engines.swarm.service import service_name
 from jupyter_gpuenv.environments import preflight, runtime
 from jupyter_gpuenv.environments.definition import Environment, GpuPolicy, parse_environment
 from jupyter_gpuenv.errors import (
+    CannotStartHere,
     EngineUnreachable,
     GpuEnvError,
     InvalidEnvironment,
@@ -218,6 +220,7 @@ class BrokerDaemon:
         self.parking = BrokerParking(self, idle, settings.park_timeout)
         self._tokens: dict[str, tuple[str, tuple[str, ...], float]] = {}
         self.hostname = socket.gethostname()
+        self.node_name = self.hostname  # in a cluster: this host as Swarm names it (set when the relay starts)
         self.shells: dict[str, tuple[str, Any]] = {}  # open terminal shells: id -> (their user's name, the shell)
         self.connections: Counter = Counter()  # open connections by caller (uid; pid in hub-token mode)
         self.max_connections = settings.max_connections or max(64, open_file_limit(raise_soft=False) // 2)
@@ -582,6 +585,7 @@ class BrokerDaemon:
         self.relay_ssl = relay.context(certs, server=False)
         self.relay_server = relay.RelayServer(certs, self.sockets, self._relay_control)
         address = await self.cluster.engine.node_address()
+        self.node_name = await self.cluster.engine.node_name()  # how Swarm, and every sentence, names this host
         await self.relay_server.start(address, self.settings.relay_port)
         log.info("gpuenv broker: kernel channels of other hosts on %s:%d", address, self.settings.relay_port)
 
@@ -606,6 +610,7 @@ class BrokerDaemon:
         gid, name, connection = header.get("gid"), str(header.get("file", "")), header.get("connection")
         if not isinstance(gid, int) or isinstance(gid, bool) or gid <= 0 or not isinstance(connection, dict):
             raise PermissionError("prepare takes a gid and a connection")
+        self._check_shared_folders(uid, str(header.get("root", "")), str(header.get("home", "")))
         if not relay.NAME.fullmatch(name):
             raise PermissionError("not a connection file name")
         data = json.dumps(connection).encode()
@@ -613,6 +618,33 @@ class BrokerDaemon:
             raise PermissionError("a connection file is at most 64 KiB")
         await asyncio.get_running_loop().run_in_executor(None, self._prepare_folder, uid, gid, kernel_id, name, data)
         return {"folder": path}
+
+    def _check_shared_folders(self, uid: int, root: str, home: str) -> None:
+        """The server's root folder a kernel placed here mounts must be here too (shared storage), and the
+        person's, or inside their home, as on one host: resolved once, by descriptor (``broker_folders``);
+        PermissionError naming this host and the folder otherwise."""
+
+        def pin(path: str) -> broker_folders.Pinned:
+            try:
+                return broker_folders.resolve(path, "the folder")
+            except InvalidRequest:
+                raise PermissionError(f"{path} does not exist on {self.node_name}: the kernels' hosts need the "
+                                      "people's folders on shared storage (docs/multi-host.md)") from None  # fmt: skip
+
+        root_pin = pin(root)
+        home_pin = pin(home) if home else None
+        try:
+            in_home = (
+                home_pin is not None
+                and broker_folders.owner_of(home_pin) == uid
+                and broker_folders.inside(root_pin, home_pin)
+            )
+            if broker_folders.owner_of(root_pin) != uid and not in_home:
+                raise PermissionError(f"{root} on {self.node_name} is not the person's (uid {uid})")
+        finally:
+            root_pin.close()
+            if home_pin is not None:
+                home_pin.close()
 
     def _prepare_folder(self, uid: int, gid: int, kernel_id: str, name: str, data: bytes) -> None:
         """sockets/<uid>/<kernel id>/<name> for a kernel another host's broker placed here: made by descriptor,
@@ -640,10 +672,18 @@ class BrokerDaemon:
             os.close(folder)
 
     async def _prepare_remote(
-        self, caller: Caller, kernel_id: str, socket_dir: str, connection_file: str, node: Any, request: Any
-    ) -> Any:
-        """Before a kernel is placed on ``node``: that host's broker makes its socket folder there, with the
-        connection file, and the kernel's socket folder is mounted from it (this host's is here, the relay's)."""
+        self,
+        caller: Caller,
+        kernel_id: str,
+        socket_dir: str,
+        connection_file: str,
+        node: Node,
+        request: ServiceRequest,
+        folders: dict[str, str],
+    ) -> ServiceRequest:
+        """Before a kernel is placed on ``node``: that host's broker checks the person's ``folders`` are there and
+        theirs, and makes the kernel's socket folder there with the connection file, which is mounted where the
+        socket folder is here (this host's is the relay's). CannotStartHere or EngineUnreachable naming the host."""
         assert self.cluster is not None
         if node.id == await self.cluster.engine.node_id():
             return request
@@ -652,8 +692,16 @@ class BrokerDaemon:
             None, broker_folders.read_user_file, socket_dir, name, caller.uid, 1 << 16
         )
         peer = relay.Peer(node.id, node.address, self.settings.relay_port)
-        answer = await relay.ask(self.relay_ssl, peer, "prepare", uid=caller.uid, gid=caller.gid, kernel=kernel_id,
-                                 file=name, connection=json.loads(raw))  # fmt: skip
+        try:
+            answer = await relay.ask(self.relay_ssl, peer, "prepare", uid=caller.uid, gid=caller.gid, kernel=kernel_id,
+                                     file=name, connection=json.loads(raw), **folders)  # fmt: skip
+        except ConnectionError as exc:  # its broker said no
+            raise CannotStartHere(f"host {node.hostname} cannot run this kernel: {exc}") from None
+        except (OSError, PermissionError, ValueError, asyncio.TimeoutError) as exc:
+            raise EngineUnreachable(
+                f"the broker of host {node.hostname} ({node.address}:{peer.port}) did not answer: is it running? "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         mounts = tuple(
             dataclasses.replace(m, source=answer["folder"]) if m.target == socket_dir else m for m in request.mounts
         )
@@ -1092,6 +1140,7 @@ class BrokerDaemon:
                             server_started=process_start(caller.pid))  # fmt: skip
         lease.notebook = server_env.get("JPY_SESSION_NAME", "")[:1000]
         self.book.put(lease)
+        folders = {"root": root_dir, "home": caller.home}  # what the chosen host's broker checks there
         try:
             facts = containers.LaunchFacts(
                 kernel_id=kernel_id,
@@ -1115,7 +1164,7 @@ class BrokerDaemon:
             )  # fmt: skip
             placement = await self.cluster.start(
                 request, rule, wait, progress,
-                lambda node, r: self._prepare_remote(caller, kernel_id, socket_dir, connection_file, node, r),
+                lambda node, r: self._prepare_remote(caller, kernel_id, socket_dir, connection_file, node, r, folders),
             )  # fmt: skip
             try:
                 await self._relay_channels(caller, kernel_id, connection_file, placement.host)

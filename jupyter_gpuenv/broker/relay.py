@@ -264,7 +264,7 @@ async def _ask(
         writer.write(json.dumps(header).encode() + b"\n")
         answer = json.loads(await asyncio.wait_for(reader.readline(), CONNECT_TIMEOUT) or b"{}")
         if not answer.get("ok"):
-            raise ConnectionError(f"the broker of {node} said no: {answer.get('error', 'it closed the connection')}")
+            raise ConnectionError(answer.get("error", "its broker closed the connection"))
     except BaseException:
         writer.close()
         raise

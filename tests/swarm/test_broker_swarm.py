@@ -24,6 +24,9 @@ import pytest
 from conftest import wait_until
 from jupyter_client import BlockingKernelClient
 
+from jupyter_gpuenv.broker import relay
+from swarm.netns_loop import NetnsLoop
+
 WIRE = Path(__file__).resolve().parents[1] / "broker" / "wire.py"
 # A request whose answer's lines are printed as they come (wire.py prints them at the end): a waiting start's
 STREAMED = (
@@ -211,3 +214,28 @@ def test_a_kernel_on_another_host_runs_code_for_its_server_through_the_brokers(b
     assert "result" in alice.ask("remove", container_id=started["result"]["container_id"])
     wait_until(lambda: not remote.exists(), 10, "the kernel's folder on its host forgotten")
     assert not Path(args["socket_dir"], "k-1").exists()
+
+
+def test_the_chosen_hosts_broker_refuses_a_folder_that_is_not_the_persons_there(swarm, broker):
+    """What broker A sends before a kernel is placed on gpu-1, asked straight from manager-1's namespace with its
+    swarm certificate: gpu-1's broker checks the person's folders on its own host."""
+    alice = user("alice")
+    gpu1 = swarm.node("gpu-1")
+    peer = relay.Peer(gpu1.client().info()["Swarm"]["NodeID"], gpu1.address, 7491)
+    ctx = relay.context(relay.NodeCertificates(str(swarm.manager.folder / "data" / "swarm" / "certificates")), False)
+    loop = NetnsLoop(swarm.manager.netns)
+
+    def prepare(root: str) -> str:
+        args = {"uid": alice.pw_uid, "gid": alice.pw_gid, "kernel": str(uuid.uuid4()), "file": "kernel.json",
+                "connection": {}, "root": root, "home": alice.pw_dir}  # fmt: skip
+        try:
+            return json.dumps(loop.run(relay.ask(ctx, peer, "prepare", **args)))
+        except ConnectionError as exc:
+            return str(exc)
+
+    try:
+        assert '"ok": true' in prepare(alice.pw_dir)
+        assert "/nowhere/alice does not exist on gpu-1: the kernels' hosts need" in prepare("/nowhere/alice")
+        assert f"/tmp on gpu-1 is not the person's (uid {alice.pw_uid})" in prepare("/tmp")
+    finally:
+        loop.close()

@@ -44,7 +44,7 @@ class SwarmEngine:
         self.timeout, self.start_timeout = timeout, start_timeout
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="gpuenv-swarm")
         self._clients: dict[str, docker.APIClient] = {}
-        self._node: tuple[str, str] | None = None  # (id, address)
+        self._node: tuple[str, str, str] | None = None  # (id, address, hostname)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -217,11 +217,15 @@ class SwarmEngine:
         """This engine's node's swarm address: where the other hosts' brokers reach this one's."""
         return (await self._own_node())[1]
 
-    async def _own_node(self) -> tuple[str, str]:
+    async def node_name(self) -> str:
+        """This engine's node's hostname, as Swarm reports it to every manager."""
+        return (await self._own_node())[2]
+
+    async def _own_node(self) -> tuple[str, str, str]:
         if self._node is None:
             info = await self._call("ask the engine which node it is", self._api(self.local_url).info)
             swarm = info.get("Swarm", {})
-            self._node = (swarm.get("NodeID") or "", swarm.get("NodeAddr") or "")
+            self._node = (swarm.get("NodeID") or "", swarm.get("NodeAddr") or "", info.get("Name") or "")
         return self._node
 
 
