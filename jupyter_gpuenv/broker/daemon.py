@@ -294,6 +294,16 @@ class BrokerDaemon:
                 if lease.state != RUNNING:
                     shutil.rmtree(lease.socket_dir, ignore_errors=True)
                 self.book.drop(lease)
+                continue
+            try:  # the channels of a kernel on another host: listened for again, where its server expects them
+                entry = pwd.getpwuid(lease.uid)
+                who = Caller(lease.user, lease.uid, entry.pw_gid, entry.pw_dir, (), lease.server_pid)
+                await self._relay_channels(who, lease.kernel_id, lease.connection_file, found.host)
+            except (OSError, KeyError, ValueError, StopIteration, GpuEnvError) as exc:
+                log.warning("gpuenv broker: kernel %s on %s lost its channels here (%s); removing it",
+                            lease.kernel_id, found.host, exc)  # fmt: skip
+                await cluster.remove(found.service_id)
+                self.book.drop(lease)
 
     async def serve(self) -> None:
         self.prepare_folders()
@@ -1175,7 +1185,7 @@ class BrokerDaemon:
             self.book.drop(lease)
             raise
         lease.state, lease.container_id = RUNNING, placement.service_id
-        lease.gpus, lease.exclusive = list(placement.gpus), True
+        lease.gpus, lease.exclusive, lease.connection_file = list(placement.gpus), True, connection_file
         self.book.put(lease)
         self.pending.pop(socket_dir, None)
         log.info("gpuenv broker: %s's kernel %s runs on %s (GPUs %s)", caller.name, kernel_id, placement.host,

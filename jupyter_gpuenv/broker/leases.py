@@ -36,6 +36,8 @@ class KernelLease:
     notebook: str = ""  # the session's path (JPY_SESSION_NAME), as the caller said: a metrics label, nothing more
     # a parked kernel's record (parking.ParkRecord): it holds no GPU meanwhile, ``gpus`` is []
     park: dict[str, Any] | None = None
+    # in a cluster: the kernel's connection file, whose channels this broker relays to the host it runs on
+    connection_file: str = ""
 
     @property
     def parked(self) -> bool:

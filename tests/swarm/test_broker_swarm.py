@@ -82,11 +82,11 @@ class Client:
         self.process.wait(30)
 
 
-def start_broker(swarm, node, top: str) -> tuple[subprocess.Popen, str, Path]:
+def start_broker(swarm, node, top: str, again: bool = False) -> tuple[subprocess.Popen, str, Path]:
     """The broker of ``node``: in its network namespace (its relay listens on the node's address), on its engine,
     with its swarm certificates, its socket tree of its own (the test nodes share this machine's files)."""
     folder = Path(top, node.name)
-    folder.mkdir(mode=0o755)
+    folder.mkdir(mode=0o755, exist_ok=again)
     socket, config = f"{folder}/broker.sock", folder / "broker_config.py"
     config.write_text(
         f"c.Broker.socket = {socket!r}\n"
@@ -103,7 +103,7 @@ def start_broker(swarm, node, top: str) -> tuple[subprocess.Popen, str, Path]:
         "c.Broker.usage_dir = ''\n"
     )
     log = folder / "broker.log"
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         proc = subprocess.Popen(
             ["nsenter", f"--net={node.netns}", sys.executable, "-c",
              f"from jupyter_gpuenv.broker.main import main; main({str(config)!r})"],
@@ -129,7 +129,16 @@ def broker(swarm):
             clients.append(Client(socket, name))
             return clients[-1]
 
-        yield client, socket, log, {name: Path(top, name) for name in brokers}
+        def restart() -> None:
+            """manager-1's broker stops and starts again (its kernels keep running, on whichever host)."""
+            proc = brokers["manager-1"][0]
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            os.unlink(socket)  # its lease book and socket folders stay
+            brokers["manager-1"] = start_broker(swarm, swarm.node("manager-1"), top, again=True)
+            wait_until(lambda: os.path.exists(socket), 60, "the restarted broker's socket")
+
+        yield client, socket, log, {name: Path(top, name) for name in brokers}, restart
     finally:
         for c in clients:
             c.close()
@@ -144,7 +153,7 @@ def broker(swarm):
 
 
 def test_kernels_are_placed_across_hosts_with_limits_counted_on_all_and_a_queue(broker):
-    client, socket, log, _ = broker
+    client, socket, log, _, _ = broker
     alice, bob = client("alice"), client("bob")
     first = alice.ask("start_kernel", **alice.start_args("pytorch"))
     second = alice.ask("start_kernel", **alice.start_args("pytorch"))
@@ -176,8 +185,24 @@ def test_kernels_are_placed_across_hosts_with_limits_counted_on_all_and_a_queue(
     assert took < 5  # Swarm gives a removed task's GPU back in ~1.8 s; never its 14 s retry
 
 
+def run(connection_file: str, code: str) -> str:
+    """What ``code`` prints, run by a fresh jupyter_client (as a server's, through the broker's channels)."""
+    client = BlockingKernelClient(connection_file=connection_file)
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        out: list[str] = []
+        hook = lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None  # noqa: E731
+        reply = client.execute_interactive(code, timeout=60, output_hook=hook)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        return "".join(out)
+    finally:
+        client.stop_channels()
+
+
 def test_a_kernel_on_another_host_runs_code_for_its_server_through_the_brokers(broker):
-    client, _, log, folders = broker
+    client, _, log, folders, restart = broker
     alice = client("alice")
     args = alice.start_args("pytorch")
     started = alice.ask("start_kernel", **args)
@@ -192,15 +217,12 @@ def test_a_kernel_on_another_host_runs_code_for_its_server_through_the_brokers(b
     here = Path(args["socket_dir"], "k-1").stat()
     assert here.st_uid == alice.entry.pw_uid and here.st_mode & 0o777 == 0o600
 
+    assert run(args["connection_file"], "print(sum(range(10)))") == "45\n"
     client = BlockingKernelClient(connection_file=args["connection_file"])
     client.load_connection_file()
     client.start_channels()
     try:
         client.wait_for_ready(timeout=60)
-        out: list[str] = []
-        hook = lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None  # noqa: E731
-        reply = client.execute_interactive("print(sum(range(10)))", timeout=60, output_hook=hook)
-        assert reply["content"]["status"] == "ok" and "".join(out) == "45\n"
 
         # an interrupt reaches the kernel on its host through that host's broker
         client.execute("import time; time.sleep(60)")
@@ -210,6 +232,10 @@ def test_a_kernel_on_another_host_runs_code_for_its_server_through_the_brokers(b
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
     finally:
         client.stop_channels()
+
+    # the broker restarts: Swarm still has the kernel, and its channels here are listened for again
+    restart()
+    assert run(args["connection_file"], "print(6 * 7)") == "42\n"
 
     assert "result" in alice.ask("remove", container_id=started["result"]["container_id"])
     wait_until(lambda: not remote.exists(), 10, "the kernel's folder on its host forgotten")
