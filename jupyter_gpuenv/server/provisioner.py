@@ -28,6 +28,7 @@ from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_gpuenv import engines, host
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.containers.spec import CLIENT_LOCK, AssignedGpu, check_cwd
+from jupyter_gpuenv.containers.warm import warm_variables
 from jupyter_gpuenv.engines import base as engine
 from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
 from jupyter_gpuenv.errors import GpuEnvError, InvalidEnvironment, InvalidKernelId
@@ -36,7 +37,6 @@ from jupyter_gpuenv.gpus.nvml import NvmlReader, Snapshot
 from jupyter_gpuenv.gpus.visibility import from_environment
 from jupyter_gpuenv.pulls import progress as pulls
 from jupyter_gpuenv.server.refusals import Refusal, to_http
-from jupyter_gpuenv.server.warm import warm_variables
 
 _BASE_KWARGS = {"kernel_id", "kernel_spec", "parent", "config", "log"}
 # a kernel id names a folder and a container: what jupyter_server makes (a uuid), nothing that walks paths
