@@ -222,6 +222,10 @@ class WarmKernels:
         shutil.rmtree(warm.folder, ignore_errors=True)
         warm.close_lock()
 
+    def ready_count(self, name: str) -> int:
+        """Warm kernels of environment ``name`` a start would take now (GET environments' ``warm``)."""
+        return sum(1 for warm in self.pools.get(name) or [] if warm.ready)
+
     # -- a start -------------------------------------------------------------------------------------------
     def take(self, env: Environment) -> WarmKernel | None:
         """A ready warm kernel of exactly this environment, now the caller's; the pool refills behind it."""
@@ -256,7 +260,9 @@ class WarmKernels:
             os.replace(staging, book)
 
     @staticmethod
-    async def hand_over(warm: WarmKernel, connection_file: str, cwd: str, variables: dict[str, str]) -> None:
+    async def hand_over(
+        warm: WarmKernel | engine.WarmTaken, connection_file: str, cwd: str, variables: dict[str, str]
+    ) -> None:
         """The order: the warm kernel reads it, changes to ``cwd``, sets ``variables`` and binds its sockets."""
         order = json.dumps({"connection_file": connection_file, "cwd": cwd, "env": variables}).encode()
         for _ in range(HAND_OVER_TRIES):
