@@ -86,16 +86,18 @@ def live(presences: dict[str, Presence], start_of: Callable[[int], int]) -> dict
     return {user: p for user, p in presences.items() if p.started and start_of(p.pid) == p.started}
 
 
-def shares(wants: list[tuple[str, str, int]], cap: int) -> dict[tuple[str, str], int]:
-    """How many warm kernels each (person, environment) gets of ``cap`` in all: one at a time, in turn, in the order
-    of ``wants`` (people in the order they announced), so that one person's many cannot crowd out another's one."""
+def shares(wants: dict[str, list[tuple[str, int]]], cap: int) -> dict[tuple[str, str], int]:
+    """How many warm kernels each (person, environment) gets of ``cap`` in all. In rounds: each person, in the order
+    they announced, gets one more of the first environment they still want more of; so everyone has one before
+    anyone has two, and one person's many cannot crowd out another's one."""
     given: dict[tuple[str, str], int] = {}
     total = 0
     while total < cap:
         before = total
-        for user, env, count in wants:
-            if total < cap and given.get((user, env), 0) < count:
-                given[(user, env)] = given.get((user, env), 0) + 1
+        for user, envs in wants.items():
+            want = next(((user, env) for env, count in envs if given.get((user, env), 0) < count), None)
+            if want is not None and total < cap:
+                given[want] = given.get(want, 0) + 1
                 total += 1
         if total == before:
             break
@@ -243,13 +245,13 @@ class BrokerWarm:
         people = live(self.presences, start_of)
         for user in set(self.presences) - set(people):
             del self.presences[user]
-        wants = []
-        for user, presence in people.items():
-            rule = d.policy.rule_for(user, list(presence.caller.groups))
-            wants += [(user, name, count) for name, count in wanted(d.settings.warm_kernels, d.environments, rule)]
+        wants = {
+            user: wanted(d.settings.warm_kernels, d.environments, d.policy.rule_for(user, list(p.caller.groups)))
+            for user, p in people.items()
+        }
         share = shares(wants, d.settings.max_warm_kernels)
         images: dict[str, str | None] = {}
-        for name in {env for _, env, _ in wants}:
+        for name in {env for _, env in share}:
             with contextlib.suppress(GpuEnvError):
                 images[name] = (await image_facts_of(d.docker, d.environments[name])).id
         held = d.book.holdings()
