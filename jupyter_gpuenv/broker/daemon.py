@@ -484,7 +484,9 @@ class BrokerDaemon:
         """The answer, with ``handed.fd`` (a warm kernel's client lock) passed to the caller as an open file; then
         the broker's own descriptor is closed (the caller's is the same open file: the lock stays held)."""
         try:
-            await writer.drain()
+            while writer.transport.get_write_buffer_size():  # every earlier line out first, in order
+                await writer.drain()
+                await asyncio.sleep(0.001)
             raw = writer.get_extra_info("socket")
             with socket.socket(fileno=os.dup(raw.fileno())) as sock:  # asyncio's transport has no sendmsg
                 socket.send_fds(sock, [json.dumps({"result": handed.answer}).encode() + b"\n"], [handed.fd])
