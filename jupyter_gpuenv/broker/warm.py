@@ -25,7 +25,8 @@ A start (``take_warm``) binds it: kernel id, notebook, server pid and GPUs go in
 (never into labels, which keep the warm name); the pool refills in the background. Policy applies as for a cold
 start (a warm kernel is not a kernel until taken; the take is refused when the start would be). A warm kernel whose
 environment definition or image changed, whose person's policy no longer allows it, or whose person's server ended,
-is removed. Exclusive environments: a warm kernel is made on a GPU no lease and no other warm kernel holds, and
+is removed, and so is one a start of theirs could not take now (they are at their max_kernels or max_gpus).
+Exclusive environments: a warm kernel is made on a GPU no lease and no other warm kernel holds, and
 holds only a soft claim: a cold start may take that GPU (warm kernels are not in the book), the warm one is then
 discarded and made again on another free GPU. The broker's stop removes every warm container; its start removes
 any it finds (no lease names them: ``daemon.recover``).
@@ -245,10 +246,7 @@ class BrokerWarm:
         people = live(self.presences, start_of)
         for user in set(self.presences) - set(people):
             del self.presences[user]
-        wants = {
-            user: wanted(d.settings.warm_kernels, d.environments, d.policy.rule_for(user, list(p.caller.groups)))
-            for user, p in people.items()
-        }
+        wants = {user: self._wanted(user, p) for user, p in people.items()}
         share = shares(wants, d.settings.max_warm_kernels)
         images: dict[str, str | None] = {}
         for name in {env for _, env in share}:
@@ -281,6 +279,22 @@ class BrokerWarm:
                     self._say(f"{user}/{name}/{exc}", f"gpuenv broker: no warm kernel of {name!r} for {user}: {exc}")
                     break
                 kept[(user, name)] = kept.get((user, name), 0) + 1
+
+    def _wanted(self, user: str, p: Presence) -> list[tuple[str, int]]:
+        """What ``user`` may keep warm: what their policy allows, and only what a start of theirs could take now (a
+        person at their max_kernels or max_gpus would be refused: a warm kernel for them would only hold a GPU)."""
+        d = self.daemon
+        rule = d.policy.rule_for(user, list(p.caller.groups))
+        mine = d.book.of_user(user)
+        out = []
+        for name, count in wanted(d.settings.warm_kernels, d.environments, rule):
+            try:
+                check_start(rule, user, name, d.gpus_wanted(d.environments[name]), sum(len(k.gpus) for k in mine),
+                            len(mine))  # fmt: skip
+            except NotPermitted:
+                continue
+            out.append((name, count))
+        return out
 
     async def _alive(self, w: WarmContainer) -> bool:
         try:
