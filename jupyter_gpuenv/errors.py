@@ -27,7 +27,7 @@
             ├── RegistryAuthRequired   the registry wants credentials the server's user has not got
             ├── PullStalled            no bytes for c.GpuEnv.pull_stall_timeout seconds: abandoned
             └── PullInterrupted        the process that pulled it stopped (reported after a restart)
-    └── DriverFailed (503)         the NVIDIA driver could not park or resume a kernel (parking.py)
+    └── DriverFailed (503)         the NVIDIA driver could not park or resume a kernel (parking/)
 
 A sentence leads with what to do. What a lower layer said (NVML's reason, the engine's words) goes after a
 newline: the panel folds the lines after the first behind a toggle, and Lab's "Error Starting Kernel" dialog

@@ -5,11 +5,14 @@ Read here and only here, so the pure modules (``containers``, ``preflight``) get
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import os
 import pwd
 import socket
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,12 +83,15 @@ def driver_mounts(candidates: tuple[str, ...] = (DRIVER_TARGET,)) -> list[Mount]
     return mounts
 
 
-def private_folder(path: str) -> str:
+def private_folder(path: str, parents: bool = False) -> str:
     """``path`` as a folder only this user can enter, made if missing; UnsafeFolder if someone else made it.
 
     A folder in a shared place such as /tmp may have been created first by another local user: accepting it
-    would let them swap or watch what we put inside (a kernel's sockets and connection key).
+    would let them swap or watch what we put inside (a kernel's sockets and connection key). ``parents``: make
+    missing parent folders too (with the usual permissions: only the last is private).
     """
+    if parents:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -103,6 +109,40 @@ def private_folder(path: str) -> str:
     if info.st_mode & 0o077:
         os.chmod(path, 0o700)  # ours, but opened up: close it again before anything goes inside
     return path
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def process_start(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot, None if it is gone: with its pid, it names one process
+    (a pid reused later has another start)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            line = f.read()
+        return int(line[line.rfind(")") + 2 :].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def locked_file(path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (made 0600 if missing, never through a link) while inside;
+    blocking: call it in a thread where the wait may be long."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def memory_room(pid: int, proc: str = "/proc", cgroups: str = "/sys/fs/cgroup") -> tuple[int | None, str]:

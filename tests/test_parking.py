@@ -153,7 +153,7 @@ def test_each_driver_call_is_timed_in_order_for_the_timeline():
 async def test_a_released_gpu_wakes_the_waiting_cells_once_more_for_releases_during_a_retry():
     """Releases while a retry runs are not lost: one more retry follows; with no cell waiting nothing runs."""
     from jupyter_gpuenv.broker.leases import KernelLease, LeaseBook
-    from jupyter_gpuenv.server.parking import Parker
+    from jupyter_gpuenv.parking.parker import Parker
 
     class Store:
         def get(self, kernel_id):

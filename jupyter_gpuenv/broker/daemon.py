@@ -65,7 +65,6 @@ from jupyter_gpuenv.gpus.visibility import from_environment
 from jupyter_gpuenv.parking.rules import IdlePolicy
 
 log = logging.getLogger("jupyter_gpuenv.broker")
-_KERNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would let a final newline in
 _START_ARGS = {
     "kernel_id",
     "environment",
@@ -152,12 +151,7 @@ def caller_from_uid(uid: int, pid: int) -> Caller:
 
 def process_start(pid: int) -> int:
     """A process's start time in clock ticks since boot (0 if gone): with its pid, it names one process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return 0
-    return int(stat[stat.rfind(")") + 2 :].split()[19])
+    return host.process_start(pid) or 0
 
 
 def _arg(args: dict[str, Any], key: str, kind: type, required: bool = True) -> Any:
@@ -618,7 +612,7 @@ class BrokerDaemon:
 
     # -- operations ------------------------------------------------------------------------------------
     def _kernel_id(self, kernel_id: str, caller: Caller | None = None) -> str:
-        if not _KERNEL_ID.fullmatch(kernel_id):
+        if not labels.KERNEL_ID.fullmatch(kernel_id):
             raise InvalidKernelId(f"kernel id {kernel_id!r} is not allowed: use letters, digits, '-' and '_'")
         if kernel_id.startswith(WARM_PREFIX):  # the folders and labels of warm kernels: the broker's names
             raise InvalidKernelId(f"kernel id {kernel_id!r} is not allowed: ids starting {WARM_PREFIX!r} are taken")

@@ -1,9 +1,9 @@
 """The broker's Prometheus endpoint and usage ledger: every user's kernels on a shared GPU host, the admin's view.
 
-A single-user server exports its own kernels (metrics.py); on a shared host the broker knows every kernel, so one
+A single-user server exports its own kernels (usage.metrics); on a shared host the broker knows every kernel, so one
 scrape target per host tells who holds which GPU. The series, the meter and the ledger are the server's own
-(usage.py, metrics.py, ledger.py); only the rows differ: one per lease in the broker's book, named by its owner,
-environment, container and notebook. GPU memory is found by container: the sampler thread reads each GPU
+(usage/); only the rows differ: one per lease in the broker's book, named by its owner, environment, container and
+notebook. GPU memory is found by container: the sampler thread reads each GPU
 process's cgroup (:func:`attribute`), and a lease names its container (:func:`kernel_usages`, pure).
 
 The endpoint listens on loopback unless the administrator says otherwise, and asks for a bearer token that only
@@ -31,11 +31,12 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.web import Application, RequestHandler
 
+from jupyter_gpuenv import host
 from jupyter_gpuenv.broker.leases import KernelLease
 from jupyter_gpuenv.gpus import attribution
 from jupyter_gpuenv.gpus.nvml import Snapshot
 from jupyter_gpuenv.usage.counter import KernelUsage, UsageCounter
-from jupyter_gpuenv.usage.ledger import Ledger, private_folder
+from jupyter_gpuenv.usage.ledger import Ledger
 from jupyter_gpuenv.usage.metrics import PREFIX, Collector
 
 log = logging.getLogger("jupyter_gpuenv.broker")
@@ -200,7 +201,7 @@ class BrokerMetrics:
         if self.usage.ledger is not None:
             # the folder from the start, so `usage --dir` finds a ledger (empty) rather than no folder; the first
             # records soon after, not a whole flush interval later
-            private_folder(self.usage.ledger.folder)
+            host.private_folder(str(self.usage.ledger.folder), parents=True)
             self.usage.flush_soon(FIRST_FLUSH)
         self.usage.start()
         if not self.settings.metrics_port:

@@ -18,12 +18,14 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from jupyter_gpuenv import host
 from jupyter_gpuenv.broker import folders as broker_folders
 from jupyter_gpuenv.broker.leases import RUNNING, KernelLease, LeaseBook
 from jupyter_gpuenv.broker.policy import check_start
 from jupyter_gpuenv.containers.allocation import Holdings
 from jupyter_gpuenv.errors import UnknownKernel
 from jupyter_gpuenv.parking.activity import KernelActivity, iopub_address
+from jupyter_gpuenv.parking.parker import Parker
 from jupyter_gpuenv.parking.rules import (
     BY_PERSON,
     BY_POLICY,
@@ -33,7 +35,6 @@ from jupyter_gpuenv.parking.rules import (
     idle_to_park,
     why_not_park,
 )
-from jupyter_gpuenv.server.parking import Parker, process_alive
 
 log = logging.getLogger("jupyter_gpuenv.broker")
 CONNECTION_FILE_LIMIT = 1 << 16  # bytes: a connection file is a few hundred
@@ -156,7 +157,7 @@ class BrokerParking:
                 self.parker.forget(container_id)
         self.unreadable = {c: t for c, t in self.unreadable.items() if c in leases}
         for container_id, lease in leases.items():
-            if lease.park and not all(process_alive(p) for p in lease.park["pids"]):
+            if lease.park and not all(host.process_alive(p) for p in lease.park["pids"]):
                 self.parker.forget(container_id)  # its kernel restarted: the new one holds what it was given
             if container_id not in self.activity and (lease.gpus or lease.park):
                 await self._follow(lease)

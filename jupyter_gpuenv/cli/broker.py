@@ -2,11 +2,11 @@
 
     jupyter gpuenv broker [--config FILE]          run it (as root): broker.main
     jupyter gpuenv broker --example-config         the example configuration that ships in the wheel
-    jupyter gpuenv broker install                  the host's part, step by step (broker_install.py)
+    jupyter gpuenv broker install                  the host's part, step by step (broker.install)
     jupyter gpuenv add NAME --broker               a kernelspec naming one of the broker's environments
     jupyter gpuenv pull NAME --broker              the broker pulls its image, progress shown here
 
-``add``, ``list`` and ``pull`` ask the broker's ``catalog`` (broker_catalog.py), so a kernelspec never names an
+``add``, ``list`` and ``pull`` ask the broker's ``catalog`` (broker.catalog), so a kernelspec never names an
 environment the host does not have. A name that is not there is InvalidEnvironment, one the caller may not use
 NotPermitted: ``jupyter gpuenv`` prints either as one sentence.
 """

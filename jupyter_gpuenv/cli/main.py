@@ -7,7 +7,7 @@
     jupyter gpuenv prepare-runtime 3.11                # ipykernel for images that lack it
     jupyter gpuenv pull mytorch                        # pull an environment's image now, with a progress bar
     jupyter gpuenv usage --since 2026-11-01            # GPU-hours per user (or --by notebook)
-    sudo jupyter gpuenv broker install                 # a shared host's GPU broker (cli_broker.py)
+    sudo jupyter gpuenv broker install                 # a shared host's GPU broker (cli.broker)
 
 The server's configuration (``c.GpuEnv`` in jupyter_server_config.py) is loaded as the server loads it, so
 ``list`` shows configured environments and ``prepare-runtime`` fills the configured runtime folder.

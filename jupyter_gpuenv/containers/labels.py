@@ -8,6 +8,7 @@ key is never among them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -24,7 +25,10 @@ EXCLUSIVE = f"{PREFIX}.exclusive"
 SOCKETS = f"{PREFIX}.socket-dir"
 PROBE = f"{PREFIX}.probe"  # a short-lived container that asks an image about its Python
 BROKER = f"{PREFIX}.broker"  # started by the shared-host broker, which keeps its lease
-TERMINAL = f"{PREFIX}.terminal"  # started for a terminal alone (terminals.py), removed when it closes
+# what a kernel id may be, for the broker and the provisioner alike (a container name, a folder name): use
+# fullmatch, since "$" would let a final newline in
+KERNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+TERMINAL = f"{PREFIX}.terminal"  # started for a terminal alone (server.terminals), removed when it closes
 NETNS = f"{PREFIX}.netns"  # holds one user's no-network namespace, which their kernels join
 USER = f"{PREFIX}.user"  # whose namespace holder (one uid may serve several people behind a broker)
 

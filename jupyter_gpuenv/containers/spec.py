@@ -109,7 +109,7 @@ class LaunchFacts:
     # a folder the kernel sees -> the host path Docker mounts it from: the broker's pinned copies of a user's
     # folders (broker_folders.staged), so that Docker never resolves a path the user can change
     sources: dict[str, str] = field(default_factory=dict)
-    command: list[str] | None = None  # instead of LAUNCHER: a warm kernel waits for its connection file (warm.py)
+    command: list[str] | None = None  # instead of LAUNCHER: a warm kernel waits for its connection file (server.warm)
 
 
 @dataclass

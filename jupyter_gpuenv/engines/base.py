@@ -56,7 +56,7 @@ class KernelRequest:
     terminal: bool = False  # a container for a terminal alone: it runs containers.TERMINAL_COMMAND, not a kernel
     shared_network_namespace: bool = False  # join the user's no-network namespace holder (network "none" only)
     sources: dict[str, str] = field(default_factory=dict)  # folder -> a root-owned path to mount it from (broker)
-    command: list[str] | None = None  # instead of the kernel's launcher: a warm kernel's (warm.py)
+    command: list[str] | None = None  # instead of the kernel's launcher: a warm kernel's (server.warm)
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ class Engine(Protocol):
 
 
 class Shell(Protocol):
-    """A shell that ``Engine.exec_shell`` opened: its terminal's bytes, both ways (terminals.py owns it)."""
+    """A shell that ``Engine.exec_shell`` opened: its terminal's bytes, both ways (server.terminals owns it)."""
 
     async def read(self) -> bytes:
         """What the shell wrote next; ``b""`` once it ended (exited, or its container went)."""

@@ -10,23 +10,13 @@ from jupyter_gpuenv.containers import labels
 from jupyter_gpuenv.engines.docker.engine import DockerEngine
 
 
-def server_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
-
-
 async def remove_orphans(engine: DockerEngine, gone: int | None = None) -> list[str]:
     """Remove what an earlier, dead server (or other client) of this user on this host left; the names of what
     went. ``gone``: a client known to have ended, which may still be a zombie its parent has not reaped."""
     server, uid = host.this_server(), os.getuid()
 
     def alive(pid: int) -> bool:
-        return pid != gone and server_alive(pid)
+        return pid != gone and host.process_alive(pid)
 
     def orphan(c: labels.KernelContainer) -> bool:
         return labels.is_orphan(c, server.host, uid, server.pid, alive)

@@ -5,7 +5,7 @@ on another process by its pid: lock blocks its further CUDA calls, checkpoint co
 memory and releases the GPU, restore puts it back, unlock lets its CUDA calls run again. A cell that calls CUDA
 while its process is locked or checkpointed waits inside the driver until unlock; it does not fail.
 
-``load_driver`` is the one seam where tests put a stand-in (``tests/fake_cuda.py``), as ``nvml.load_pynvml`` is
+``load_driver`` is the one seam where tests put a stand-in (``tests/fake_cuda.py``), as ``gpus.nvml.load_pynvml`` is
 for NVML. Every call blocks (a checkpoint of 40 GiB takes seconds): callers run these in a thread of their own.
 
 Custom storage (not built): newer drivers are to let the caller copy the checkpoint itself

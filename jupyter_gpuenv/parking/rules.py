@@ -3,7 +3,7 @@
 Pure: the facts come in (the kernel's activity, its GPU processes, the GPUs' recent utilization, who holds
 which GPU), a decision goes out. The record of a parked kernel (``ParkRecord``) is what releases its GPU lease:
 on one person's machine the server keeps it in a private file that GPU allocation reads (``ParkBook``); on a
-shared host the broker's lease book holds it. ``parker.py`` and the broker act on these decisions.
+shared host the broker's lease book holds it. ``server.parking`` and the broker act on these decisions.
 """
 
 from __future__ import annotations

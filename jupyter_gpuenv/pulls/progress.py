@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from jupyter_gpuenv import errors
+from jupyter_gpuenv import errors, host
 
 # phases of a pull, in order
 RESOLVING, DOWNLOADING, EXTRACTING, DONE, FAILED = "resolving", "downloading", "extracting", "done", "failed"
@@ -419,12 +419,11 @@ async def wait(pull: SharedPull, on_progress: Callable[[PullProgress], None] | N
 
 
 # -- the journal ---------------------------------------------------------------------------------------------
-def _process_start(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot), so a reused pid is not taken for the same process."""
+def _start(value: object) -> int | None:
+    """A process start as a journal records it (older journals wrote it as a string)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        return int(value)  # type: ignore[call-overload]  # whatever a file said: a bad one reads as no process
+    except (TypeError, ValueError):
         return None
 
 
@@ -441,7 +440,7 @@ class PullJournal:
         return os.path.join(self.folder, f"pull-{hashlib.sha256(image.encode()).hexdigest()[:16]}.json")
 
     def begin(self, image: str) -> None:
-        record = {"image": image, "pid": os.getpid(), "start": _process_start(os.getpid()), "since": time.time()}
+        record = {"image": image, "pid": os.getpid(), "start": host.process_start(os.getpid()), "since": time.time()}
         try:
             if self._make_folder is not None:
                 self._make_folder(self.folder)
@@ -471,7 +470,7 @@ class PullJournal:
                 with open(path) as f:
                     record = json.load(f)
                 pid = int(record["pid"])
-                if _process_start(pid) is not None and _process_start(pid) == record.get("start"):
+                if host.process_start(pid) is not None and host.process_start(pid) == _start(record.get("start")):
                     continue  # still pulling (another server, or `jupyter gpuenv pull`)
                 os.unlink(path)
                 found.append((str(record["image"]), record.get("since")))

@@ -95,7 +95,7 @@ class GpuEnvApp(ExtensionApp):
         )
         self.sampler.start()
         self.settings["gpuenv_sampler"] = self.sampler
-        # -- warm kernels (warm.py): started ahead on the server's loop, handed to the next start --
+        # -- warm kernels (server.warm): started ahead on the server's loop, handed to the next start --
         self.warm = WarmKernels(
             self.gpuenv,
             engines.connect(self.gpuenv, self.serverapp.log),
@@ -123,7 +123,7 @@ class GpuEnvApp(ExtensionApp):
             log=self.serverapp.log,
         )
         self.usage.start()
-        # -- park and resume (parker.py): its background round runs on the server's loop --
+        # -- park and resume (server.parking): its background round runs on the server's loop --
         self.parking = ServerParking(
             self.gpuenv,
             self.sampler,

@@ -14,7 +14,6 @@ import fcntl
 import inspect
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -27,6 +26,7 @@ from jupyter_client.provisioning import KernelProvisionerBase
 
 from jupyter_gpuenv import engines, host
 from jupyter_gpuenv.config import GpuEnv
+from jupyter_gpuenv.containers import labels
 from jupyter_gpuenv.containers.spec import CLIENT_LOCK, AssignedGpu, check_cwd
 from jupyter_gpuenv.containers.warm import warm_variables
 from jupyter_gpuenv.engines import base as engine
@@ -41,7 +41,6 @@ from jupyter_gpuenv.server.warm import WarmKernel, WarmKernels
 
 _BASE_KWARGS = {"kernel_id", "kernel_spec", "parent", "config", "log"}
 # a kernel id names a folder and a container: what jupyter_server makes (a uuid), nothing that walks paths
-_KERNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would let a final newline in
 # the one log line of a refused start (the quiet-refusals log filter knows it by this format)
 REFUSAL_FORMAT = "gpuenv: kernel %s not started (%d %s): %s"
 LISTEN_WAIT = 30.0  # seconds a launch waits at most for the kernel's sockets (a large image's first start: ~4 s)
@@ -164,10 +163,10 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         context = server_context(self)
         self.settings, self._sampler, self._root_dir = context.settings, context.sampler, context.root_dir
         self._warm_kernels = context.warm
-        self._warm: WarmKernel | engine.WarmTaken | None = None  # a warm kernel taken for this start (warm.py)
+        self._warm: WarmKernel | engine.WarmTaken | None = None  # a warm kernel taken for this start (server.warm)
         source = f"kernelspec {getattr(self.parent, 'kernel_name', None) or '?'}"
         try:
-            if not _KERNEL_ID.fullmatch(self.kernel_id or ""):
+            if not labels.KERNEL_ID.fullmatch(self.kernel_id or ""):
                 raise InvalidKernelId(
                     f"kernel id {self.kernel_id!r} is not allowed: use letters, digits, '-' and '_' (at most 64), "
                     "or let the server choose one"

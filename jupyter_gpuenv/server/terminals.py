@@ -191,7 +191,7 @@ class Terminal:
 
 
 class Terminals:
-    """This server's terminals, by name. One per server (``app.py``), shared by its handlers."""
+    """This server's terminals, by name. One per server (``server.extension``), shared by its handlers."""
 
     def __init__(self, settings: GpuEnv, kernel_manager, spec_manager, sampler, root_dir: str, log=None) -> None:
         self.settings, self.kernel_manager, self.spec_manager = settings, kernel_manager, spec_manager

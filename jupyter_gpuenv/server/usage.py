@@ -14,7 +14,7 @@ from jupyter_gpuenv.server import reports
 from jupyter_gpuenv.usage.counter import PATH_REFRESH, KernelUsage, UsageCounter, server_user
 from jupyter_gpuenv.usage.ledger import Ledger
 
-if TYPE_CHECKING:  # parking.py is the extension's to start; this only reads its records
+if TYPE_CHECKING:  # server.parking is the extension's to start; this only reads its records
     from jupyter_gpuenv.server.parking import ServerParking
 
 

@@ -4,12 +4,12 @@ Each NVML sample, :class:`UsageTracker` (on the server's event loop, reading mem
 snapshot and the running kernels into :class:`KernelUsage` rows and gives them to :class:`UsageMeter`, which
 integrates: every sample adds the time since the previous one (capped, so a suspended machine or a stalled sampler
 is not billed) times the GPUs and the GPU memory each kernel holds. The meter's totals are the Prometheus counters
-(metrics.py); its pending stretches go to the ledger (ledger.py) every ``usage_flush_interval``, so
+(usage.metrics); its pending stretches go to the ledger (usage.ledger) every ``usage_flush_interval``, so
 ``jupyter gpuenv usage`` answers without a Prometheus.
 
 The seam for shared hosts: :class:`UsageCounter` does the counting and does not care where rows come from. For
 :class:`UsageTracker` they are this server's kernels, labelled with this server's user; the broker
-(broker_metrics.py) feeds its own counter with every user's kernels on the host, each row carrying its owner, and
+(broker.metrics) feeds its own counter with every user's kernels on the host, each row carrying its owner, and
 serves the same series.
 """
 

@@ -17,18 +17,18 @@ person asks for, the same for the command and the REST API.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
 import re
-import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypedDict
+
+from jupyter_gpuenv import host
 
 BY = ("user", "notebook")  # what a report adds up by
 COMPACT_BYTES = 256 * 1024  # a file is compacted when it grows past this (or twice its last compacted size)
@@ -89,18 +89,6 @@ class UsageRow(_UsageTotals, total=False):
     notebook: str
 
 
-def private_folder(path: str | os.PathLike[str]) -> Path:
-    """``path`` created if needed, owned by this user and closed to everyone else (0700)."""
-    folder = Path(path)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = folder.stat()
-    if info.st_uid != os.geteuid():
-        raise PermissionError(f"{folder} belongs to uid {info.st_uid}, not to this user: choose another usage_dir")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        folder.chmod(0o700)
-    return folder
-
-
 def _month(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m")
 
@@ -118,7 +106,7 @@ class Ledger:
             by_file.setdefault(f"usage-{_month(record.start)}.jsonl", []).append(record.to_line())
         if not by_file:
             return
-        private_folder(self.folder)
+        host.private_folder(str(self.folder), parents=True)
         with self._locked():
             for name, lines in by_file.items():
                 path = self.folder / name
@@ -137,14 +125,8 @@ class Ledger:
                         self._compacted_size[name] = compact(self.folder / name)
                 self._prune(time.time() if now is None else now)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self.folder / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return host.locked_file(str(self.folder / ".lock"))
 
     def _prune(self, now: float) -> None:
         """Delete month files that ended more than ``retention_days`` ago."""

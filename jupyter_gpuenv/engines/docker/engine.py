@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import functools
 import ipaddress
 import logging
@@ -645,13 +644,8 @@ class DockerEngine:
             if self.private_dir is None:
                 yield
                 return
-            lock_path = os.path.join(host.private_folder(self.private_dir), "allocation.lock")
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            with host.locked_file(os.path.join(host.private_folder(self.private_dir), "allocation.lock")):
                 yield
-            finally:
-                os.close(fd)
 
     async def state(self, container_id: str) -> ContainerState:
         return await self._call(
