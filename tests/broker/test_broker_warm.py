@@ -145,6 +145,17 @@ def test_a_start_takes_the_persons_warm_kernel_and_the_pool_refills(warm_site):
     STORY["alice_cpu"] = kernel_id
 
 
+def test_a_kernel_that_took_a_warm_one_restarts_in_the_same_folder(warm_site):
+    site, kernel_id = warm_site, STORY["alice_cpu"]
+    site.execute("alice", kernel_id, "x = 1")
+    (before,) = [k for k in site.ask("alice", "kernels")["result"] if k["kernel_id"] == kernel_id]
+    r = site.server("alice", "POST", f"api/kernels/{kernel_id}/restart", timeout=90)
+    assert r.status_code == 200, r.text[:500]
+    (after,) = [k for k in site.ask("alice", "kernels")["result"] if k["kernel_id"] == kernel_id]
+    assert after["socket_dir"] == before["socket_dir"] and after["container_id"] != before["container_id"]
+    assert site.execute("alice", kernel_id, "print('x' in dir())").strip() == "False"  # a fresh kernel, working
+
+
 def test_a_notebook_on_a_warm_gpu_kernel_is_attributed_in_kernels_metrics_and_ledger(warm_site):
     site = warm_site
     (before,) = warm_containers(site, "alice", "gpu")
