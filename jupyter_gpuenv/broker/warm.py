@@ -6,7 +6,8 @@ person**, within ``c.Broker.max_warm_kernels`` for the whole host (shared out on
 Who gets them (:func:`live`): a person whose Jupyter server runs. Every server announces itself (``keep_warm`` with
 its root folder, every few seconds, from its own process: SO_PEERCRED names it); the broker remembers that process
 by pid and start time, and the person stops counting the moment that process is gone (a reused pid is another
-process). A person's first live server keeps the pool; a second one of theirs (named servers) starts cold. Only
+process). A person's first live server keeps the pool; a second one of theirs (named servers) starts cold, and a
+new process replaces a dead one at most every QUIET seconds (announcing from throwaway processes buys nothing). Only
 environments their policy allows are kept, and only in peer mode (hub-token servers share one uid: not built).
 
 What a warm kernel is: a container made by the same request a cold start of theirs would make (their uid and gid,
@@ -39,6 +40,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -59,6 +61,7 @@ from jupyter_gpuenv.errors import GpuEnvError, NotPermitted
 
 log = logging.getLogger("jupyter_gpuenv.broker")
 REFILL_INTERVAL = 2.0  # seconds between two looks at the pools (an announce or a take looks at once)
+QUIET = 10.0  # seconds a person's announcing process must have been theirs before another may replace it
 
 
 # -- the rules (pure) ----------------------------------------------------------------------------------------------
@@ -71,13 +74,20 @@ class Presence:
     started: int  # the process's start time (clock ticks since boot) when it announced
     root_dir: str
     caller: Any  # the daemon's Caller for that process: who the warm kernels are made as
+    at: float = 0.0  # when it was first heard (time.monotonic)
 
 
-def announce(presences: dict[str, Presence], new: Presence, start_of: Callable[[int], int]) -> bool:
-    """Record ``new``; False (not recorded) when another live server of the same person keeps the pool."""
+def announce(presences: dict[str, Presence], new: Presence, start_of: Callable[[int], int], now: float) -> bool:
+    """Record ``new``; False (not recorded) when another live server of the same person keeps the pool, or when the
+    person's process changed less than QUIET seconds ago: one that announces and exits, again and again, cannot make
+    the broker make containers faster than that (a real server announces again 3 s later anyway)."""
     current = presences.get(new.user)
-    if current is not None and current.pid != new.pid and start_of(current.pid) == current.started:
+    if current is not None and current.pid == new.pid:
+        new.at = current.at
+    elif current is not None and (start_of(current.pid) == current.started or now - current.at < QUIET):
         return False
+    else:
+        new.at = now
     presences[new.user] = new
     return True
 
@@ -163,7 +173,9 @@ class BrokerWarm:
             return
         presence = Presence(caller.name, caller.pid, start_of(caller.pid), os.path.abspath(root_dir), caller)
         known = self.presences.get(caller.name)
-        if announce(self.presences, presence, start_of) and (known is None or known.pid != presence.pid):
+        if announce(self.presences, presence, start_of, time.monotonic()) and (
+            known is None or known.pid != presence.pid
+        ):
             self._wake.set()
 
     def ready(self, user: str, environment: str) -> int:
@@ -244,8 +256,6 @@ class BrokerWarm:
         """Drop what no one may have any more, then make what is missing (within the host's cap)."""
         d = self.daemon
         people = live(self.presences, start_of)
-        for user in set(self.presences) - set(people):
-            del self.presences[user]
         wants = {user: self._wanted(user, p) for user, p in people.items()}
         share = shares(wants, d.settings.max_warm_kernels)
         images: dict[str, str | None] = {}
@@ -272,7 +282,7 @@ class BrokerWarm:
             else:
                 kept[key] = kept.get(key, 0) + 1
         for (user, name), count in share.items():
-            while kept.get((user, name), 0) < count and not self._stopped and user in self.presences:
+            while kept.get((user, name), 0) < count and not self._stopped:
                 try:
                     self.kernels.append(await self._make(self.presences[user], d.environments[name], images.get(name)))
                 except (GpuEnvError, OSError) as exc:

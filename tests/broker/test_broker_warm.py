@@ -242,18 +242,27 @@ def test_a_person_is_eligible_while_the_server_that_announced_runs():
     starts = {100: 5000, 200: 6000}
     start_of = lambda pid: starts.get(pid, 0)  # noqa: E731 - /proc's start time, as the broker reads it
     presences: dict[str, warm.Presence] = {}
-    assert warm.announce(presences, warm.Presence("alice", 100, 5000, "/home/alice", None), start_of)
-    assert warm.announce(presences, warm.Presence("bob", 200, 6000, "/home/bob", None), start_of)
+
+    def announce(user: str, pid: int, root: str, now: float) -> bool:
+        return warm.announce(presences, warm.Presence(user, pid, start_of(pid), root, None), start_of, now)
+
+    assert announce("alice", 100, "/home/alice", 0.0) and announce("bob", 200, "/home/bob", 0.0)
     # a second server of alice's while the first runs: the first keeps the pool
-    assert not warm.announce(presences, warm.Presence("alice", 300, 7000, "/srv/alice", None), start_of)
+    starts[300] = 7000
+    assert not announce("alice", 300, "/srv/alice", 60.0)
     assert set(warm.live(presences, start_of)) == {"alice", "bob"}
     starts[100] = 9999  # alice's server ended and its pid was reused by another process
     assert set(warm.live(presences, start_of)) == {"bob"}
     del starts[200]  # bob's server is gone
     assert warm.live(presences, start_of) == {}
-    starts[300] = 7000  # alice's second server now keeps hers
-    assert warm.announce(presences, warm.Presence("alice", 300, 7000, "/srv/alice", None), start_of)
-    assert set(warm.live(presences, start_of)) == {"alice"}
+    assert announce("alice", 300, "/srv/alice", 60.0)  # alice's second server now keeps hers
+    assert set(warm.live(presences, start_of)) == {"alice"} and presences["alice"].root_dir == "/srv/alice"
+    # processes that announce and end, one after another: heard at most every QUIET seconds
+    del starts[300]
+    starts[400] = 8000
+    assert not announce("alice", 400, "/home/alice", 60.0 + warm.QUIET / 2)
+    assert announce("alice", 400, "/home/alice", 60.0 + warm.QUIET)
+    assert announce("alice", 400, "/home/alice", 500.0) and presences["alice"].at == 60.0 + warm.QUIET  # the same
 
 
 def test_the_hosts_cap_gives_everyone_one_before_anyone_two():
