@@ -91,7 +91,7 @@ class WarmKernels:
     # -- what is wanted ----------------------------------------------------------------------------------
     def wanted(self) -> dict[str, tuple[Environment, int]]:
         out: dict[str, tuple[Environment, int]] = {}
-        if self.engine.shared_host:  # not built behind a broker yet
+        if self.engine.shared_host:  # the broker keeps warm kernels there (broker.warm), per person
             return out
         for name, count in self.settings.warm_kernels.items():
             raw = self.settings.environments.get(name)
