@@ -34,7 +34,10 @@ WARM_POLICY = {
         "dave": {"environments": ["cpu"], "max_kernels": 4},
     },
 }
-WARM = 'c.Broker.warm_kernels = {"cpu": 1, "gpu": 1}\nc.Broker.max_warm_kernels = 6\n'
+WARM = (
+    'c.Broker.warm_kernels = {"cpu": 1, "gpu": 1}\nc.Broker.max_warm_kernels = 6\n'
+    'c.Broker.warm_imports = {"cpu": ["wave"]}\n'  # a module ipykernel never imports
+)
 STORY: dict[str, str] = {}  # what one test leaves the next: kernel and container ids
 
 
@@ -133,8 +136,8 @@ def test_a_start_takes_the_persons_warm_kernel_and_the_pool_refills(warm_site):
     kernel_id = r.json()["id"]
     (row,) = [k for k in site.gpuenv_kernels("alice") if k["kernel_id"] == kernel_id]
     assert row["container_id"] == before["id"]  # the warm container, now this kernel
-    out = site.execute("alice", kernel_id, "import os; print(os.getuid(), os.getcwd())")
-    assert out.split() == [str(site.users["alice"].uid), site.users["alice"].home]
+    out = site.execute("alice", kernel_id, "import os, sys; print(os.getuid(), os.getcwd(), 'wave' in sys.modules)")
+    assert out.split() == [str(site.users["alice"].uid), site.users["alice"].home, "True"]  # imported while warm
     (lease,) = [k for k in site.ask("alice", "kernels")["result"] if k["kernel_id"] == kernel_id]
     assert (
         lease["container_id"] == before["id"]
