@@ -341,3 +341,73 @@ def test_the_client_lock_passes_to_the_server_without_a_moment_free(tmp_path):
     assert not free()  # held by the server's descriptor now
     os.close(fd)
     assert free()  # and by nothing else: the broker's own descriptor was closed after sending
+
+
+def test_a_changed_image_definition_or_policy_replaces_warm_kernels():
+    """One round of the pool against a fake engine: what changed goes, what is missing is made."""
+    import asyncio
+    import types
+
+    from jupyter_gpuenv.broker.leases import LeaseBook
+    from jupyter_gpuenv.containers.warm import definition
+    from jupyter_gpuenv.environments.definition import parse_environment
+    from jupyter_gpuenv.environments.preflight import ImageFacts
+
+    removed: list[str] = []
+
+    class Engine:
+        image_id = "sha256:one"
+
+        async def image_facts(self, image, python=None, env=None):
+            return ImageFacts(True, self.image_id)
+
+        async def state(self, container_id):
+            return types.SimpleNamespace(running=True)
+
+        async def remove(self, container_id):
+            removed.append(container_id)
+
+    envs = {name: parse_environment(name, raw, "test") for name, raw in ENVIRONMENTS.items()}
+    daemon = types.SimpleNamespace(
+        settings=types.SimpleNamespace(warm_kernels={"cpu": 1}, max_warm_kernels=4, identify="peer"),
+        environments=envs,
+        policy=Policy.parse(WARM_POLICY),
+        book=LeaseBook("/nonexistent/leases.json"),
+        docker=Engine(),
+        gpus_wanted=lambda env: 0,
+    )
+    pool = warm.BrokerWarm(daemon)
+    made: list[tuple[str, str]] = []
+
+    async def make(presence, env, image_id):
+        made.append((presence.user, env.name))
+        return warm.WarmContainer(f"warm-{len(made)}", presence.user, env.name, definition(env), image_id,
+                                  presence.root_dir, f"/nonexistent/{len(made)}", f"c{len(made)}", "none")  # fmt: skip
+
+    pool._make = make
+    caller = types.SimpleNamespace(groups=())
+    pool.presences["alice"] = warm.Presence("alice", 1, 10, "/home/alice", caller)
+    pool.presences["bob"] = warm.Presence("bob", 2, 20, "/home/bob", caller)
+    alive = {1: 10, 2: 20}.get
+
+    def round_of() -> None:
+        made.clear()
+        removed.clear()
+        asyncio.run(pool.refill(lambda pid: alive(pid, 0)))
+
+    round_of()
+    assert sorted(made) == [("alice", "cpu"), ("bob", "cpu")] and removed == []
+    round_of()
+    assert made == [] and removed == []  # nothing changed: nothing made, nothing removed
+    daemon.docker.image_id = "sha256:two"  # the image was pulled again under its tag
+    round_of()
+    assert sorted(removed) == ["c1", "c2"] and sorted(made) == [("alice", "cpu"), ("bob", "cpu")]
+    daemon.policy = Policy.parse({**WARM_POLICY, "users": {"bob": {"environments": ["gpu"]}}})  # bob: no cpu now
+    round_of()
+    assert [w.user for w in pool.kernels] == ["alice"] and made == [] and len(removed) == 1
+    daemon.environments = {**envs, "cpu": parse_environment("cpu", {**ENVIRONMENTS["cpu"], "memory": "1g"}, "test")}
+    round_of()
+    assert len(removed) == 1 and made == [("alice", "cpu")]  # a changed definition: made again as it is now
+    alive = {2: 20}.get  # alice's server is gone
+    round_of()
+    assert pool.kernels == [] and len(removed) == 1 and made == []
