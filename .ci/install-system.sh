@@ -11,8 +11,8 @@ PACKAGES=(
   chromium             # headless browser tests (Playwright drives the system build)
   fonts-dejavu-core    # readable text in screenshots (chromium alone pulls no fonts with --no-install-recommends)
   fonts-liberation     # metric-compatible Arial/Times/Courier for web pages
-  prometheus           # tests/test_metrics.py starts its own on a free loopback port; Debian's service unit is unused
-  docker-registry      # the reference registry: .ci/start-registry.sh serves it on 127.0.0.1 for tests/test_pulls.py
+  prometheus           # tests/usage/test_metrics.py starts its own on a free loopback port; Debian's service unit is unused
+  docker-registry      # the reference registry: .ci/start-registry.sh serves it on 127.0.0.1 for tests/pulls/test_pulls.py
   python3-venv         # the venv is made from Debian's Python, which the tests' other Unix users can run
   iproute2 procps psmisc curl xz-utils
 )

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts Debian's docker-registry (the reference registry) on 127.0.0.1 for tests/test_pulls.py, unless it
+# Starts Debian's docker-registry (the reference registry) on 127.0.0.1 for tests/pulls/test_pulls.py, unless it
 # answers already. Loopback only, never another address; no TLS (the engine treats 127.0.0.0/8 registries as
 # insecure by default) and no authentication. Configuration and storage live in a root-owned folder, the
 # registry itself runs as Debian's unprivileged docker-registry user. The tests push deterministic layers,

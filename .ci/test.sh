@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 bash .ci/install-system.sh
 bash .ci/start-dockerd.sh
-bash .ci/start-registry.sh   # 127.0.0.1 only: the registry tests/test_pulls.py pulls from
+bash .ci/start-registry.sh   # 127.0.0.1 only: the registry tests/pulls/test_pulls.py pulls from
 # The broker tests put a hostile user in the broker's way on a host set as stock Debian sets it: links, FIFOs and
 # files in world-writable sticky folders protected (issue 20). Where /proc/sys is read-only (a container), the
 # host's values stay: said, not fatal.

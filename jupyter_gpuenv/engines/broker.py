@@ -83,8 +83,10 @@ class BrokerClient:
                 if not line:
                     raise errors.EngineUnreachable(f"the GPU broker at {self.path} closed the connection mid-answer")
                 answer = json.loads(line)
-                if "progress" in answer and progress is not None:
-                    progress(answer["progress"])
+                if "progress" in answer:
+                    # {"working": op} is the broker's heartbeat on a long answer: it only says the broker lives
+                    if progress is not None and set(answer["progress"]) != {"working"}:
+                        progress(answer["progress"])
                 elif "error" in answer:
                     raise _refusal(answer["error"])
                 elif "result" in answer:

@@ -30,7 +30,7 @@ from jupyter_gpuenv.usage.ledger import Ledger, UsageRecord, summarize, usage_qu
 
 GIB = 1024**3
 NOTEBOOK = "projects/analysis.ipynb"
-EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
 
 def load_example(name: str):

@@ -100,7 +100,7 @@ def test_every_option_says_what_it_does(capsys):
 
 
 def fake_nvml(monkeypatch, recording: str) -> None:
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: fake_pynvml
     import fake_pynvml
 
     from jupyter_gpuenv.gpus import nvml

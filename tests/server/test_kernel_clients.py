@@ -207,14 +207,14 @@ time.sleep(600)
 
 FAKE_NVML = """
 import fake_pynvml
-from jupyter_gpuenv import nvml
+from jupyter_gpuenv.gpus import nvml
 fake = fake_pynvml.FakePynvml(fake_pynvml.load("h100x2"))
 nvml.load_pynvml = lambda: fake
 """
 
 
 def client_process(name, prelude="", env=None):
-    script = SCRIPT.format(tests=os.path.dirname(__file__), prelude=prelude, name=name)
+    script = SCRIPT.format(tests=os.path.dirname(os.path.dirname(__file__)), prelude=prelude, name=name)
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     container_id = process.stdout.readline().strip()
     assert container_id, "the client script did not start its kernel"
