@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 
 from traitlets import TraitError
@@ -113,6 +114,7 @@ def check(config: Config) -> list[str]:
         problems.append(str(exc))
     else:
         problems += _unknown_in_policy(policy, environments)
+    problems += _warm_problems(settings, environments, set(section) - bad)
     if settings.metrics_port and not is_loopback(settings.metrics_address) and not settings.metrics_public:
         problems.append(
             f"c.Broker.metrics_address = {settings.metrics_address!r} is not a loopback address: the metrics name "
@@ -122,7 +124,8 @@ def check(config: Config) -> list[str]:
 
 
 POSITIVE = ("sample_interval", "orphan_interval", "usage_flush_interval", "docker_timeout", "park_timeout")
-AT_LEAST_ZERO = ("park_idle_minutes", "park_min_gpu_memory_gib", "hub_uid", "hub_gid")
+AT_LEAST_ZERO = ("park_idle_minutes", "park_min_gpu_memory_gib", "hub_uid", "hub_gid", "max_warm_kernels")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _out_of_range(settings: Broker, given: set[str]) -> list[str]:
@@ -147,6 +150,23 @@ def _unknown_in_policy(policy: Policy, environments: dict) -> list[str]:
             if name not in environments:
                 out.append(f"{where} names the environment {name!r}, which c.Broker.environments does not define "
                            f"(defined: {defined})")  # fmt: skip
+    return out
+
+
+def _warm_problems(settings: Broker, environments: dict, given: set[str]) -> list[str]:
+    """Warm kernels of environments the host does not have, or counts and imports that are not what they must be."""
+    out = []
+    for key in ("warm_kernels", "warm_imports"):
+        for name in getattr(settings, key) if key in given else ():
+            if name not in environments:
+                out.append(f"c.Broker.{key} names the environment {name!r}, which c.Broker.environments does not "
+                           f"define (defined: {', '.join(sorted(map(str, environments))) or 'none'})")  # fmt: skip
+    for name, count in settings.warm_kernels.items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            out.append(f"c.Broker.warm_kernels[{name!r}] must be a whole number of at least 0, not {count!r}")
+    for name, modules in settings.warm_imports.items():
+        if not isinstance(modules, list) or not all(isinstance(m, str) and _MODULE.fullmatch(m) for m in modules):
+            out.append(f"c.Broker.warm_imports[{name!r}] must be a list of module names such as ['torch']")
     return out
 
 
