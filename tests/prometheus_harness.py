@@ -1,7 +1,7 @@
 """A real Prometheus (Debian's /usr/bin/prometheus) on a free loopback port, for the tests that scrape with it.
 
-The server's metrics (tests/usage/test_metrics.py) and the broker's (tests/broker/test_broker_metrics.py) are checked the
-way an administrator would see them: scraped by Prometheus with the scrape configs of docs/examples, then queried
+The server's metrics (tests/usage/test_metrics.py) and the broker's (tests/broker/test_broker_metrics.py) are checked
+the way an administrator would see them: scraped by Prometheus with the scrape configs of docs/examples, then queried
 through its HTTP API.
 """
 

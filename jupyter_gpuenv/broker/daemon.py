@@ -45,8 +45,10 @@ from jupyter_gpuenv.broker.leases import RUNNING, KernelLease, LeaseBook
 from jupyter_gpuenv.broker.parking import BrokerParking
 from jupyter_gpuenv.broker.policy import Policy, check_start
 from jupyter_gpuenv.broker.settings import Broker
+from jupyter_gpuenv.broker.warm import BrokerWarm, HandedLock
 from jupyter_gpuenv.containers import labels
 from jupyter_gpuenv.containers import spec as containers
+from jupyter_gpuenv.containers.claims import PREFIX as WARM_PREFIX
 from jupyter_gpuenv.containers.spec import check_cwd, within
 from jupyter_gpuenv.engines.base import KernelRequest, image_facts_of
 from jupyter_gpuenv.engines.docker.engine import DockerEngine
@@ -214,7 +216,8 @@ class BrokerDaemon:
             attribute=lambda snapshot: broker_metrics.attribute(snapshot, self.book),  # GPU memory by container
             log=log,
         )
-        self.metrics = broker_metrics.BrokerMetrics(settings, self.book, self.sampler)
+        self.warm = BrokerWarm(self)  # every person's warm kernels (warm.py)
+        self.metrics = broker_metrics.BrokerMetrics(settings, self.book, self.sampler, self.warm.counts)
         self.lock = asyncio.Lock()  # one GPU decision at a time, for every user of the host
         idle = IdlePolicy(settings.park_idle_minutes, int(settings.park_min_gpu_memory_gib * 2**30))
         self.parking = BrokerParking(self, idle, settings.park_timeout)
@@ -228,6 +231,8 @@ class BrokerDaemon:
         self.starting: set[str] = set()  # socket folders of starts under way (a pull can take minutes)
         self.released: dict[tuple[str, str], tuple[list[str], float]] = {}  # (user, kernel id) -> GPUs it had, when
         self.refusals = Refusals()
+        # (user, kernel id) -> the socket folder of a kernel that took a warm one (warm-<hex>, not its kernel id)
+        self.bound_folders: dict[tuple[str, str], str] = {}
 
     # -- life ------------------------------------------------------------------------------------------
     def prepare_folders(self) -> None:
@@ -253,6 +258,10 @@ class BrokerDaemon:
         containers = {c.kernel_id: c for c in await self.docker.kernels() if c.labels.get(labels.BROKER) == mine}
         for lease in self.book:
             found = containers.pop(lease.kernel_id, None)
+            if found is None:  # a kernel that took a warm container: its labels keep the warm name
+                found = next((c for c in containers.values() if c.id and c.id == lease.container_id), None)
+                if found is not None:
+                    del containers[found.kernel_id]
             if lease.state != RUNNING:
                 log.warning("gpuenv broker: removing what the interrupted start of kernel %s left", lease.kernel_id)
                 if found is not None:
@@ -261,7 +270,7 @@ class BrokerDaemon:
                 self.book.drop(lease)
             elif found is None or not found.active:
                 self.book.drop(lease)  # its container ended while we were away: the GPU is free again
-        for orphan in containers.values():  # created, and the broker died before it wrote the lease
+        for orphan in containers.values():  # created, and the broker died before it wrote the lease; or warm
             log.warning("gpuenv broker: removing container %s, which no lease names", orphan.name)
             await self.docker.remove(orphan.id)
         # socket folders asked for before the restart, whose start never came: given their grace again
@@ -328,6 +337,7 @@ class BrokerDaemon:
             asyncio.ensure_future(self.sweep_orphans(stop)),
             asyncio.ensure_future(self.sweep_folders(stop)),
             asyncio.ensure_future(self.parking.tend(stop, self.settings.sample_interval)),
+            asyncio.ensure_future(self.warm.tend(stop, process_start)),
             asyncio.ensure_future(self.accept(listener)),
         ]
         await stop.wait()
@@ -338,6 +348,7 @@ class BrokerDaemon:
             await listeners.close()
         if self.relay_server is not None:
             await self.relay_server.close()
+        await self.warm.stop()  # no warm container outlives the broker that knows it
         await self.metrics.stop()
         self.sampler.stop()
         self.docker.close()
@@ -386,6 +397,8 @@ class BrokerDaemon:
     def _drop_folder(self, path: str) -> None:
         """Remove a kernel's socket folder (root's parents: nobody can swap it; rmtree works by descriptor)."""
         self.pending.pop(path, None)
+        for key in [k for k, v in self.bound_folders.items() if v == path]:
+            del self.bound_folders[key]
         shutil.rmtree(path, ignore_errors=True)
 
     def _holder_orphaned(self, holder: labels.KernelContainer) -> bool:
@@ -489,7 +502,11 @@ class BrokerDaemon:
             work = asyncio.ensure_future(self.dispatch(caller, op, args, lambda p: send({"progress": p})))
             while not (await asyncio.wait({work}, timeout=HEARTBEAT))[0]:
                 send({"progress": {"working": op}})  # the client's silence limit stays meaningful on long work
-            send({"result": work.result()})
+            result = work.result()
+            if isinstance(result, HandedLock):
+                await self._send_lock(writer, result)
+            else:
+                send({"result": result})
         except GpuEnvError as exc:
             if exc.status >= 500 or self.refusals.allow(key):
                 log.info("gpuenv broker: %s refused (%s, %s): %s", op, key, type(exc).__name__, exc)
@@ -505,6 +522,19 @@ class BrokerDaemon:
             except (ConnectionError, OSError, asyncio.TimeoutError):
                 writer.transport.abort()
 
+    async def _send_lock(self, writer: asyncio.StreamWriter, handed: HandedLock) -> None:
+        """The answer, with ``handed.fd`` (a warm kernel's client lock) passed to the caller as an open file; then
+        the broker's own descriptor is closed (the caller's is the same open file: the lock stays held)."""
+        try:
+            while writer.transport.get_write_buffer_size():  # every earlier line out first, in order
+                await writer.drain()
+                await asyncio.sleep(0.001)
+            raw = writer.get_extra_info("socket")
+            with socket.socket(fileno=os.dup(raw.fileno())) as sock:  # asyncio's transport has no sendmsg
+                socket.send_fds(sock, [json.dumps({"result": handed.answer}).encode() + b"\n"], [handed.fd])
+        finally:
+            os.close(handed.fd)
+
     async def dispatch(self, caller: Caller, op: str, args: dict[str, Any], progress: Callable) -> Any:
         if op == "hello":
             return {"user": caller.name, "uid": caller.uid, "mode": self.settings.identify}
@@ -514,6 +544,17 @@ class BrokerDaemon:
             return list(await asyncio.gather(*(self.environment_row(caller, name) for name in allowed)))
         if op == "socket_folder":
             return {"path": await self.socket_folder(caller, _arg(args, "kernel_id", str))}
+        if op == "keep_warm":  # a person's server runs: their warm kernels are kept (warm.py)
+            self.warm.keep_warm(caller, _arg(args, "root_dir", str), process_start)
+            return {}
+        if op == "take_warm":
+            if caller.uid == 0:
+                raise NotPermitted("the broker never runs a kernel as root: start it from a user's server")
+            kernel_id = self._kernel_id(_arg(args, "kernel_id", str), caller)
+            env = self._environment(caller, args.get("environment"))
+            notebook = _arg(args, "notebook", str, required=False) or ""
+            root_dir = _arg(args, "root_dir", str)
+            return await self.warm.take(caller, kernel_id, env, root_dir, notebook, process_start)
         if op == "remove_socket_folder":
             self.remove_socket_folder(caller, _arg(args, "kernel_id", str))
             return {}
@@ -567,6 +608,8 @@ class BrokerDaemon:
             self.released = {k: v for k, v in self.released.items() if now - v[1] < RESTART_MEMORY}
             self.released[(caller.name, lease.kernel_id)] = (list(lease.gpus), now)
             self.pending.setdefault(lease.socket_dir, (caller.name, now))  # its folder: until the restart, or swept
+            if os.path.basename(lease.socket_dir) != lease.kernel_id:  # it took a warm kernel's folder
+                self.bound_folders[(caller.name, lease.kernel_id)] = lease.socket_dir
             return asdict(last) if last else None
         raise InvalidRequest(f"unknown operation {op!r}")
 
@@ -788,10 +831,20 @@ class BrokerDaemon:
     def _kernel_id(self, kernel_id: str, caller: Caller | None = None) -> str:
         if not labels.KERNEL_ID.fullmatch(kernel_id):
             raise InvalidKernelId(f"kernel id {kernel_id!r} is not allowed: use letters, digits, '-' and '_'")
+        if kernel_id.startswith(WARM_PREFIX):  # the folders and labels of warm kernels: the broker's names
+            raise InvalidKernelId(f"kernel id {kernel_id!r} is not allowed: ids starting {WARM_PREFIX!r} are taken")
         holder = self.book.holder_of(kernel_id)
         if caller is not None and holder is not None and holder.user != caller.name:
             raise InvalidKernelId(f"kernel id {kernel_id!r} is taken on this host: let the server choose one")
         return kernel_id
+
+    def _folder_of(self, caller: Caller, kernel_id: str) -> str:
+        """A kernel's socket folder: sockets/<user>/<kernel id>, or the warm kernel's it took (also after its
+        container was removed, for the restart that follows)."""
+        lease = self.book.get(caller.name, kernel_id)
+        if lease is not None:
+            return lease.socket_dir
+        return self.bound_folders.get((caller.name, kernel_id)) or self._socket_path(caller, kernel_id)
 
     def _socket_path(self, caller: Caller, kernel_id: str) -> str:
         path = os.path.join(self.sockets, caller.folder, kernel_id)
@@ -835,7 +888,7 @@ class BrokerDaemon:
     def remove_socket_folder(self, caller: Caller, kernel_id: str) -> None:
         """A server is done with a kernel's folder (shut down, or its start failed): removed unless a kernel or a
         start still uses it."""
-        path = self._socket_path(caller, self._kernel_id(kernel_id, caller))
+        path = self._folder_of(caller, self._kernel_id(kernel_id, caller))
         lease = self.book.get(caller.name, kernel_id)
         if (lease is None or lease.state != RUNNING) and path not in self.starting:
             self._drop_folder(path)
@@ -867,6 +920,12 @@ class BrokerDaemon:
             for pin in pinned.values():
                 pin.close()
             raise
+
+    def gpus_wanted(self, env: Environment) -> int:
+        """How many GPUs a kernel of ``env`` holds, for the policy's max_gpus."""
+        if env.gpus.kind in ("count", "exclusive", "ids"):
+            return env.gpus.count
+        return len(self.sampler.latest.gpus) if env.gpus.wants_gpus else 0
 
     def name_of(self, lease: KernelLease) -> str:
         """How a refusal names another user's kernel, as show_other_users says."""
@@ -915,6 +974,7 @@ class BrokerDaemon:
             "reason": verdict.reason,
             "reason_code": verdict.reason_code,
             "availability": self.availability(env),
+            "warm": self.warm.ready(caller.name, name),  # warm kernels of this person's a start takes now
             "pull_progress": pulling.as_dict() if (pulling := self.docker.pull_progress(env.image)) else None,
             "definition": env.to_config(),
         }
@@ -1006,7 +1066,7 @@ class BrokerDaemon:
         rule = self.policy.rule_for(caller.name, list(caller.groups))
         check_start(rule, caller.name, env.name, 0, 0, 0)  # the environment itself, before anything is asked
         root_arg, cwd_arg = _arg(args, "root_dir", str), _arg(args, "cwd", str)
-        socket_dir = self._socket_path(caller, kernel_id)
+        socket_dir = self._folder_of(caller, kernel_id)
         asked = _arg(args, "socket_dir", str, required=False)
         if asked is not None and os.path.normpath(asked) != socket_dir:
             raise InvalidRequest(f"the kernel's socket folder is {socket_dir}, the one the broker gave")
@@ -1076,10 +1136,7 @@ class BrokerDaemon:
     ) -> dict[str, Any]:
         async with self.lock:
             mine = [k for k in self.book.of_user(caller.name) if k.kernel_id != kernel_id]
-            wanted = env.gpus.count if env.gpus.kind in ("count", "exclusive", "ids") else (
-                len(self.sampler.latest.gpus) if env.gpus.wants_gpus else 0
-            )  # fmt: skip
-            check_start(rule, caller.name, env.name, wanted, sum(len(k.gpus) for k in mine), len(mine))
+            check_start(rule, caller.name, env.name, self.gpus_wanted(env), sum(len(k.gpus) for k in mine), len(mine))
             lease = KernelLease(kernel_id, caller.uid, caller.name, env.name, socket_dir, server_pid=caller.pid,
                                 server_started=process_start(caller.pid))  # fmt: skip
             lease.notebook = server_env.get("JPY_SESSION_NAME", "")[:1000]  # the caller's word: a label, nothing more

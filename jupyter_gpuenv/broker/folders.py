@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -71,6 +72,30 @@ def open_folder(
         os.close(fd)
         raise
     return fd
+
+
+def make_warm_folder(parent_fd: int, name: str, owner: tuple[int, int], fifo: str, lock: str) -> int:
+    """A warm kernel's folder ``name`` in ``parent_fd`` (a user's folder under sockets/, root's): made root's, its
+    FIFO and its client lock made inside and the lock taken (exclusive), then all given to ``owner`` (0700/0600).
+    Until the last step the user cannot enter it, so nothing in it is theirs to swap. The lock's descriptor, held.
+    """
+    os.mkdir(name, 0o700, dir_fd=parent_fd)  # a fresh random name: an existing one is an error
+    folder = os.open(name, _DIR, dir_fd=parent_fd)
+    held = -1
+    try:
+        os.mkfifo(fifo, 0o600, dir_fd=folder)
+        os.chown(fifo, *owner, dir_fd=folder, follow_symlinks=False)
+        held = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.fchown(held, *owner)
+        os.fchown(folder, *owner)
+    except BaseException:
+        if held >= 0:
+            os.close(held)
+        raise
+    finally:
+        os.close(folder)
+    return held
 
 
 # -- a user's folder, pinned -------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import stat
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.web import Application, RequestHandler
@@ -36,7 +37,7 @@ from jupyter_gpuenv.gpus import attribution
 from jupyter_gpuenv.gpus.nvml import Snapshot
 from jupyter_gpuenv.usage.counter import KernelUsage, UsageCounter
 from jupyter_gpuenv.usage.ledger import Ledger
-from jupyter_gpuenv.usage.metrics import Collector
+from jupyter_gpuenv.usage.metrics import PREFIX, Collector
 
 log = logging.getLogger("jupyter_gpuenv.broker")
 BIND_RETRY = 10.0
@@ -97,6 +98,24 @@ class BrokerUsage(UsageCounter):
         return kernel_usages(self.book, snapshot)
 
 
+class WarmCollector:
+    """Warm containers by environment, everyone's (broker/warm.py): not anyone's kernel, so never in the kernel
+    series nor in the ledger, which charge nothing for them."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        family = GaugeMetricFamily(PREFIX + "warm_kernels", "Warm kernel containers kept ready on this host "
+                                   "(no one's kernel until a start takes one)", labels=["environment"])  # fmt: skip
+        for environment, count in sorted(self.counts().items()):
+            family.add_metric([environment], count)
+        return [family]
+
+
 def is_loopback(address: str) -> bool:
     if address == "localhost":
         return True
@@ -154,8 +173,11 @@ class _Scrape(RequestHandler):
 class BrokerMetrics:
     """The broker's counter of every kernel's usage, its ledger, and its /metrics on ``c.Broker.metrics_port``."""
 
-    def __init__(self, settings, book: Iterable[KernelLease], sampler) -> None:
+    def __init__(
+        self, settings, book: Iterable[KernelLease], sampler, warm: Callable[[], dict[str, int]] = dict
+    ) -> None:
         self.settings = settings
+        self.warm = warm
         if settings.metrics_port and not is_loopback(settings.metrics_address) and not settings.metrics_public:
             raise ValueError(
                 f"c.Broker.metrics_address = {settings.metrics_address!r} is not a loopback address: the metrics "
@@ -189,6 +211,7 @@ class BrokerMetrics:
         collector.source = self.usage
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
+        registry.register(WarmCollector(self.warm))
         app = Application([("/metrics", _Scrape, {"registry": registry, "token": token})], log_function=_quiet)
         self.server = _BoundedServer(app, idle_connection_timeout=IDLE_TIMEOUT, body_timeout=IDLE_TIMEOUT)
         port = self.settings.metrics_port

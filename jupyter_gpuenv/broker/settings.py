@@ -158,6 +158,26 @@ class Broker(Configurable):
         "user's) instead of one each: a faster start. A user's kernels then share 127.0.0.1, as local kernels do. "
         "False: a namespace per kernel.",
     )
+    warm_kernels = Dict(
+        config=True,
+        help="Warm kernels per environment of c.Broker.environments, e.g. {'torch': 1}: for each person whose server "
+        "is running (it announces itself to the broker every few seconds; a person stops counting once that server's "
+        "process is gone) and whose policy allows the environment, this many containers are started ahead, as that "
+        "person, with their folders, and handed only to their next start of it: the kernel is ready at once. A warm "
+        "kernel holds no GPU memory, is not counted as a kernel (the policy's max_kernels applies when it is taken) "
+        "and costs nothing in the usage ledger. Empty: none.",
+    )
+    max_warm_kernels = Int(
+        8,
+        config=True,
+        help="Warm kernels on this host at most, for everyone together (c.Broker.warm_kernels per person within it, "
+        "shared out one at a time in turn). 0: none.",
+    )
+    warm_imports = Dict(
+        config=True,
+        help="Modules a warm kernel imports ahead, per environment, e.g. {'torch': ['torch']}: the first cell's "
+        "import is then done already (no CUDA context is made, so it holds no GPU memory).",
+    )
     cluster = Enum(
         ["", "swarm"],
         "",

@@ -115,6 +115,7 @@ def check(config: Config) -> list[str]:
     else:
         problems += _unknown_in_policy(policy, environments)
     problems += _cluster_problems(settings, environments)
+    problems += _warm_problems(settings, environments, set(section) - bad)
     if settings.metrics_port and not is_loopback(settings.metrics_address) and not settings.metrics_public:
         problems.append(
             f"c.Broker.metrics_address = {settings.metrics_address!r} is not a loopback address: the metrics name "
@@ -124,7 +125,8 @@ def check(config: Config) -> list[str]:
 
 
 POSITIVE = ("sample_interval", "orphan_interval", "usage_flush_interval", "docker_timeout", "park_timeout")
-AT_LEAST_ZERO = ("park_idle_minutes", "park_min_gpu_memory_gib", "hub_uid", "hub_gid")
+AT_LEAST_ZERO = ("park_idle_minutes", "park_min_gpu_memory_gib", "hub_uid", "hub_gid", "max_warm_kernels")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _out_of_range(settings: Broker, given: set[str]) -> list[str]:
@@ -151,6 +153,9 @@ def _cluster_problems(settings: Broker, environments: dict[str, Environment | No
     if settings.identify == "hub-token":
         out.append("c.Broker.cluster = 'swarm' needs c.Broker.identify = 'peer': in hub-token mode a person's files "
                    "are a Docker volume, which only one host has")  # fmt: skip
+    if settings.warm_kernels:
+        out.append("c.Broker.warm_kernels are containers of this host, which a cluster does not place: not with "
+                   "c.Broker.cluster = 'swarm' yet (docs/multi-host.md)")  # fmt: skip
     if not 0 < settings.relay_port < 65536:
         out.append(f"c.Broker.relay_port must be a port (1 to 65535), not {settings.relay_port}")
     for name, kind in sorted(settings.cluster_gpu_kinds.items()):
@@ -183,6 +188,23 @@ def _unknown_in_policy(policy: Policy, environments: dict) -> list[str]:
             if name not in environments:
                 out.append(f"{where} names the environment {name!r}, which c.Broker.environments does not define "
                            f"(defined: {defined})")  # fmt: skip
+    return out
+
+
+def _warm_problems(settings: Broker, environments: dict, given: set[str]) -> list[str]:
+    """Warm kernels of environments the host does not have, or counts and imports that are not what they must be."""
+    out = []
+    for key in ("warm_kernels", "warm_imports"):
+        for name in getattr(settings, key) if key in given else ():
+            if name not in environments:
+                out.append(f"c.Broker.{key} names the environment {name!r}, which c.Broker.environments does not "
+                           f"define (defined: {', '.join(sorted(map(str, environments))) or 'none'})")  # fmt: skip
+    for name, count in settings.warm_kernels.items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            out.append(f"c.Broker.warm_kernels[{name!r}] must be a whole number of at least 0, not {count!r}")
+    for name, modules in settings.warm_imports.items():
+        if not isinstance(modules, list) or not all(isinstance(m, str) and _MODULE.fullmatch(m) for m in modules):
+            out.append(f"c.Broker.warm_imports[{name!r}] must be a list of module names such as ['torch']")
     return out
 
 

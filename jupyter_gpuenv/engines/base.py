@@ -9,6 +9,7 @@ Every method is a coroutine that answers within its engine's timeout or raises o
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from jupyter_gpuenv.containers.allocation import Holdings
 from jupyter_gpuenv.containers.labels import KernelContainer
 from jupyter_gpuenv.containers.spec import AssignedGpu
+from jupyter_gpuenv.containers.warm import FIFO
 from jupyter_gpuenv.environments.definition import Environment
 from jupyter_gpuenv.environments.preflight import ImageFacts, Verdict
 from jupyter_gpuenv.gpus.nvml import GpuSample, Snapshot
@@ -64,6 +66,26 @@ class Placement:
     container_id: str
     gpu_mode: str  # "toolkit", "devices" or "none"
     gpus: tuple[AssignedGpu, ...] = ()
+
+
+@dataclass
+class WarmTaken:
+    """A warm kernel the engine bound to a start (a shared host's broker does, ``take_warm``): its socket folder, its
+    container, and the open client lock (``containers.spec.CLIENT_LOCK``) the engine held while it was warm, now the
+    caller's to hold for as long as the kernel is theirs. The caller sends it its order (``containers.warm``)."""
+
+    name: str
+    folder: str
+    placement: Placement
+    lock: int | None
+
+    @property
+    def fifo(self) -> str:
+        return os.path.join(self.folder, FIFO)
+
+    def release_lock(self) -> int | None:
+        fd, self.lock = self.lock, None
+        return fd
 
 
 class Engine(Protocol):
@@ -152,6 +174,18 @@ class Engine(Protocol):
 
     def watch_client(self) -> None:
         """Make sure that this process's kernels go when this process dies, however it dies (blocking: a fork)."""
+
+    async def keep_warm(self, root_dir: str) -> None:
+        """This server runs, with ``root_dir`` as its root folder: keep its person's warm kernels (a shared host's
+        broker; asked every few seconds, and forgotten once this process is gone). One person's machine: nothing,
+        the server keeps its own (``server.warm``)."""
+
+    async def take_warm(
+        self, kernel_id: str, env: Environment, root_dir: str, server_env: dict[str, str]
+    ) -> WarmTaken | None:
+        """A warm kernel of ``env`` made for this person and this root folder, bound to ``kernel_id`` now (its lease,
+        its notebook); None when there is none ready, or when the policy would refuse the start (a cold start then
+        says why). One person's machine: None (the server's own pool is asked first)."""
 
 
 class Shell(Protocol):

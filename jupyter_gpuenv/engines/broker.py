@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -20,7 +21,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_gpuenv import errors
 from jupyter_gpuenv.containers.labels import KernelContainer
 from jupyter_gpuenv.containers.spec import AssignedGpu
-from jupyter_gpuenv.engines.base import ContainerState, KernelRequest, Placement, StreamShell
+from jupyter_gpuenv.engines.base import ContainerState, KernelRequest, Placement, StreamShell, WarmTaken
 from jupyter_gpuenv.environments import kernelspecs, preflight
 from jupyter_gpuenv.environments.definition import Environment, parse_environment
 from jupyter_gpuenv.environments.preflight import READY, ImageFacts, Verdict
@@ -148,6 +149,65 @@ class BrokerClient:
 
     def watch_client(self) -> None:
         return None  # the broker removes the kernels of a client that is gone
+
+    async def keep_warm(self, root_dir: str) -> None:
+        with suppress(errors.InvalidRequest):  # a broker older than warm kernels
+            await self.call("keep_warm", {"root_dir": root_dir})
+
+    async def take_warm(
+        self, kernel_id: str, env: Environment, root_dir: str, server_env: dict[str, str]
+    ) -> WarmTaken | None:
+        args = {"kernel_id": kernel_id, "environment": env.name, "root_dir": root_dir,
+                "notebook": server_env.get("JPY_SESSION_NAME", "")}  # fmt: skip
+        try:
+            answer, lock = await asyncio.get_running_loop().run_in_executor(None, self._take_warm, args)
+        except errors.InvalidRequest:  # a broker older than warm kernels: the start is cold
+            return None
+        if answer is None:
+            return None
+        gpus = tuple(AssignedGpu(g["index"], g["uuid"], g.get("minor")) for g in answer["gpus"])
+        placement = Placement(answer["container_id"], answer["gpu_mode"], gpus)
+        return WarmTaken(answer["name"], answer["socket_dir"], placement, lock)
+
+    def _take_warm(self, args: dict[str, Any]) -> tuple[dict[str, Any] | None, int | None]:
+        """``take_warm`` on a plain socket: the answer carries the warm kernel's client lock as an open file
+        (SCM_RIGHTS), which asyncio's streams would drop. The lock stays held throughout: the broker's descriptor
+        and this one are the same open file, so the kernel's watcher never sees it free."""
+        request: dict[str, Any] = {"op": "take_warm", "args": args}
+        if self.hub_token:
+            request["hub_token"] = self.hub_token
+        fds: list[int] = []
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout * 4)
+            sock.connect(self.path)
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            buffer = b""
+            while True:
+                data, got, _, _ = socket.recv_fds(sock, 1 << 16, 4, socket.MSG_CMSG_CLOEXEC)
+                fds += got
+                if not data:
+                    raise errors.EngineUnreachable(f"the GPU broker at {self.path} closed the connection mid-answer")
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    answer = json.loads(line)
+                    if "error" in answer:
+                        raise _refusal(answer["error"])
+                    if "result" in answer:
+                        if answer["result"] is None:
+                            return None, None
+                        if len(fds) != 1:
+                            raise errors.EngineUnreachable("the GPU broker handed a warm kernel without its lock")
+                        return answer["result"], fds.pop()
+        except (OSError, ValueError) as exc:
+            raise errors.EngineUnreachable(
+                f"the GPU broker at {self.path} did not hand over a warm kernel ({exc.__class__.__name__})"
+            ) from None
+        finally:
+            sock.close()
+            for fd in fds:
+                os.close(fd)
 
     async def environment(self, name: str, specs: dict[str, Any] | None = None) -> Environment:
         for row in await self.environments():

@@ -16,7 +16,7 @@ from typing import Any
 from jupyter_gpuenv import host
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.engines import orphans, reaper
-from jupyter_gpuenv.engines.base import image_facts_of
+from jupyter_gpuenv.engines.base import WarmTaken, image_facts_of
 from jupyter_gpuenv.engines.docker.engine import DockerEngine
 from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
 from jupyter_gpuenv.environments.definition import Environment
@@ -91,6 +91,14 @@ class LocalEngine(DockerEngine):
 
     async def holders(self) -> dict[str, Any]:
         return {}  # one person's machine: their own kernels are the server's to name
+
+    async def keep_warm(self, root_dir: str) -> None:
+        return None  # the server keeps its own warm kernels (server.warm)
+
+    async def take_warm(
+        self, kernel_id: str, env: Environment, root_dir: str, server_env: dict[str, str]
+    ) -> WarmTaken | None:
+        return None
 
     async def environment_report(self, specs: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
         prepared = runtime.prepared_versions(self.settings.kernel_runtime_dir)

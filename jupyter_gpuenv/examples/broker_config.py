@@ -43,3 +43,8 @@ c.Broker.kernel_runtime_dir = "/var/lib/jupyter-gpuenv/kernel-runtimes"  # `jupy
 c.Broker.metrics_port = 939  # 0: off
 c.Broker.metrics_token_file = "/var/lib/jupyter-gpuenv/metrics.token"
 c.Broker.usage_dir = "/var/lib/jupyter-gpuenv/usage"
+
+# Warm kernels (docs/shared-host.md, "Warm kernels"): one started ahead per person whose server runs, handed to
+# their next start of it, at most max_warm_kernels on the host. Each holds a container's memory, no GPU memory.
+# c.Broker.warm_kernels = {"pytorch": 1}
+# c.Broker.max_warm_kernels = 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -149,9 +150,13 @@ class GpuEnvApp(ExtensionApp):
             ).start()
 
     async def _watch_holders(self, interval: float = 3.0) -> None:
-        """On a shared host: whose kernel each container on the GPUs is, so the panel can name other people's."""
+        """On a shared host: whose kernel each container on the GPUs is, so the panel can name other people's; and
+        the broker told that this server runs, so that it keeps this person's warm kernels (broker/warm.py)."""
         engine = engines.connect(self.gpuenv, self.serverapp.log)
+        root_dir = os.path.abspath(self.serverapp.root_dir)
         while True:
+            with contextlib.suppress(GpuEnvError):
+                await engine.keep_warm(root_dir)
             try:
                 self.others = await engine.holders()
             except GpuEnvError:

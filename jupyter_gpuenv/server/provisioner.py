@@ -28,6 +28,7 @@ from jupyter_gpuenv import engines, host
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.containers import labels
 from jupyter_gpuenv.containers.spec import CLIENT_LOCK, AssignedGpu, check_cwd
+from jupyter_gpuenv.containers.warm import warm_variables
 from jupyter_gpuenv.engines import base as engine
 from jupyter_gpuenv.environments import kernelspecs, preflight, runtime
 from jupyter_gpuenv.errors import GpuEnvError, InvalidEnvironment, InvalidKernelId
@@ -36,7 +37,7 @@ from jupyter_gpuenv.gpus.nvml import NvmlReader, Snapshot
 from jupyter_gpuenv.gpus.visibility import from_environment
 from jupyter_gpuenv.pulls import progress as pulls
 from jupyter_gpuenv.server.refusals import Refusal, to_http
-from jupyter_gpuenv.server.warm import warm_variables
+from jupyter_gpuenv.server.warm import WarmKernel, WarmKernels
 
 _BASE_KWARGS = {"kernel_id", "kernel_spec", "parent", "config", "log"}
 # a kernel id names a folder and a container: what jupyter_server makes (a uuid), nothing that walks paths
@@ -161,7 +162,8 @@ class DockerKernelProvisioner(KernelProvisionerBase):
         super().__init__(**kwargs)
         context = server_context(self)
         self.settings, self._sampler, self._root_dir = context.settings, context.sampler, context.root_dir
-        self._warm_kernels, self._warm = context.warm, None  # a warm kernel taken for this start (server.warm)
+        self._warm_kernels = context.warm
+        self._warm: WarmKernel | engine.WarmTaken | None = None  # a warm kernel taken for this start (server.warm)
         source = f"kernelspec {getattr(self.parent, 'kernel_name', None) or '?'}"
         try:
             if not labels.KERNEL_ID.fullmatch(self.kernel_id or ""):
@@ -199,6 +201,11 @@ class DockerKernelProvisioner(KernelProvisionerBase):
                 self.environment = await self.engine.environment(self.environment_name)
             if not restarting:
                 self._warm = self._warm_kernels.take(self.environment) if self._warm_kernels else None
+                if self._warm is None:  # a shared host's broker keeps this person's, bound to this kernel now
+                    server_env = dict(kwargs.get("env") or {})
+                    self._warm = await self.engine.take_warm(
+                        self.kernel_id, self.environment, self._root_dir, server_env
+                    )
                 if self._warm:  # its folder, and the client lock this process holds on it, are this kernel's now
                     self.socket_dir, self._client_lock = self._warm.folder, self._warm.release_lock()
                 else:
@@ -285,8 +292,9 @@ class DockerKernelProvisioner(KernelProvisionerBase):
             cwd = os.path.abspath(str(kwargs.get("cwd") or self._root_dir))
             check_cwd(cwd, self._root_dir, host.current_user().home)
             variables = warm_variables(self.environment, dict(kwargs.get("env") or {}))
-            await self._warm_kernels.bind(warm)
-            await self._warm_kernels.hand_over(warm, self.parent.connection_file, cwd, variables)
+            if isinstance(warm, WarmKernel):  # the broker bound its own at the take
+                await self._warm_kernels.bind(warm)
+            await WarmKernels.hand_over(warm, self.parent.connection_file, cwd, variables)
             return warm.placement
         except BaseException as exc:  # it is not this kernel: it goes (a refusal is still raised)
             with contextlib.suppress(GpuEnvError):

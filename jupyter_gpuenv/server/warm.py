@@ -17,7 +17,7 @@ then discards it and refills on another free GPU, if there is one. A start that 
 the allocation lock, after checking that its GPU is still free (else it starts cold), and records it in this
 server's warm book (``warm-bound-<pid>.json``, private): from then on its labels' exclusive claim counts.
 
-Not built yet: warm kernels on shared hosts (the broker).
+Shared hosts: the broker keeps each person's warm kernels (``broker.warm``); this pool stays empty there.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from jupyter_gpuenv import host
 from jupyter_gpuenv.containers import labels
 from jupyter_gpuenv.containers import spec as containers
 from jupyter_gpuenv.containers.claims import PREFIX, bound_in_file, soft_claims
+from jupyter_gpuenv.containers.warm import FIFO, command, definition
 from jupyter_gpuenv.engines import base as engine
 from jupyter_gpuenv.environments.definition import Environment, parse_environment
 from jupyter_gpuenv.errors import GpuEnvError
@@ -46,46 +47,6 @@ from jupyter_gpuenv.parking.rules import released_in
 
 REFILL_INTERVAL = 5.0  # seconds between two looks at the pools (a take refills at once)
 HAND_OVER_TRIES = 400  # 5 ms apart: a ready warm kernel opens its FIFO within microseconds
-
-# Imports what a kernel needs (the slow part), marks that it is ready, waits for its order. Besides ipykernel, the
-# modules its app imports only while it initializes (the debugger's debugpy: a quarter of a second).
-KERNEL_MODULES = (
-    "ipykernel.debugger",
-    "ipykernel.zmqshell",
-    "ipykernel.iostream",
-    "ipykernel.heartbeat",
-    "ipykernel.comm",
-    "ipykernel.eventloops",
-    "ipykernel.displayhook",
-    "ipykernel.parentpoller",
-)
-WARM_LAUNCHER = containers.CLIENT_WATCHER + (  # a warm kernel ends with its server, as any kernel with its client
-    f"import json; sys.path.append({containers.RUNTIME_TARGET!r}); sys.argv[0] = 'ipykernel_launcher'\n"
-    "from ipykernel import kernelapp, ipkernel\n"
-    f"for name in {KERNEL_MODULES!r}:\n"
-    "    try:\n"
-    "        __import__(name)\n"
-    "    except ImportError:\n"
-    "        pass\n"
-    "for name in json.loads(sys.argv[2]):\n"
-    "    __import__(name)\n"
-    "open(sys.argv[1] + '.ready', 'w').close()\n"
-    "with open(sys.argv[1]) as go:\n"
-    "    order = json.loads(go.read())\n"
-    "os.chdir(order['cwd']); os.environ.update(order['env'])\n"
-    "kernelapp.launch_new_instance(argv=['-f', order['connection_file']])\n"
-)
-
-
-def warm_variables(env: Environment, server_env: dict[str, str]) -> dict[str, str]:
-    """What a start passes to its warm kernel: the server's variables a kernel container gets (the session's
-    name, the allow-list); the rest were set when the container was made."""
-    return {k: v for k, v in server_env.items() if k in containers.ALWAYS_PASSED or k in env.env_allow}
-
-
-def definition(env: Environment) -> str:
-    """What makes two environments start the same container (the display name does not)."""
-    return json.dumps({k: v for k, v in env.to_config().items() if k != "display_name"}, sort_keys=True)
 
 
 @dataclass
@@ -108,7 +69,7 @@ class WarmKernel:
 
     @property
     def fifo(self) -> str:
-        return os.path.join(self.folder, "go")
+        return os.path.join(self.folder, FIFO)
 
     @property
     def ready(self) -> bool:
@@ -130,7 +91,7 @@ class WarmKernels:
     # -- what is wanted ----------------------------------------------------------------------------------
     def wanted(self) -> dict[str, tuple[Environment, int]]:
         out: dict[str, tuple[Environment, int]] = {}
-        if self.engine.shared_host:  # not built behind a broker yet
+        if self.engine.shared_host:  # the broker keeps warm kernels there (broker.warm), per person
             return out
         for name, count in self.settings.warm_kernels.items():
             raw = self.settings.environments.get(name)
@@ -225,7 +186,7 @@ class WarmKernels:
     async def _make(self, env: Environment) -> WarmKernel:
         name = f"{PREFIX}{uuid.uuid4().hex[:12]}"
         folder = await self.engine.socket_folder(name)
-        os.mkfifo(os.path.join(folder, "go"), 0o600)
+        os.mkfifo(os.path.join(folder, FIFO), 0o600)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         lock = os.open(os.path.join(folder, containers.CLIENT_LOCK), flags, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a folder just made: nobody else holds it
@@ -243,7 +204,7 @@ class WarmKernels:
             connection_file=os.path.join(folder, "connection.json"),
             inventory=list(self.sampler.latest.gpus) if self.sampler is not None else [],
             shared_network_namespace=self.settings.shared_network_namespace,
-            command=[env.python, "-c", WARM_LAUNCHER, os.path.join(folder, "go"), json.dumps(imports)],
+            command=command(env, os.path.join(folder, FIFO), imports),
             # exclusive: a GPU no kernel holds, nor another warm kernel (a soft claim is still no place for two)
             held=await self._held(with_soft_claims=True) if env.gpus.kind == "exclusive" else None,
         )
@@ -260,6 +221,10 @@ class WarmKernels:
             await self.engine.remove(warm.placement.container_id)
         shutil.rmtree(warm.folder, ignore_errors=True)
         warm.close_lock()
+
+    def ready_count(self, name: str) -> int:
+        """Warm kernels of environment ``name`` a start would take now (GET environments' ``warm``)."""
+        return sum(1 for warm in self.pools.get(name) or [] if warm.ready)
 
     # -- a start -------------------------------------------------------------------------------------------
     def take(self, env: Environment) -> WarmKernel | None:
@@ -295,7 +260,9 @@ class WarmKernels:
             os.replace(staging, book)
 
     @staticmethod
-    async def hand_over(warm: WarmKernel, connection_file: str, cwd: str, variables: dict[str, str]) -> None:
+    async def hand_over(
+        warm: WarmKernel | engine.WarmTaken, connection_file: str, cwd: str, variables: dict[str, str]
+    ) -> None:
         """The order: the warm kernel reads it, changes to ``cwd``, sets ``variables`` and binds its sockets."""
         order = json.dumps({"connection_file": connection_file, "cwd": cwd, "env": variables}).encode()
         for _ in range(HAND_OVER_TRIES):

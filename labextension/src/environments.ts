@@ -50,6 +50,17 @@ export function whyNot(env: IEnvironment, current: ICurrentNotebook | null, dock
   return null;
 }
 
+/** The "warm" mark of an environment a start of which will be instant (a warm kernel is ready for this person),
+ * with the sentence its tooltip says; null when a start would be cold, or cannot happen. */
+export function warmMark(env: IEnvironment): string | null {
+  const count = env.warm ?? 0;
+  if (count < 1 || !env.can_start) {
+    return null;
+  }
+  const kernels = count === 1 ? 'A warm kernel is' : `${count} warm kernels are`;
+  return `${kernels} ready: a notebook switched to it starts at once.`;
+}
+
 /** Reads in a row that must fail before the section says Docker (or the environments) is not available. */
 export const FAILURES_BEFORE_DOWN = 3;
 

@@ -145,6 +145,7 @@ export interface IEnvironment {
   can_start: boolean;
   reason_code: ReasonCode | null; // null when it can start
   availability?: string | null; // on a shared host, e.g. "exclusive: 3 of 8 GPUs free"
+  warm?: number; // warm kernels ready for this person: a start takes one and is ready at once
 }
 
 export interface IEnvironmentsReply {

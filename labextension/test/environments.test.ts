@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { canPrepare, pullingFor, whyNot } from '../src/environments';
+import { canPrepare, pullingFor, warmMark, whyNot } from '../src/environments';
 import { pullProgress } from './fixtures';
 import type { IEnvironment } from '../src/wire';
 
@@ -105,4 +105,12 @@ test('the pull a starting notebook waits for: by its kernel name, or the only on
   assert.equal(pullingFor([other], { ...nb, starting: 'Python 3' }), other); // the one pull there is
   assert.equal(pullingFor([other, pulling], { ...nb, starting: 'Python 3' }), null); // cannot tell
   assert.equal(pullingFor([pulling], nb), null); // the notebook is not starting a kernel
+});
+
+test('an environment is marked warm when a start will take a warm kernel of this person', () => {
+  assert.equal(warmMark(env({ warm: 1 })), 'A warm kernel is ready: a notebook switched to it starts at once.');
+  assert.equal(warmMark(env({ warm: 2 })), '2 warm kernels are ready: a notebook switched to it starts at once.');
+  assert.equal(warmMark(env({ warm: 0 })), null);
+  assert.equal(warmMark(env()), null); // a server or broker that keeps none says nothing
+  assert.equal(warmMark(env({ warm: 1, can_start: false, reason: 'no GPU' })), null); // no start, nothing instant
 });

@@ -82,6 +82,8 @@ async def test_a_start_takes_the_warm_kernel_and_the_pool_refills(warm, jp_fetch
     (ready,) = await until(lambda: _ready(warm), 60, what="a warm kernel ready")
     rows = json.loads((await jp_fetch("gpuenv", "api", "kernels")).body)["kernels"]
     assert rows == []  # a warm container is no one's kernel (nor counted in the metrics, which read the same)
+    envs = json.loads((await jp_fetch("gpuenv", "api", "environments")).body)["environments"]
+    assert {e["name"]: e["warm"] for e in envs} == {"warm": 1, "gpu": 0, "excl": 0, "other": 0}  # the panel's mark
     kernel_id = await start(jp_fetch, spec)
     assert provisioner(jp_serverapp, kernel_id).placement.container_id == ready.placement.container_id
     rows = json.loads((await jp_fetch("gpuenv", "api", "kernels")).body)["kernels"]

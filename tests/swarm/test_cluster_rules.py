@@ -39,6 +39,8 @@ def test_a_cluster_needs_a_gpu_model_for_each_gpu_environment_and_counts_only():
         "c.Broker.cluster_gpu_kinds is set but c.Broker.cluster is not 'swarm': set both, or neither"
     ]
     assert any("did you mean" in x for x in problems(clustre="swarm"))
+    warm = problems(cluster="swarm", cluster_gpu_kinds={"pytorch": "GPU"}, warm_kernels={"cpu": 1})
+    assert any("c.Broker.warm_kernels are containers of this host" in x for x in warm)
     assert any("c.Broker.cluster:" in x for x in problems(cluster="kubernetes"))
 
 

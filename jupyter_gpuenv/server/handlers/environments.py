@@ -32,6 +32,9 @@ class EnvironmentsHandler(GpuEnvHandler):
         settings = GpuEnv(parent=self.gpuenv.parent)  # as the provisioner reads them: changed settings apply
         report = await engines.connect(settings, self.log).environment_report(specs, self.sampler.latest)
         report["terminals"] = await terminals_availability(self, self.terminals)
+        warm = self.settings.get("gpuenv_warm")  # one person's machine: this server's pool (a broker's rows say)
+        for row in report.get("environments", []):
+            row.setdefault("warm", warm.ready_count(row["name"]) if warm is not None else 0)
         self.write_json(report)
 
 

@@ -1,6 +1,6 @@
 import React from 'react';
 
-import { canPrepare, pullingFor, whyNot } from '../environments';
+import { canPrepare, pullingFor, warmMark, whyNot } from '../environments';
 import { basename, environmentState, gpuPolicy, sentence } from '../format';
 import type { ICurrentNotebook, IGpuModel } from '../tokens';
 import type { IEnvironment, IEnvironmentsReply } from '../wire';
@@ -101,6 +101,7 @@ function Environment(props: {
 }): JSX.Element {
   const { env, current } = props;
   const blocked = whyNot(env, current, props.dockerDown);
+  const warm = warmMark(env);
   const state = env.state ?? 'unavailable';
   const name = env.display_name ?? env.name;
   return (
@@ -112,6 +113,11 @@ function Environment(props: {
         <span className={`jp-GpuEnv-pill jp-mod-${state}${env.can_start ? ' jp-mod-can-start' : ''}`}>
           {environmentState(state, env.can_start)}
         </span>
+        {warm ? (
+          <span className="jp-GpuEnv-pill jp-mod-warm" title={warm} data-state="env-warm">
+            warm
+          </span>
+        ) : null}
       </div>
       <div className="jp-GpuEnv-envImage" title={env.image ?? undefined}>
         {env.image ?? '–'}
