@@ -69,8 +69,12 @@ def warm(jp_serverapp, docker_client):
 
 
 def _warm_containers(client):
-    ours = client.containers.list(all=True, filters={"label": f"{SERVER_PID}={os.getpid()}"})
-    return [c for c in ours if c.labels.get(KERNEL, "").startswith("warm-")]
+    while True:  # the SDK inspects each listed container: one removed meanwhile (the pool at work) is listed again
+        try:
+            ours = client.containers.list(all=True, filters={"label": f"{SERVER_PID}={os.getpid()}"})
+        except docker.errors.NotFound:
+            continue
+        return [c for c in ours if c.labels.get(KERNEL, "").startswith("warm-")]
 
 
 def _ready(pool, name="warm"):
