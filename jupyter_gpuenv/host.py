@@ -127,9 +127,17 @@ def process_start(pid: int) -> int | None:
     (a pid reused later has another start)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            line = f.read()
-        return int(line[line.rfind(")") + 2 :].split()[19])
-    except (OSError, IndexError, ValueError):
+            return start_ticks(f.read())
+    except OSError:
+        return None
+
+
+def start_ticks(stat: str) -> int | None:
+    """The start time (clock ticks since boot) in the text of ``/proc/<pid>/stat``; None if it is not there."""
+    # the command name may hold spaces and parentheses: the fields follow the last ')'
+    try:
+        return int(stat[stat.rfind(")") + 2 :].split()[19])
+    except (IndexError, ValueError):
         return None
 
 
@@ -188,3 +196,4 @@ def memory_room(pid: int, proc: str = "/proc", cgroups: str = "/sys/fs/cgroup") 
         if room is None or left < room:
             room, by = left, "its container's memory limit"
     return room, by
+
