@@ -36,7 +36,7 @@ def api_handlers(
             {"sampler": sampler, "settings": settings, "terminals": terminals},
         ),
         (rf"{prefix}/environments/([^/]+)/pull", PullHandler, {"settings": settings}),
-        (rf"{prefix}/kernels", KernelsHandler, {"sampler": sampler, "parking": parking}),
+        (rf"{prefix}/kernels", KernelsHandler, {"sampler": sampler, "parking": parking, "settings": settings}),
         (rf"{prefix}/kernels/([^/]+)/(park|resume)", ParkHandler, {"sampler": sampler, "parking": parking}),
         (rf"{prefix}/usage", UsageHandler, {"usage": usage}),
         (rf"{prefix}/terminals", TerminalsHandler, {"terminals": terminals}),
