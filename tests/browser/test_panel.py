@@ -339,43 +339,68 @@ def test_dark_theme_and_screenshots(page: Page, gpu_lab, notebook_on_gpu, screen
 
 
 def run_command(page: Page, label: str) -> None:
-    """Run a command from Lab's palette, as a person does."""
+    """Run a command from Lab's palette, as a person does: its shortcut, the label, Enter.
+
+    The shortcut is Lab's on the whole page, so nothing is clicked first: a click in the main area could land on
+    a Launcher card and open something that takes the focus.
+    """
     search = page.locator(".lm-CommandPalette-input")
     if search.is_visible():  # still open from the last command: close it, so the shortcut opens it afresh
         search.press("Escape")
     expect(search).to_be_hidden()
-    page.locator("#jp-main-dock-panel").click()  # Lab's shortcuts listen where the focus is
     page.keyboard.press("Control+Shift+C")
     expect(search).to_be_visible()
     search.fill(label)
     expect(page.locator(".lm-CommandPalette-item.lm-mod-active")).to_contain_text(label)
     search.press("Enter")
+    expect(search).to_be_hidden()
 
 
 def test_a_slow_docker_call_keeps_the_environment_list(page: Page, gpu_lab):
     """One reply saying Docker did not answer (a loaded machine) keeps the list with a note; only repeated ones
-    replace it."""
-    down = {"docker": {"available": False, "reason": "the Docker engine did not answer within 5 s"}, "environments": []}
-    served = []
+    replace it.
 
-    def handle(route):
-        served.append(ENVIRONMENTS if not served else down)
-        route.fulfill(status=200, content_type="application/json", body=json.dumps(served[-1]))
+    The test decides every reply the panel gets: the first is the list, then each read waits until the test
+    answers it. The panel also reads on its own (every 2 s while an image is pulled), so counting the palette's
+    refreshes would race those reads; here each answer is one failed read, whichever read it answers.
+    """
+    down = {"docker": {"available": False, "reason": "the Docker engine did not answer within 5 s"}, "environments": []}
+    queued, waiting = [ENVIRONMENTS], []
+
+    def reply(route, body) -> None:
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    def handle(route) -> None:
+        if queued:
+            reply(route, queued.pop(0))
+        else:
+            waiting.append(route)  # answered by fail_one_read
+
+    def fail_one_read() -> None:
+        """Answer one read with Docker not answering: one the panel already waits on, else the palette's."""
+        if waiting:
+            reply(waiting.pop(0), down)
+        else:
+            queued.append(down)
+            run_command(page, "Refresh GPUs")
 
     page.route(endpoint("environments"), handle)
     open_lab(page, gpu_lab)
     panel = open_gpu_panel(page)
     expect(environment_item(page, "pytorch")).to_be_visible()
-    run_command(page, "Refresh GPUs")
     stale = panel.locator('[data-state="env-stale"]')
+    fail_one_read()
     expect(stale).to_have_text("Could not refresh; showing the last list. The Docker engine did not answer within 5 s.")
     expect(environment_item(page, "pytorch")).to_be_visible()
     expect(panel.locator('[data-state="env-no-docker"]')).to_have_count(0)
-    for _ in range(2):  # a third failure in a row: now it says so
-        with page.expect_response(endpoint("environments")):
-            run_command(page, "Refresh GPUs")
+    fail_one_read()  # a second failure in a row: still the list
+    expect(environment_item(page, "pytorch")).to_be_visible()
+    fail_one_read()  # a third: now it says so
     expect(panel.locator('[data-state="env-no-docker"]')).to_contain_text("Docker is not available")
     expect(stale).to_have_count(0)
+    page.unroute(endpoint("environments"))
+    for route in waiting:
+        route.abort()
 
 
 def test_a_normal_state_is_a_note_not_a_warning(page: Page, gpu_lab):
