@@ -37,7 +37,11 @@ def api_handlers(
         ),
         (rf"{prefix}/environments/([^/]+)/pull", PullHandler, {"settings": settings}),
         (rf"{prefix}/kernels", KernelsHandler, {"sampler": sampler, "parking": parking, "settings": settings}),
-        (rf"{prefix}/kernels/([^/]+)/(park|resume)", ParkHandler, {"sampler": sampler, "parking": parking}),
+        (
+            rf"{prefix}/kernels/([^/]+)/(park|resume)",
+            ParkHandler,
+            {"sampler": sampler, "parking": parking, "settings": settings},
+        ),
         (rf"{prefix}/usage", UsageHandler, {"usage": usage}),
         (rf"{prefix}/terminals", TerminalsHandler, {"terminals": terminals}),
         (rf"{prefix}/terminals/([0-9a-f]+)", TerminalHandler, {"terminals": terminals}),

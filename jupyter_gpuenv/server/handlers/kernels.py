@@ -1,4 +1,5 @@
-"""``GET kernels`` (this server's kernels with their GPUs, park rows and container memory) and ``POST kernels/ID/park|resume``."""
+"""``GET kernels`` (this server's kernels with their GPUs, park rows and container memory) and
+``POST kernels/ID/park|resume``."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ class ParkHandler(GpuEnvHandler):
     parked now (busy, nothing on a GPU, no checkpoint API) or its GPU is taken; 503 when the driver failed.
     """
 
-    def initialize(self, sampler: Sampler, parking: ServerParking) -> None:
-        self.sampler, self.parking = sampler, parking
+    def initialize(self, sampler: Sampler, parking: ServerParking, settings: GpuEnv) -> None:
+        self.sampler, self.parking, self.gpuenv = sampler, parking, settings
 
     @web.authenticated
     @authorized
@@ -50,4 +51,7 @@ class ParkHandler(GpuEnvHandler):
             raise to_http(exc) from None
         rows = [r for r in reports.kernel_rows(self.kernel_manager, self.sampler.latest, self.parking)
                 if r["kernel_id"] == kernel_id]  # fmt: skip
+        # the same row as GET kernels gives, so the panel's row keeps its memory line
+        warn_at = self.gpuenv.memory_warning_at
+        await asyncio.get_running_loop().run_in_executor(None, reports.add_host_memory, rows, warn_at)
         self.write_json(rows[0] if rows else {"kernel_id": kernel_id})
