@@ -10,14 +10,18 @@ export type OpenNotebook = (path: string) => void;
 /** The columns, as nvitop has them: what it is, whose, GPU %, GPU memory, host memory, how long it has run. */
 export type SortKey = 'name' | 'user' | 'gpu' | 'memory' | 'host' | 'time';
 
-const COLUMNS: { key: SortKey; label: string; title: string; numeric: boolean }[] = [
-  { key: 'name', label: 'Process', title: 'its notebook, else its command', numeric: false },
-  { key: 'user', label: 'User', title: 'the account it runs as', numeric: false },
-  { key: 'gpu', label: 'GPU %', title: "the share of the GPU's SMs it kept busy lately", numeric: true },
-  { key: 'memory', label: 'GPU mem', title: 'the GPU memory it holds', numeric: true },
-  { key: 'host', label: 'Host mem', title: 'the host memory it holds (resident)', numeric: true },
-  { key: 'time', label: 'Time', title: 'how long it has run', numeric: true }
+/** `wide`: a column a narrow side panel folds into the line under the name (CSS container query). */
+const COLUMNS: { key: SortKey; label: string; title: string; numeric: boolean; wide: boolean }[] = [
+  { key: 'name', label: 'Process', title: 'its notebook, else its command', numeric: false, wide: false },
+  { key: 'user', label: 'User', title: 'the account it runs as', numeric: false, wide: true },
+  { key: 'gpu', label: 'GPU %', title: "the share of the GPU's SMs it kept busy lately", numeric: true, wide: false },
+  { key: 'memory', label: 'GPU mem', title: 'the GPU memory it holds', numeric: true, wide: false },
+  { key: 'host', label: 'Host mem', title: 'the host memory it holds (resident)', numeric: true, wide: true },
+  { key: 'time', label: 'Time', title: 'how long it has run', numeric: true, wide: true }
 ];
+
+const cellClass = (c: { numeric: boolean; wide: boolean }): string | undefined =>
+  [c.numeric ? 'jp-GpuEnv-num' : '', c.wide ? 'jp-GpuEnv-wide' : ''].filter(Boolean).join(' ') || undefined;
 
 /**
  * The processes on one GPU, named by the notebook whose kernel runs them; sortable by each column, and a row that
@@ -37,8 +41,26 @@ export function ProcessList(props: {
   const now = props.now ?? Date.now() / 1000;
   const current = model.current?.kernelId ?? null;
   const sorted = sortProcesses(processes, sort.key, sort.down, now, p => processName(p, model.notebookOf(p.kernel_id)));
+  const sortButton = (c: (typeof COLUMNS)[number]): JSX.Element => (
+    <button
+      className="jp-GpuEnv-sort"
+      title={`Sort by ${c.title}`}
+      onClick={() => setSort({ key: c.key, down: sort.key === c.key ? !sort.down : c.numeric })}
+    >
+      {c.label}
+      {/* the arrow is aria-sort's to say: the button keeps its name */}
+      <span aria-hidden="true">{sort.key === c.key ? (sort.down ? ' ▾' : ' ▴') : ''}</span>
+    </button>
+  );
   return (
     <div className="jp-GpuEnv-processTable">
+      {/* in a narrow panel the wide columns fold under each name: they are sorted from here */}
+      <div className="jp-GpuEnv-narrowSort">
+        also by{' '}
+        {COLUMNS.filter(c => c.wide).map(c => (
+          <React.Fragment key={c.key}>{sortButton(c)} </React.Fragment>
+        ))}
+      </div>
       <table className="jp-GpuEnv-processes">
         <thead>
           <tr>
@@ -46,17 +68,10 @@ export function ProcessList(props: {
               <th
                 key={c.key}
                 scope="col"
-                className={c.numeric ? 'jp-GpuEnv-num' : undefined}
+                className={`jp-GpuEnv-col-${c.key} ${cellClass(c) ?? ''}`}
                 aria-sort={sort.key === c.key ? (sort.down ? 'descending' : 'ascending') : undefined}
               >
-                <button
-                  className="jp-GpuEnv-sort"
-                  title={`Sort by ${c.title}`}
-                  onClick={() => setSort({ key: c.key, down: sort.key === c.key ? !sort.down : c.numeric })}
-                >
-                  {c.label}
-                  {sort.key === c.key ? (sort.down ? ' ▾' : ' ▴') : ''}
-                </button>
+                {sortButton(c)}
               </th>
             ))}
           </tr>
@@ -67,6 +82,7 @@ export function ProcessList(props: {
             const mine = current !== null && p.kernel_id === current;
             const restarted = lastExitText(model.lastExit(p.kernel_id));
             const opens = opensNotebook(path, onOpenNotebook);
+            const age = p.started_at ? elapsed(now - p.started_at) : null;
             return (
               <tr
                 key={`${p.pid}-${p.gpu_instance ?? ''}`}
@@ -82,13 +98,18 @@ export function ProcessList(props: {
                     {p.container_id ? ` · container ${p.container_id.slice(0, 12)}` : ''}
                     {path && p.command ? ` · ${p.command}` : ''}
                   </span>
+                  <span className="jp-GpuEnv-narrowDetail">
+                    {[userOf(p), p.host_memory ? `host ${bytes(p.host_memory)}` : null, age]
+                      .filter(Boolean)
+                      .join(' · ')}
+                  </span>
                   {restarted ? <span className="jp-GpuEnv-lastExit">{restarted}</span> : null}
                 </td>
-                <td className="jp-GpuEnv-user">{userOf(p) ?? '–'}</td>
+                <td className="jp-GpuEnv-user jp-GpuEnv-wide">{userOf(p) ?? '–'}</td>
                 <td className="jp-GpuEnv-num">{percent(p.gpu_utilization)}</td>
                 <td className="jp-GpuEnv-num">{bytes(p.used_memory)}</td>
-                <td className="jp-GpuEnv-num">{bytes(p.host_memory)}</td>
-                <td className="jp-GpuEnv-num">{p.started_at ? elapsed(now - p.started_at) : '–'}</td>
+                <td className="jp-GpuEnv-num jp-GpuEnv-wide">{bytes(p.host_memory)}</td>
+                <td className="jp-GpuEnv-num jp-GpuEnv-wide">{age ?? '–'}</td>
               </tr>
             );
           })}
