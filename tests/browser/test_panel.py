@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 import time
 
@@ -25,15 +27,22 @@ def endpoint(name: str) -> re.Pattern:
     return re.compile(rf"/gpuenv/api/{name}(\?|$)")
 
 
+# above the largest pid_max Linux allows (2**22): no process here has it, so /proc tells nothing of it
+OTHER_PID = 4_194_305
+
+
 @pytest.fixture(scope="module")
 def notebook_on_gpu(gpu_lab):
-    """analysis.ipynb with a real ipykernel whose pid the recording puts on GPU 0 with 4 GiB."""
+    """analysis.ipynb with a real ipykernel whose pid the recording puts on GPU 0 with 4 GiB and 71 % of its SMs;
+    beside it a process of no kernel (2 GiB, 16 %) that /proc does not know."""
     session = gpu_lab.start_notebook("analysis.ipynb")
     kernel_id = session["kernel"]["id"]
     pid = kernel_pid(kernel_id)
 
     def point_at_kernel(data):
-        data["devices"][0]["nvmlDeviceGetComputeRunningProcesses"][0]["pid"] = pid
+        device = data["devices"][0]
+        for key in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetProcessUtilization"):
+            device[key][0]["pid"], device[key][1]["pid"] = pid, OTHER_PID
 
     gpu_lab.edit_recording(point_at_kernel)
     deadline = time.monotonic() + 20
@@ -76,7 +85,7 @@ def test_processes_are_named_by_their_notebook(page: Page, gpu_lab, notebook_on_
     expect(row).to_contain_text(f"pid {notebook_on_gpu['pid']}")
     expect(row).to_contain_text("4.0 GiB")
     expect(row).to_have_attribute("aria-current", "true")  # the notebook in focus is highlighted
-    expect(gpu_card(page, 0).locator("tbody tr", has_text="pid 4343")).to_contain_text("other process")
+    expect(gpu_card(page, 0).locator("tbody tr", has_text=f"pid {OTHER_PID}")).to_contain_text("other process")
     # the status bar item shows this notebook's GPU memory
     expect(page.locator("#jp-main-statusbar")).to_contain_text("GPU 4.0 GiB")
 
@@ -503,16 +512,50 @@ def test_sections_fold_and_titles_stay_on_one_line(page: Page, gpu_lab):
     expect(environment_item(page, "pytorch")).to_be_visible()
 
 
-def test_processes_sort_and_a_notebooks_row_opens_it(page: Page, gpu_lab, notebook_on_gpu):
+def test_processes_show_what_nvml_and_proc_give(page: Page, gpu_lab, notebook_on_gpu):
+    """nvitop's columns: the kernel's real process (its account, memory, age and command from /proc) with the
+    recording's GPU numbers; a process /proc does not know reads '–' there, not an error."""
+    open_lab(page, gpu_lab)
+    open_gpu_panel(page)
+    table = gpu_card(page, 0).locator("table")
+    columns = ["Process", "User", "GPU %", "GPU mem", "Host mem", "Time"]
+    expect(table.locator("thead th")).to_have_text([re.compile(rf"^{re.escape(c)}( ▾| ▴)?$") for c in columns])
+    expect(table.locator('th[aria-sort="descending"]')).to_have_text("GPU mem ▾")  # by GPU memory at first
+    kernel = table.locator("tbody tr", has_text="analysis.ipynb")
+    cells = kernel.locator("td")
+    expect(cells.nth(0)).to_contain_text(f"pid {notebook_on_gpu['pid']}")
+    expect(cells.nth(0)).to_contain_text("-m ipykernel_launcher -f")  # its command line, shortened
+    expect(cells.nth(1)).to_have_text(pwd.getpwuid(os.getuid()).pw_name)
+    expect(cells.nth(2)).to_have_text("71 %")
+    expect(cells.nth(3)).to_have_text("4.0 GiB")
+    expect(cells.nth(4)).to_have_text(re.compile(r"^\d+ MiB$"))  # an idle ipykernel holds tens of MiB
+    expect(cells.nth(5)).to_have_text(re.compile(r"^\d+ (s|min( \d+ s)?)$"))
+    other = table.locator("tbody tr", has_text=f"pid {OTHER_PID}").locator("td")
+    expect(other).to_have_text([re.compile(rf"^other process\s*pid {OTHER_PID}$"), "–", "16 %", "2.0 GiB", "–", "–"])
+    expect(gpu_card(page, 1)).to_contain_text("No processes")
+
+
+def test_processes_sort_by_each_column_and_a_notebooks_row_opens_it(page: Page, gpu_lab, notebook_on_gpu):
     open_lab(page, gpu_lab)  # no notebook open yet
     open_gpu_panel(page)
-    rows = gpu_card(page, 0).locator("tbody tr")
-    expect(rows.first).to_contain_text("analysis.ipynb")  # 4 GiB before the other process's 2 GiB
-    gpu_card(page, 0).get_by_role("button", name="Memory").click()
-    expect(rows.first).to_contain_text("other process")
-    expect(gpu_card(page, 0).locator('th[aria-sort="ascending"]')).to_contain_text("Memory")
-    gpu_card(page, 0).get_by_role("button", name="Process").click()
-    expect(rows.first).to_contain_text("analysis.ipynb")  # by name, a to z
+    card = gpu_card(page, 0)
+    rows = card.locator("tbody tr")
+    expect(rows.first).to_contain_text("analysis.ipynb")  # by GPU memory: 4 GiB before the other's 2 GiB
+    # (column, first row once clicked, first row clicked again); a column's missing values stay last
+    for column, first, again in (
+        ("GPU mem", "other process", "analysis.ipynb"),
+        ("GPU %", "analysis.ipynb", "other process"),  # 71 % before 16 %
+        ("Host mem", "analysis.ipynb", "analysis.ipynb"),  # the other has none: last either way
+        ("Time", "analysis.ipynb", "analysis.ipynb"),
+        ("User", "analysis.ipynb", "analysis.ipynb"),
+        ("Process", "analysis.ipynb", "other process"),  # by name, a to z
+    ):
+        button = card.get_by_role("button", name=column, exact=True)
+        button.click()
+        expect(rows.first).to_contain_text(first)
+        button.click()
+        expect(rows.first).to_contain_text(again)
+        expect(card.locator("th[aria-sort]")).to_contain_text(column)
     rows.filter(has_text="analysis.ipynb").click()
     expect(page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text="analysis.ipynb")).to_be_visible()
 
