@@ -49,13 +49,18 @@ def main() -> int:
     worker = subprocess.Popen([python, "-c", WORK], env=env)
     reader = nvml.NvmlReader(nvml.load_pynvml())
     assert reader.init() is None, "NVML did not start"
+    boot = processes.machine_boot_time()
+
+    def facts(pid: int) -> processes.ProcessFacts:
+        return processes.read_facts(pid, boot=boot)
+
     rows, pmon = [], []
     try:
         deadline = time.time() + 18
         while time.time() < deadline and worker.poll() is None:
             time.sleep(1.0)
             snapshot = reader.read()
-            processes.describe(snapshot, me=os.getuid(), shared_host=False, facts=processes.read_facts)
+            processes.describe(snapshot, me=os.getuid(), shared_host=False, facts=facts)  # as the server does
             mine = [pr for g in snapshot.gpus for pr in g.processes if pr.pid == worker.pid]
             if mine:
                 rows.append(mine[0])
