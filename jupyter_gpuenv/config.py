@@ -102,6 +102,13 @@ class GpuEnv(Configurable):
         "engine. Unset: DOCKER_HOST, then the default socket.",
     )
 
+    memory_warning_at = Float(
+        0.9,
+        config=True,
+        help="Warn on a container kernel's row in the panel once its memory reaches this fraction of the "
+        "environment's `memory` limit (0.9: at 90 %), before the limit kills and restarts the kernel.",
+    )
+
     docker_timeout = Float(
         5.0,
         config=True,

@@ -127,9 +127,17 @@ def process_start(pid: int) -> int | None:
     (a pid reused later has another start)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            line = f.read()
-        return int(line[line.rfind(")") + 2 :].split()[19])
-    except (OSError, IndexError, ValueError):
+            return start_ticks(f.read())
+    except OSError:
+        return None
+
+
+def start_ticks(stat: str) -> int | None:
+    """The start time (clock ticks since boot) in the text of ``/proc/<pid>/stat``; None if it is not there."""
+    # the command name may hold spaces and parentheses: the fields follow the last ')'
+    try:
+        return int(stat[stat.rfind(")") + 2 :].split()[19])
+    except (IndexError, ValueError):
         return None
 
 
@@ -188,3 +196,59 @@ def memory_room(pid: int, proc: str = "/proc", cgroups: str = "/sys/fs/cgroup") 
         if room is None or left < room:
             room, by = left, "its container's memory limit"
     return room, by
+
+
+@dataclass(frozen=True)
+class ContainerMemory:
+    """A container's memory as its cgroup counts it: what its processes hold (``used``, the page cache they could
+    give back left out, as ``docker stats`` counts) against its ``memory`` limit (None: no limit)."""
+
+    used: int
+    limit: int | None
+
+
+def container_cgroups(container_id: str) -> list[tuple[str, str, str]]:
+    """Where a Docker container's memory cgroup may be, relative to /sys/fs/cgroup: ``(usage, limit, stat)`` file
+    paths for cgroup v2 (systemd, then cgroupfs driver), then v1. Pure."""
+    v2 = [f"system.slice/docker-{container_id}.scope", f"docker/{container_id}"]
+    v1 = [f"memory/docker/{container_id}", f"memory/system.slice/docker-{container_id}.scope"]
+    return [(f"{d}/memory.current", f"{d}/memory.max", f"{d}/memory.stat") for d in v2] + [
+        (f"{d}/memory.usage_in_bytes", f"{d}/memory.limit_in_bytes", f"{d}/memory.stat") for d in v1
+    ]
+
+
+def memory_in_use(usage: int, stat: str) -> int:
+    """A cgroup's usage less its inactive file cache (``memory.stat``: v2 ``inactive_file``, v1
+    ``total_inactive_file``), which the kernel reclaims before it kills anything. Pure."""
+    values = dict(line.split(maxsplit=1) for line in stat.splitlines() if " " in line)
+    inactive = values.get("inactive_file", values.get("total_inactive_file", "0"))
+    try:
+        return max(usage - int(inactive), 0)
+    except ValueError:
+        return usage
+
+
+def memory_limit(text: str) -> int | None:
+    """``memory.max`` / ``memory.limit_in_bytes`` as bytes; None for no limit ("max", or v1's huge number)."""
+    text = text.strip()
+    return int(text) if text.isdigit() and int(text) < 1 << 60 else None
+
+
+def container_memory(container_id: str, cgroups: str = "/sys/fs/cgroup") -> ContainerMemory | None:
+    """A container's memory from its cgroup; None when no cgroup of it is found here (it ended, or the engine is
+    on another host). Blocking file reads: call it in a thread."""
+    for usage, limit, statistics in container_cgroups(container_id):
+        try:
+            with open(os.path.join(cgroups, usage)) as f:
+                used = int(f.read().strip())
+            with open(os.path.join(cgroups, limit)) as f:
+                cap = memory_limit(f.read())
+        except (OSError, ValueError):
+            continue
+        try:
+            with open(os.path.join(cgroups, statistics)) as f:
+                used = memory_in_use(used, f.read())
+        except OSError:
+            pass
+        return ContainerMemory(used=used, limit=cap)
+    return None

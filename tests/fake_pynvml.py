@@ -10,6 +10,7 @@ pynvml's, so ``jupyter_gpuenv.gpus.nvml`` runs exactly the code it runs on a GPU
                   "nvmlDeviceGetMemoryInfo_v2": {"total": 1, "reserved": 0, "used": 0, "free": 1},  # version=v2
                   "nvmlDeviceGetClockInfo": {"0": 1980, "2": 2619},      # keyed by the call's argument
                   "nvmlDeviceGetFanSpeed": {"error": "NotSupported"},   # the call raises
+                  "nvmlDeviceGetProcessUtilization": [{"pid": 1, "timeStamp": 2, "smUtil": 71, "memUtil": 30}],
                   "error": "GpuIsLost",                                  # every call on it raises
                   "mig_devices": [null, {...}]}]}                        # MIG slots, null when empty
 """
@@ -30,6 +31,8 @@ RECORDINGS = Path(__file__).parent / "recordings"
 _KEYED = {"nvmlDeviceGetClockInfo", "nvmlDeviceGetTemperature", "nvmlDeviceGetPcieThroughput"}
 _STRUCTS = {"nvmlDeviceGetMemoryInfo", "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetPciInfo"}
 _PROCESS_LISTS = {"nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"}
+# per-process samples ({"pid", "timeStamp", "smUtil", ...}); the call's time stamp argument is not replayed
+_SAMPLE_LISTS = {"nvmlDeviceGetProcessUtilization"}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -129,7 +132,7 @@ class FakePynvml(types.ModuleType):
             value = self._answer(value, str(args[0]))
         if name in _STRUCTS:
             return types.SimpleNamespace(**value)
-        if name in _PROCESS_LISTS:
+        if name in _PROCESS_LISTS or name in _SAMPLE_LISTS:
             return [types.SimpleNamespace(**p) for p in value]
         return value
 

@@ -127,7 +127,8 @@ def _servers(settings: Broker, prefix: str, report: Report) -> None:
     report.done(f"{target}: servers of this Python ask the broker at {settings.socket}")
     for name, raw in sorted(settings.environments.items()):
         display = raw.get("display_name") or name
-        path = kernelspecs.install(kernelspecs.named_kernelspec_json(name, display), name, prefix=prefix)
+        spec = kernelspecs.named_kernelspec_json(name, display)
+        path = kernelspecs.install(spec, name, gpu=kernelspecs.wants_gpus(raw.get("gpus")), prefix=prefix)
         report.done(f"kernel {display!r} ({path})")
     # a kernel whose environment left the configuration would be offered in the launcher and refused at start
     kernels = os.path.join(prefix, "share", "jupyter", "kernels")

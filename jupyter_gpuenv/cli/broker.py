@@ -61,7 +61,7 @@ def environment_entry(settings: GpuEnv, name: str, config_file: str | None) -> d
     first runs)."""
     if not settings.broker and name in settings.environments:  # a server that defines it itself
         env = parse_environment(name, settings.environments[name], kernelspecs.CONFIGURED)
-        return {"name": name, "display_name": env.display_name or name, "yours": True}
+        return {"name": name, "display_name": env.display_name or name, "gpus": str(env.gpus), "yours": True}
     url = broker_url(settings)
     try:
         entries, where = catalog(url), f"the GPU broker at {url}"
@@ -80,7 +80,7 @@ def environment_entry(settings: GpuEnv, name: str, config_file: str | None) -> d
         except PermissionError:
             raise NotPermitted(f"cannot check {name!r}: the GPU broker at {url} is not answering and {path} is not "
                                "readable by you") from None  # fmt: skip
-        entries = [{"name": n, "display_name": raw.get("display_name") or n, "yours": True}
+        entries = [{"name": n, "display_name": raw.get("display_name") or n, "gpus": raw.get("gpus"), "yours": True}
                    for n, raw in broker.environments.items()]  # fmt: skip
         where = f"the GPU broker's configuration {path}"
     for entry in entries:

@@ -97,15 +97,17 @@ def cmd_add(args) -> int:
             raise CliError(f"{args.name!r} is not an environment name (lower-case letters, digits, '.', '_', '-')")
         found = cli_broker.environment_entry(server_settings(), args.name, args.broker_config)
         spec = kernelspecs.named_kernelspec_json(args.name, args.display_name or found["display_name"])
+        gpu = kernelspecs.wants_gpus(found.get("gpus"))
         described = f"{spec['display_name']!r} (the environment {args.name!r} as the GPU broker defines it)"
     else:
         env = parse_environment(args.name, raw, "jupyter gpuenv add")
         spec = kernelspecs.kernelspec_json(env)
+        gpu = env.gpus.wants_gpus
         described = f"{env.display_name!r} ({env.image}, GPUs {env.gpus})"
         if env.gpus.kind == "all" and args.gpus is None:
             _warn_if_no_gpu(args.name)
     try:
-        path = kernelspecs.install(spec, args.name, **_install_args(args))
+        path = kernelspecs.install(spec, args.name, gpu=gpu, **_install_args(args))
     except PermissionError as exc:
         raise CliError(
             f"cannot write the kernelspec to {exc.filename}: add --user (for you alone), --sys-prefix (this "

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jupyter_gpuenv.config import GpuEnv
@@ -21,6 +23,7 @@ from jupyter_gpuenv.errors import InvalidEnvironment
 PROVISIONER_NAME = "gpuenv-docker-provisioner"
 PREFIX = "gpuenv-"
 CONFIGURED = "c.GpuEnv.environments"
+LOGOS = Path(__file__).parent / "logos"
 
 
 def kernelspec_name(environment_name: str) -> str:
@@ -50,17 +53,33 @@ def _kernelspec(name: str, display_name: str, python: str, config: dict[str, Any
     }
 
 
-def install(spec: dict[str, Any], environment_name: str, **where: Any) -> str:
-    """Write ``spec`` as the kernelspec of ``environment_name`` (``where``: KernelSpecManager's ``user`` or
-    ``prefix``); its folder. PermissionError if that place is not this user's to write."""
+def logos(gpu: bool) -> dict[str, str]:
+    """The Launcher's icon for an environment's tile: kernelspec file name -> the package's file (a GPU card for an
+    environment that asks for GPUs, a chip for one that runs on the CPU)."""
+    kind = "gpu" if gpu else "cpu"
+    return {"logo-svg.svg": str(LOGOS / f"{kind}.svg"), "logo-64x64.png": str(LOGOS / f"{kind}-64x64.png")}
+
+
+def wants_gpus(policy: Any) -> bool:
+    """Whether an environment's ``gpus`` as written (None: the default, all) asks for GPUs, for its logo."""
+    return str(policy if policy is not None else "all").strip().lower() != "none"
+
+
+def install(spec: dict[str, Any], environment_name: str, gpu: bool = True, **where: Any) -> str:
+    """Write ``spec`` as the kernelspec of ``environment_name``, with the logo ``gpu`` says (``where``:
+    KernelSpecManager's ``user`` or ``prefix``); its folder. PermissionError if that place is not this user's to
+    write."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, "kernel.json"), "w") as f:
             json.dump(spec, f, indent=1)
+        for name, source in logos(gpu).items():
+            shutil.copyfile(source, os.path.join(folder, name))
         # the copy keeps these modes: a kernelspec every user of this Python (or prefix) can read
         os.chmod(folder, 0o755)
-        os.chmod(os.path.join(folder, "kernel.json"), 0o644)
+        for name in os.listdir(folder):
+            os.chmod(os.path.join(folder, name), 0o644)
         return KernelSpecManager().install_kernel_spec(folder, kernelspec_name(environment_name), **where)
 
 

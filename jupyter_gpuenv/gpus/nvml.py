@@ -66,6 +66,12 @@ class GpuProcess:
     container_id: str | None = None
     user: str | None = None  # on a shared host: whose kernel another person's process is, as the broker says
     gpu_instance: str | None = None  # MIG device uuid the process runs on, when MIG is on
+    gpu_utilization: int | None = None  # % of the GPU's SMs it kept busy lately; None while it sleeps (or under MIG)
+    # from /proc (gpus.processes), as far as this server may show them
+    host_memory: int | None = None  # bytes resident
+    started_at: float | None = None  # seconds since the epoch
+    command: str | None = None  # shortened command line
+    owner: str | None = None  # the account it runs as
 
 
 @dataclass
@@ -144,6 +150,7 @@ class NvmlReader:
         self.nvml = nvml
         self.pcie = pcie
         self.initialized = False
+        self._utilization_seen: dict[str, int] = {}  # GPU uuid -> newest per-process sample read (NVML's µs)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def init(self) -> str | None:
@@ -234,6 +241,7 @@ class NvmlReader:
         mig = call(n.nvmlDeviceGetMigMode, handle)
         gpu.mig_mode = None if mig is None else bool(mig[0])
         gpu.processes = self._processes(handle)
+        self._process_utilization(handle, uuid, gpu.processes)
         if gpu.mig_mode:
             gpu.mig_devices, mig_processes = self._mig_devices(handle)
             gpu.processes += mig_processes
@@ -264,6 +272,19 @@ class NvmlReader:
                     pid=proc.pid, used_memory=_bytes_or_none(proc.usedGpuMemory), type=kind, gpu_instance=gpu_instance
                 )
         return list(found.values())
+
+    def _process_utilization(self, handle: Any, uuid: str, processes: list[GpuProcess]) -> None:
+        """Each process's SM % since the last read. NVML answers NotFound when no process ran since then: the
+        GPU idles, which is no error (the processes' value stays None)."""
+        try:
+            samples = self._call(self.nvml.nvmlDeviceGetProcessUtilization, handle, self._utilization_seen.get(uuid, 0))
+        except self.nvml.NVMLError:  # pynvml raises NVMLError(SUCCESS) for an empty list: no samples either
+            samples = None
+        by_pid, newest = process_utilization(samples or [])
+        if newest:
+            self._utilization_seen[uuid] = newest
+        for p in processes:
+            p.gpu_utilization = by_pid.get(p.pid)
 
     def _mig_devices(self, handle: Any) -> tuple[list[MigDevice], list[GpuProcess]]:
         n, call = self.nvml, self._call
@@ -307,3 +328,13 @@ def _bytes_or_none(value: int | None) -> int | None:
     # NVML reports NVML_VALUE_NOT_AVAILABLE (2**64-1) where it cannot see a process's memory; pynvml turns
     # that into None in recent versions, older ones pass the sentinel through.
     return None if value is None or value >= 2**63 else int(value)
+
+
+def process_utilization(samples: list[Any]) -> tuple[dict[int, int], int]:
+    """NVML's per-process samples (``pid``, ``timeStamp``, ``smUtil``) as pid -> the SM % of its newest sample,
+    and the newest time stamp (to ask for what came after it next time). Pure."""
+    newest: dict[int, Any] = {}
+    for s in samples:
+        if s.pid not in newest or s.timeStamp > newest[s.pid].timeStamp:
+            newest[s.pid] = s
+    return {pid: int(s.smUtil) for pid, s in newest.items()}, max((s.timeStamp for s in samples), default=0)

@@ -15,7 +15,7 @@ from jupyter_server.extension.application import ExtensionApp
 from jupyter_gpuenv import engines
 from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.errors import GpuEnvError
-from jupyter_gpuenv.gpus import attribution
+from jupyter_gpuenv.gpus import attribution, processes
 from jupyter_gpuenv.gpus.nvml import Snapshot
 from jupyter_gpuenv.gpus.sampler import Sampler
 from jupyter_gpuenv.gpus.visibility import from_environment
@@ -79,10 +79,19 @@ class GpuEnvApp(ExtensionApp):
 
         self.others: dict[str, str] = {}  # with a broker: container id -> whose kernel, refreshed in the background
 
-        def attribute(snapshot: Snapshot) -> None:
+        shared_host = engines.connect(self.gpuenv, self.serverapp.log).shared_host
+        boot = processes.machine_boot_time()
+
+        def attribute(snapshot: Snapshot) -> None:  # in the sampler's thread: /proc is read there, not on the loop
             index = kernel_index(kernel_manager)
             index.others = self.others
             attribution.attribute(snapshot, index)
+            processes.describe(
+                snapshot,
+                me=os.getuid(),
+                shared_host=shared_host,
+                facts=lambda pid: processes.read_facts(pid, boot=boot),
+            )
 
         self.sampler = Sampler(
             interval=self.gpuenv.sample_interval,

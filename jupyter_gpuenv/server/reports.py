@@ -6,10 +6,12 @@ what a start would refuse.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from jupyter_gpuenv.gpus.nvml import Snapshot
+from jupyter_gpuenv.host import ContainerMemory, container_memory
 
 
 def kernel_rows(kernel_manager, snapshot: Snapshot, parking=None) -> list[dict[str, Any]]:
@@ -44,9 +46,27 @@ def kernel_rows(kernel_manager, snapshot: Snapshot, parking=None) -> list[dict[s
                 "gpu_memory": memory.get(kernel_id) if snapshot.available else None,
                 "last_exit": asdict(last_exit) if last_exit else None,
                 "park": parking.row(kernel_id, snapshot) if parking is not None else None,
+                "host_memory": None,  # filled by add_host_memory, off the loop
             }
         )
     return rows
+
+
+def add_host_memory(
+    rows: list[dict[str, Any]],
+    warn_at: float,
+    read: Callable[[str], ContainerMemory | None] = container_memory,
+) -> None:
+    """Each container kernel's memory against its limit, from its cgroup: ``{used, limit, warning}``, ``warning``
+    from ``warn_at`` of the limit on (``c.GpuEnv.memory_warning_at``). Reads files: call it in a thread."""
+    for row in rows:
+        memory = read(row["container_id"]) if row["container_id"] else None
+        row["host_memory"] = None if memory is None else host_memory(memory, warn_at)
+
+
+def host_memory(memory: ContainerMemory, warn_at: float) -> dict[str, Any]:
+    warning = memory.limit is not None and memory.used >= warn_at * memory.limit
+    return {"used": memory.used, "limit": memory.limit, "warning": warning}
 
 
 def kernel_report(kernel_manager, snapshot: Snapshot, parking=None) -> dict[str, Any]:

@@ -150,6 +150,15 @@ export function duration(seconds: number): string {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
+/** How long a process has run, as a column reads it: "42 s", "12 min 5 s", "2 h 5 min", "3 d 4 h". */
+export function elapsed(seconds: number | null | undefined): string {
+  if (!isNum(seconds)) {
+    return '–';
+  }
+  const s = Math.max(0, seconds);
+  return s < 86400 ? duration(s) : `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
 /** A pull in one line: "48 / 115 MB · 19.6 MB/s · 3 s left", or what it is doing when bytes do not tell. */
 export function pullSummary(p: IPullProgress): string {
   if (p.phase === 'resolving') {

@@ -60,6 +60,9 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
     const onTerminal = (target: TerminalTarget): void => {
       void app.commands.execute(CommandIDs.openTerminal, target);
     };
+    const onOpenNotebook = (path: string): void => {
+      void app.commands.execute('docmanager:open', { path });
+    };
     const dashboards = new WidgetTracker<MainAreaWidget<GpuDashboard>>({ namespace: 'gpuenv-dashboard' });
     app.commands.addCommand(CommandIDs.openDashboard, {
       label: args => `GPU ${args.index ?? 0} Dashboard`,
@@ -71,7 +74,7 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
           app.shell.activateById(open.id);
           return open;
         }
-        const widget = createDashboard(model, index);
+        const widget = createDashboard(model, index, onOpenNotebook);
         widget.title.icon = gpuIcon;
         void dashboards.add(widget);
         app.shell.add(widget, 'main');
@@ -86,9 +89,6 @@ const panelPlugin: JupyterFrontEndPlugin<IGpuModel> = {
     });
     const onDashboard = (index: number): void => {
       void app.commands.execute(CommandIDs.openDashboard, { index });
-    };
-    const onOpenNotebook = (path: string): void => {
-      void app.commands.execute('docmanager:open', { path });
     };
     const panel = new GpuPanel(model, onUse, onTerminal, onDashboard, onOpenNotebook);
     panel.title.icon = gpuIcon;

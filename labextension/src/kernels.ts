@@ -1,6 +1,27 @@
-/** Kernels whose container ended on its own (e.g. killed by its memory limit) and was restarted. Pure. */
-import { basename, sentence } from './format';
-import type { IKernel, IKernelExit } from './wire';
+/** A container kernel's memory against its limit, and kernels whose container ended on its own (e.g. killed by
+ * its memory limit) and was restarted. Pure. */
+import { basename, bytes, sentence } from './format';
+import type { IHostMemory, IKernel, IKernelExit } from './wire';
+
+/** "1.8 GiB of 2.0 GiB", or "1.8 GiB" without a limit; null when the server could not read it. */
+export function hostMemoryText(memory: IHostMemory | null | undefined): string | null {
+  if (!memory) {
+    return null;
+  }
+  return memory.limit ? `${bytes(memory.used)} of ${bytes(memory.limit)}` : bytes(memory.used);
+}
+
+/** The warning before the limit, the fix first (as jupyter-resource-usage warns before RAM runs out); else null. */
+export function hostMemoryWarning(memory: IHostMemory | null | undefined): string | null {
+  if (!memory?.warning || !memory.limit) {
+    return null;
+  }
+  const share = Math.round((memory.used / memory.limit) * 100);
+  return (
+    `Free memory or save your work: this kernel uses ${share} % of its ${bytes(memory.limit)} memory limit, and at ` +
+    'the limit it is stopped and restarted, losing its variables.'
+  );
+}
 
 /** The warning for a kernel's previous end, in the server's words when it gives them; null when none. */
 export function lastExitText(exit: IKernelExit | null | undefined): string | null {

@@ -20,6 +20,12 @@ export interface IGpuProcess {
   container_id: string | null;
   gpu_instance: string | null;
   user?: string | null; // on a shared host: whose kernel another person's process is ("alice" or "another user")
+  gpu_utilization?: number | null; // % of the GPU's SMs it kept busy lately; null while it sleeps
+  // from /proc; on a shared host not for another user's process (but its numbers)
+  host_memory?: number | null; // bytes resident
+  started_at?: number | null; // seconds since the epoch, the server's clock
+  command?: string | null; // shortened command line
+  owner?: string | null; // the account it runs as
 }
 
 export interface IMigDevice {
@@ -205,6 +211,14 @@ export interface IKernel {
   gpu_memory: number | null;
   last_exit: IKernelExit | null;
   park?: IKernelPark | null; // absent from a server that cannot park
+  host_memory?: IHostMemory | null; // a container kernel's memory, from its cgroup
+}
+
+/** A container kernel's memory against its `memory` limit (GET kernels), as jupyter-resource-usage shows RAM. */
+export interface IHostMemory {
+  used: number; // bytes, page cache it could give back left out
+  limit: number | null; // bytes; null: no limit
+  warning: boolean; // from c.GpuEnv.memory_warning_at of the limit on: the kernel restarts at the limit
 }
 
 export interface IKernelsReply {

@@ -77,3 +77,10 @@ test('a pull reads as bytes, rate and time left; its phases in words', () => {
   assert.deepEqual([3, 60, 3720].map(f.duration), ['3 s', '1 min', '1 h 2 min']);
   assert.equal(f.size(7.6e9), '7.6 GB');
 });
+
+test('how long a process has run reads as a column does', () => {
+  assert.equal(f.elapsed(42), '42 s');
+  assert.equal(f.elapsed(7500), '2 h 5 min');
+  assert.equal(f.elapsed(3 * 86400 + 4 * 3600 + 59), '3 d 4 h');
+  assert.equal(f.elapsed(null), '–');
+});

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { lastExitText, restartNotices } from '../src/kernels';
+import { hostMemoryText, hostMemoryWarning, lastExitText, restartNotices } from '../src/kernels';
 import type { IKernel } from '../src/wire';
 
 const kernel = (over: Partial<IKernel> = {}): IKernel => ({
@@ -51,4 +51,17 @@ test('restart notices name the notebook, or the kernel when no notebook uses it'
       text: 'The kernel exited with code 1 and was restarted.'
     }
   ]);
+});
+
+test("a container kernel's memory reads against its limit, with a warning that leads with the fix", () => {
+  const MiB = 1024 ** 2;
+  assert.equal(hostMemoryText({ used: 470 * MiB, limit: 512 * MiB, warning: true }), '470 MiB of 512 MiB');
+  assert.equal(hostMemoryText({ used: 3 * 1024 * MiB, limit: null, warning: false }), '3.0 GiB');
+  assert.equal(hostMemoryText(null), null);
+  assert.equal(
+    hostMemoryWarning({ used: 470 * MiB, limit: 512 * MiB, warning: true }),
+    'Free memory or save your work: this kernel uses 92 % of its 512 MiB memory limit, and at the limit it is ' +
+      'stopped and restarted, losing its variables.'
+  );
+  assert.equal(hostMemoryWarning({ used: 256 * MiB, limit: 512 * MiB, warning: false }), null);
 });

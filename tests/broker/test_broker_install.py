@@ -9,10 +9,12 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from jupyter_gpuenv.broker.setup import example_config
+from jupyter_gpuenv.environments import kernelspecs
 
 IMAGE = os.environ.get("GPUENV_TEST_IMAGE", "gpuenv-test-kernel:latest")
 
@@ -54,6 +56,8 @@ def test_install_does_the_hosts_part_and_says_what_it_did(tmp_path, engine_with_
         assert spec["display_name"] == display
         assert spec["metadata"]["kernel_provisioner"]["config"] == {"environment": name}
         assert f"kernel {display!r}" in out
+        logo = (kernels / f"gpuenv-{name}" / "logo-svg.svg").read_text()  # the Launcher's tile: a card or a chip
+        assert logo == (Path(kernelspecs.LOGOS) / f"{name}.svg").read_text()
     server = tmp_path / "prefix" / "etc" / "jupyter" / "jupyter_server_config.d" / "jupyter_gpuenv_broker.json"
     assert json.loads(server.read_text()) == {"GpuEnv": {"broker": f"unix://{tmp_path / 'run' / 'broker.sock'}"}}
     assert f"kept     image {IMAGE} (already on the engine)" in out  # asked of the real engine, once per image

@@ -196,9 +196,15 @@ def kernel_pid(kernel_id: str, timeout: float = 30) -> int:
 
 # -- in the page ------------------------------------------------------------------------------------------
 def open_lab(page: Page, server: LabServer, path: str = "lab") -> None:
-    """Load Lab with a fresh workspace (``reset``), so no test inherits the layout of the one before."""
+    """Load Lab with a fresh workspace (``reset``), so no test inherits the layout of the one before.
+
+    Without a document to open, until the Launcher Lab opens has the focus: it takes the focus when it opens,
+    seconds after the page on a loaded machine, and a palette or menu opened before would close then.
+    """
     page.goto(server.url(f"{path}?reset"))
     page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
+    if path == "lab":
+        expect(page.locator("#jp-main-dock-panel .jp-Launcher")).to_be_focused(timeout=60_000)
 
 
 def open_gpu_panel(page: Page) -> Locator:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 import time
 
@@ -25,15 +27,22 @@ def endpoint(name: str) -> re.Pattern:
     return re.compile(rf"/gpuenv/api/{name}(\?|$)")
 
 
+# above the largest pid_max Linux allows (2**22): no process here has it, so /proc tells nothing of it
+OTHER_PID = 4_194_305
+
+
 @pytest.fixture(scope="module")
 def notebook_on_gpu(gpu_lab):
-    """analysis.ipynb with a real ipykernel whose pid the recording puts on GPU 0 with 4 GiB."""
+    """analysis.ipynb with a real ipykernel whose pid the recording puts on GPU 0 with 4 GiB and 71 % of its SMs;
+    beside it a process of no kernel (2 GiB, 16 %) that /proc does not know."""
     session = gpu_lab.start_notebook("analysis.ipynb")
     kernel_id = session["kernel"]["id"]
     pid = kernel_pid(kernel_id)
 
     def point_at_kernel(data):
-        data["devices"][0]["nvmlDeviceGetComputeRunningProcesses"][0]["pid"] = pid
+        device = data["devices"][0]
+        for key in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetProcessUtilization"):
+            device[key][0]["pid"], device[key][1]["pid"] = pid, OTHER_PID
 
     gpu_lab.edit_recording(point_at_kernel)
     deadline = time.monotonic() + 20
@@ -76,7 +85,7 @@ def test_processes_are_named_by_their_notebook(page: Page, gpu_lab, notebook_on_
     expect(row).to_contain_text(f"pid {notebook_on_gpu['pid']}")
     expect(row).to_contain_text("4.0 GiB")
     expect(row).to_have_attribute("aria-current", "true")  # the notebook in focus is highlighted
-    expect(gpu_card(page, 0).locator("tbody tr", has_text="pid 4343")).to_contain_text("other process")
+    expect(gpu_card(page, 0).locator("tbody tr", has_text=f"pid {OTHER_PID}")).to_contain_text("other process")
     # the status bar item shows this notebook's GPU memory
     expect(page.locator("#jp-main-statusbar")).to_contain_text("GPU 4.0 GiB")
 
@@ -339,43 +348,68 @@ def test_dark_theme_and_screenshots(page: Page, gpu_lab, notebook_on_gpu, screen
 
 
 def run_command(page: Page, label: str) -> None:
-    """Run a command from Lab's palette, as a person does."""
+    """Run a command from Lab's palette, as a person does: its shortcut, the label, Enter.
+
+    The shortcut is Lab's on the whole page, so nothing is clicked first: a click in the main area could land on
+    a Launcher card and open something that takes the focus.
+    """
     search = page.locator(".lm-CommandPalette-input")
     if search.is_visible():  # still open from the last command: close it, so the shortcut opens it afresh
         search.press("Escape")
     expect(search).to_be_hidden()
-    page.locator("#jp-main-dock-panel").click()  # Lab's shortcuts listen where the focus is
     page.keyboard.press("Control+Shift+C")
     expect(search).to_be_visible()
     search.fill(label)
     expect(page.locator(".lm-CommandPalette-item.lm-mod-active")).to_contain_text(label)
     search.press("Enter")
+    expect(search).to_be_hidden()
 
 
 def test_a_slow_docker_call_keeps_the_environment_list(page: Page, gpu_lab):
     """One reply saying Docker did not answer (a loaded machine) keeps the list with a note; only repeated ones
-    replace it."""
-    down = {"docker": {"available": False, "reason": "the Docker engine did not answer within 5 s"}, "environments": []}
-    served = []
+    replace it.
 
-    def handle(route):
-        served.append(ENVIRONMENTS if not served else down)
-        route.fulfill(status=200, content_type="application/json", body=json.dumps(served[-1]))
+    The test decides every reply the panel gets: the first is the list, then each read waits until the test
+    answers it. The panel also reads on its own (every 2 s while an image is pulled), so counting the palette's
+    refreshes would race those reads; here each answer is one failed read, whichever read it answers.
+    """
+    down = {"docker": {"available": False, "reason": "the Docker engine did not answer within 5 s"}, "environments": []}
+    queued, waiting = [ENVIRONMENTS], []
+
+    def reply(route, body) -> None:
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    def handle(route) -> None:
+        if queued:
+            reply(route, queued.pop(0))
+        else:
+            waiting.append(route)  # answered by fail_one_read
+
+    def fail_one_read() -> None:
+        """Answer one read with Docker not answering: one the panel already waits on, else the palette's."""
+        if waiting:
+            reply(waiting.pop(0), down)
+        else:
+            queued.append(down)
+            run_command(page, "Refresh GPUs")
 
     page.route(endpoint("environments"), handle)
     open_lab(page, gpu_lab)
     panel = open_gpu_panel(page)
     expect(environment_item(page, "pytorch")).to_be_visible()
-    run_command(page, "Refresh GPUs")
     stale = panel.locator('[data-state="env-stale"]')
+    fail_one_read()
     expect(stale).to_have_text("Could not refresh; showing the last list. The Docker engine did not answer within 5 s.")
     expect(environment_item(page, "pytorch")).to_be_visible()
     expect(panel.locator('[data-state="env-no-docker"]')).to_have_count(0)
-    for _ in range(2):  # a third failure in a row: now it says so
-        with page.expect_response(endpoint("environments")):
-            run_command(page, "Refresh GPUs")
+    fail_one_read()  # a second failure in a row: still the list
+    expect(environment_item(page, "pytorch")).to_be_visible()
+    fail_one_read()  # a third: now it says so
     expect(panel.locator('[data-state="env-no-docker"]')).to_contain_text("Docker is not available")
     expect(stale).to_have_count(0)
+    page.unroute(endpoint("environments"))
+    for route in waiting:
+        route.abort()
 
 
 def test_a_normal_state_is_a_note_not_a_warning(page: Page, gpu_lab):
@@ -478,16 +512,50 @@ def test_sections_fold_and_titles_stay_on_one_line(page: Page, gpu_lab):
     expect(environment_item(page, "pytorch")).to_be_visible()
 
 
-def test_processes_sort_and_a_notebooks_row_opens_it(page: Page, gpu_lab, notebook_on_gpu):
+def test_processes_show_what_nvml_and_proc_give(page: Page, gpu_lab, notebook_on_gpu):
+    """nvitop's columns: the kernel's real process (its account, memory, age and command from /proc) with the
+    recording's GPU numbers; a process /proc does not know reads '–' there, not an error."""
+    open_lab(page, gpu_lab)
+    open_gpu_panel(page)
+    table = gpu_card(page, 0).locator("table")
+    columns = ["Process", "User", "GPU %", "GPU mem", "Host mem", "Time"]
+    expect(table.locator("thead th")).to_have_text([re.compile(rf"^{re.escape(c)}( ▾| ▴)?$") for c in columns])
+    expect(table.locator('th[aria-sort="descending"]')).to_have_text("GPU mem ▾")  # by GPU memory at first
+    kernel = table.locator("tbody tr", has_text="analysis.ipynb")
+    cells = kernel.locator("td")
+    expect(cells.nth(0)).to_contain_text(f"pid {notebook_on_gpu['pid']}")
+    expect(cells.nth(0)).to_contain_text("-m ipykernel_launcher -f")  # its command line, shortened
+    expect(cells.nth(1)).to_have_text(pwd.getpwuid(os.getuid()).pw_name)
+    expect(cells.nth(2)).to_have_text("71 %")
+    expect(cells.nth(3)).to_have_text("4.0 GiB")
+    expect(cells.nth(4)).to_have_text(re.compile(r"^\d+ MiB$"))  # an idle ipykernel holds tens of MiB
+    expect(cells.nth(5)).to_have_text(re.compile(r"^\d+ (s|min( \d+ s)?)$"))
+    other = table.locator("tbody tr", has_text=f"pid {OTHER_PID}").locator("td")
+    expect(other).to_have_text([re.compile(rf"^other process\s*pid {OTHER_PID}$"), "–", "16 %", "2.0 GiB", "–", "–"])
+    expect(gpu_card(page, 1)).to_contain_text("No processes")
+
+
+def test_processes_sort_by_each_column_and_a_notebooks_row_opens_it(page: Page, gpu_lab, notebook_on_gpu):
     open_lab(page, gpu_lab)  # no notebook open yet
     open_gpu_panel(page)
-    rows = gpu_card(page, 0).locator("tbody tr")
-    expect(rows.first).to_contain_text("analysis.ipynb")  # 4 GiB before the other process's 2 GiB
-    gpu_card(page, 0).get_by_role("button", name="Memory").click()
-    expect(rows.first).to_contain_text("other process")
-    expect(gpu_card(page, 0).locator('th[aria-sort="ascending"]')).to_contain_text("Memory")
-    gpu_card(page, 0).get_by_role("button", name="Process").click()
-    expect(rows.first).to_contain_text("analysis.ipynb")  # by name, a to z
+    card = gpu_card(page, 0)
+    rows = card.locator("tbody tr")
+    expect(rows.first).to_contain_text("analysis.ipynb")  # by GPU memory: 4 GiB before the other's 2 GiB
+    # (column, first row once clicked, first row clicked again); a column's missing values stay last
+    for column, first, again in (
+        ("GPU mem", "other process", "analysis.ipynb"),
+        ("GPU %", "analysis.ipynb", "other process"),  # 71 % before 16 %
+        ("Host mem", "analysis.ipynb", "analysis.ipynb"),  # the other has none: last either way
+        ("Time", "analysis.ipynb", "analysis.ipynb"),
+        ("User", "analysis.ipynb", "analysis.ipynb"),
+        ("Process", "analysis.ipynb", "other process"),  # by name, a to z
+    ):
+        button = card.get_by_role("button", name=column, exact=True)
+        button.click()
+        expect(rows.first).to_contain_text(first)
+        button.click()
+        expect(rows.first).to_contain_text(again)
+        expect(card.locator("th[aria-sort]")).to_contain_text(column)
     rows.filter(has_text="analysis.ipynb").click()
     expect(page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text="analysis.ipynb")).to_be_visible()
 

@@ -4,6 +4,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
@@ -27,7 +28,20 @@ def test_a_prefix_install_is_readable_by_every_user(jp_environ, tmp_path):
     assert main(["add", "pytorch-2.6-cuda12.4", "--prefix", str(tmp_path / "prefix")]) == 0
     folder = tmp_path / "prefix" / "share" / "jupyter" / "kernels" / "gpuenv-pytorch-2.6-cuda12.4"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
-    assert stat.S_IMODE((folder / "kernel.json").stat().st_mode) == 0o644
+    for name in ("kernel.json", "logo-svg.svg", "logo-64x64.png"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o644, name
+
+
+def test_the_launcher_tile_shows_a_gpu_card_or_a_cpu_chip(jp_environ, jp_data_dir):
+    """Lab's Launcher draws a kernelspec's logo-svg (logo-64x64 elsewhere): a GPU card, a chip for --gpus none."""
+    assert main(["add", "torch", "--image", IMAGE, "--gpus", "1", "--user"]) == 0
+    assert main(["add", "py", "--image", IMAGE, "--gpus", "none", "--user"]) == 0
+    logos = {name: KernelSpecManager().get_kernel_spec(f"gpuenv-{name}").resource_dir for name in ("torch", "py")}
+    read = lambda name, file: Path(logos[name], file).read_bytes()  # noqa: E731
+    assert b"<svg" in read("torch", "logo-svg.svg") and read("torch", "logo-64x64.png").startswith(b"\x89PNG")
+    assert read("torch", "logo-svg.svg") != read("py", "logo-svg.svg")
+    assert read("torch", "logo-64x64.png") != read("py", "logo-64x64.png")
+    assert len(read("py", "logo-64x64.png")) < 4096  # small: every Launcher loads them
 
 
 def test_without_flags_a_virtual_environment_gets_it(jp_environ, tmp_path, monkeypatch):

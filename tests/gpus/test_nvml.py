@@ -1,9 +1,11 @@
 """The pure NVML module against recorded answers of real devices."""
 
+from types import SimpleNamespace
+
 import fake_pynvml
 import pytest
 
-from jupyter_gpuenv.gpus.nvml import LibraryGone, NvmlReader
+from jupyter_gpuenv.gpus.nvml import LibraryGone, NvmlReader, process_utilization
 from jupyter_gpuenv.gpus.visibility import parse
 
 GiB = 1024**3
@@ -114,3 +116,32 @@ def test_memory_used_is_what_nvidia_smi_shows_on_a_real_h100():
 def test_drivers_without_v2_memory_info_fall_back_to_v1():
     gpu = reader_for("h100x2")[0].read().gpus[0]  # a recording with no v2 answer
     assert gpu.memory.used == 6 * GiB + 524288000 and gpu.memory.reserved is None
+
+
+def test_each_process_has_its_gpu_utilization_and_an_idle_gpu_none():
+    """nvitop's GPU % per process; NVML's NotFound on an idle GPU is no error, only no value."""
+    reader, _ = reader_for("h100x2")
+    gpus = reader.read().gpus
+    assert [(p.pid, p.gpu_utilization) for p in gpus[0].processes] == [(4242, 71), (4343, 16)]
+    assert gpus[1].error is None
+
+
+def test_process_utilization_takes_each_pids_newest_sample():
+    sample = lambda pid, t, sm: SimpleNamespace(pid=pid, timeStamp=t, smUtil=sm)  # noqa: E731
+    by_pid, newest = process_utilization([sample(1, 10, 50), sample(1, 30, 5), sample(2, 20, 90)])
+    assert by_pid == {1: 5, 2: 90} and newest == 30
+    assert process_utilization([]) == ({}, 0)
+
+
+def test_a_process_not_in_the_samples_has_no_utilization_and_the_next_read_asks_from_the_newest():
+    reader, fake = reader_for("h100x2")
+    fake.recording["devices"][0]["nvmlDeviceGetProcessUtilization"] = [
+        {"pid": 4242, "timeStamp": 5, "smUtil": 40, "memUtil": 1}
+    ]
+    asked = []
+    real = fake.nvmlDeviceGetProcessUtilization
+    fake.nvmlDeviceGetProcessUtilization = lambda handle, since: asked.append(since) or real(handle, since)
+    gpu = reader.read().gpus[0]
+    assert [(p.pid, p.gpu_utilization) for p in gpu.processes] == [(4242, 40), (4343, None)]
+    reader.read()
+    assert asked[0] == 0 and asked[2] == 5  # GPU 0's first and second read (GPU 1 between them)

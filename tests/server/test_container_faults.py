@@ -151,6 +151,9 @@ async def test_out_of_memory_is_told_not_silent(jp_fetch, jp_serverapp, jp_data_
     row = next(r for r in rows if r["kernel_id"] == kernel_id)
     assert row["last_exit"]["oom_killed"] is True
     assert row["last_exit"]["message"] == "the kernel ran out of its 64m memory limit and was restarted"
+    # the new container's memory, read from its cgroup, against the same limit: a fresh kernel is far below it
+    memory = row["host_memory"]
+    assert memory["limit"] == 64 * 1024**2 and 0 < memory["used"] < memory["limit"] and not memory["warning"], memory
     assert any("ran out of its 64m memory limit" in r.getMessage() for r in caplog.records)
     out, error = await execute(jp_serverapp, kernel_id, "print('after')")
     assert (out.strip(), error) == ("after", None)

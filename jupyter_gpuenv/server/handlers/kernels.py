@@ -1,10 +1,14 @@
-"""``GET kernels`` (this server's kernels with their GPUs and park rows) and ``POST kernels/ID/park|resume``."""
+"""``GET kernels`` (this server's kernels with their GPUs, park rows and container memory) and
+``POST kernels/ID/park|resume``."""
 
 from __future__ import annotations
+
+import asyncio
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from jupyter_gpuenv.config import GpuEnv
 from jupyter_gpuenv.errors import GpuEnvError
 from jupyter_gpuenv.gpus.sampler import Sampler
 from jupyter_gpuenv.server import reports
@@ -14,13 +18,16 @@ from jupyter_gpuenv.server.refusals import to_http
 
 
 class KernelsHandler(GpuEnvHandler):
-    def initialize(self, sampler: Sampler, parking: ServerParking) -> None:
-        self.sampler, self.parking = sampler, parking
+    def initialize(self, sampler: Sampler, parking: ServerParking, settings: GpuEnv) -> None:
+        self.sampler, self.parking, self.gpuenv = sampler, parking, settings
 
     @web.authenticated
     @authorized
     async def get(self) -> None:
         report = reports.kernel_report(self.kernel_manager, self.sampler.latest, self.parking)
+        # each container's memory from its cgroup files, in a thread
+        warn_at = self.gpuenv.memory_warning_at
+        await asyncio.get_running_loop().run_in_executor(None, reports.add_host_memory, report["kernels"], warn_at)
         report["parking"] = await self.parking.summary()
         self.write_json(report)
 
@@ -32,8 +39,8 @@ class ParkHandler(GpuEnvHandler):
     parked now (busy, nothing on a GPU, no checkpoint API) or its GPU is taken; 503 when the driver failed.
     """
 
-    def initialize(self, sampler: Sampler, parking: ServerParking) -> None:
-        self.sampler, self.parking = sampler, parking
+    def initialize(self, sampler: Sampler, parking: ServerParking, settings: GpuEnv) -> None:
+        self.sampler, self.parking, self.gpuenv = sampler, parking, settings
 
     @web.authenticated
     @authorized
@@ -44,4 +51,7 @@ class ParkHandler(GpuEnvHandler):
             raise to_http(exc) from None
         rows = [r for r in reports.kernel_rows(self.kernel_manager, self.sampler.latest, self.parking)
                 if r["kernel_id"] == kernel_id]  # fmt: skip
+        # the same row as GET kernels gives, so the panel's row keeps its memory line
+        warn_at = self.gpuenv.memory_warning_at
+        await asyncio.get_running_loop().run_in_executor(None, reports.add_host_memory, rows, warn_at)
         self.write_json(rows[0] if rows else {"kernel_id": kernel_id})

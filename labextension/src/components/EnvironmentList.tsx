@@ -5,6 +5,7 @@ import { basename, environmentState, gpuPolicy, sentence } from '../format';
 import type { ICurrentNotebook, IGpuModel } from '../tokens';
 import type { IEnvironment, IEnvironmentsReply } from '../wire';
 import { EnvironmentTerminals, OpenTerminal } from './EnvironmentTerminals';
+import type { OpenNotebook } from './ProcessList';
 import { PullBar } from './PullBar';
 import { Reason } from './Reason';
 import { StateMessage } from './StateMessage';
@@ -16,6 +17,7 @@ export function EnvironmentList(props: {
   model: IGpuModel;
   onUse: UseEnvironment;
   onTerminal?: OpenTerminal;
+  onOpenNotebook?: OpenNotebook;
 }): JSX.Element {
   const { model } = props;
   const status = model.environments;
@@ -78,6 +80,7 @@ export function EnvironmentList(props: {
                   waiting={waiting === env ? (model.current?.path ?? null) : null}
                   onUse={props.onUse}
                   onTerminal={props.onTerminal}
+                  onOpenNotebook={props.onOpenNotebook}
                 />
               ))}
             </ul>
@@ -98,6 +101,7 @@ function Environment(props: {
   waiting: string | null;
   onUse: UseEnvironment;
   onTerminal?: OpenTerminal;
+  onOpenNotebook?: OpenNotebook;
 }): JSX.Element {
   const { env, current } = props;
   const blocked = whyNot(env, current, props.dockerDown);
@@ -158,6 +162,7 @@ function Environment(props: {
           dockerDown={props.dockerDown}
           terminals={props.terminals}
           onTerminal={props.onTerminal}
+          onOpenNotebook={props.onOpenNotebook}
         />
       ) : null}
     </li>

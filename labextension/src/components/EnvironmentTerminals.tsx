@@ -1,10 +1,11 @@
 import React from 'react';
 
-import { basename } from '../format';
+import { basename, sentence } from '../format';
+import { hostMemoryText, hostMemoryWarning } from '../kernels';
 import { kernelsOf } from '../terminalInfo';
-import { sentence } from '../format';
 import type { IGpuModel } from '../tokens';
 import type { IEnvironment, IEnvironmentsReply, TerminalTarget } from '../wire';
+import { OpenNotebook, opensNotebook } from './ProcessList';
 
 export type OpenTerminal = (target: TerminalTarget) => void;
 
@@ -15,7 +16,11 @@ const IN_OWN_CONTAINER =
   'A shell in a new container of this environment, started for the terminal alone. Closing the terminal removes ' +
   'the container (tmux and all) and frees its GPUs.';
 
-/** An environment's terminals: one in each of its running kernels' containers, or one in a container of its own. */
+/**
+ * An environment's running kernels, each with its memory against the environment's limit (a warning before the
+ * limit) and a terminal in its container; a kernel's row opens its notebook. Then a terminal in a container of
+ * its own.
+ */
 export function EnvironmentTerminals(props: {
   model: IGpuModel;
   env: IEnvironment;
@@ -23,6 +28,7 @@ export function EnvironmentTerminals(props: {
   /** Whether this server opens terminals at all (null: an older server, which says so when one is opened). */
   terminals?: IEnvironmentsReply['terminals'];
   onTerminal: OpenTerminal;
+  onOpenNotebook?: OpenNotebook;
 }): JSX.Element {
   const { model, env, onTerminal } = props;
   const kernels = kernelsOf(model.kernels, env.name);
@@ -44,11 +50,27 @@ export function EnvironmentTerminals(props: {
         <ul className="jp-GpuEnv-envKernels" aria-label={`Kernels running in ${env.display_name ?? env.name}`}>
           {kernels.map(k => {
             const path = model.notebookOf(k.kernel_id);
+            const memory = hostMemoryText(k.host_memory);
+            const warning = hostMemoryWarning(k.host_memory);
+            const opens = opensNotebook(path, props.onOpenNotebook);
             return (
-              <li key={k.kernel_id} className="jp-GpuEnv-envKernel" data-kernel={k.kernel_id}>
-                <span className="jp-GpuEnv-envKernelName" title={path ?? k.kernel_id}>
+              <li
+                key={k.kernel_id}
+                className={`jp-GpuEnv-envKernel${opens ? ' jp-mod-opens' : ''}${warning ? ' jp-mod-warn' : ''}`}
+                data-kernel={k.kernel_id}
+                onClick={opens}
+              >
+                <span className="jp-GpuEnv-envKernelName" title={path ? `Open ${path}` : k.kernel_id}>
                   {path ? basename(path) : `kernel ${k.kernel_id.slice(0, 8)}`}
                 </span>
+                {memory ? (
+                  <span
+                    className="jp-GpuEnv-kernelMemory"
+                    title="The memory this kernel's container holds, against the environment's memory limit"
+                  >
+                    {memory}
+                  </span>
+                ) : null}
                 <button
                   className="jp-GpuEnv-terminal jp-mod-styled"
                   disabled={off !== null}
@@ -58,6 +80,11 @@ export function EnvironmentTerminals(props: {
                 >
                   Terminal
                 </button>
+                {warning ? (
+                  <div className="jp-GpuEnv-memoryWarning" role="alert">
+                    {warning}
+                  </div>
+                ) : null}
               </li>
             );
           })}

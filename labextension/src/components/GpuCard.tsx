@@ -14,6 +14,8 @@ export function GpuCard(props: {
   gpu: IGpu;
   model: IGpuModel;
   compact?: boolean;
+  /** The server's time of the sample (seconds since the epoch), for how long each process has run. */
+  now?: number | null;
   onDashboard?: OpenDashboard;
   onOpenNotebook?: OpenNotebook;
 }): JSX.Element {
@@ -74,7 +76,12 @@ export function GpuCard(props: {
                 </div>
               </dl>
               <HistoryChart series={model.series(gpu.index)} />
-              <ProcessList processes={gpu.processes ?? []} model={model} onOpenNotebook={props.onOpenNotebook} />
+              <ProcessList
+                processes={gpu.processes ?? []}
+                model={model}
+                now={props.now ?? null}
+                onOpenNotebook={props.onOpenNotebook}
+              />
             </>
           )}
         </>

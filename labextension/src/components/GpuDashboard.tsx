@@ -6,6 +6,7 @@ import { IMetric, metricsOf } from '../dashboard';
 import { duration } from '../format';
 import { nearestIndex, polylineAt } from '../history';
 import type { IGpuModel } from '../tokens';
+import { OpenNotebook, ProcessList } from './ProcessList';
 import { useModel } from './useModel';
 
 const W = 400;
@@ -16,26 +17,31 @@ const H = 80;
 export class GpuDashboard extends ReactWidget {
   constructor(
     private _model: IGpuModel,
-    readonly index: number
+    readonly index: number,
+    private _onOpenNotebook?: OpenNotebook
   ) {
     super();
     this.addClass('jp-GpuEnv-dashboard');
   }
 
   protected render(): JSX.Element {
-    return <DashboardBody model={this._model} index={this.index} />;
+    return <DashboardBody model={this._model} index={this.index} onOpenNotebook={this._onOpenNotebook} />;
   }
 }
 
-export function createDashboard(model: IGpuModel, index: number): MainAreaWidget<GpuDashboard> {
-  const widget = new MainAreaWidget({ content: new GpuDashboard(model, index) });
+export function createDashboard(
+  model: IGpuModel,
+  index: number,
+  onOpenNotebook?: OpenNotebook
+): MainAreaWidget<GpuDashboard> {
+  const widget = new MainAreaWidget({ content: new GpuDashboard(model, index, onOpenNotebook) });
   widget.id = `jp-GpuEnv-dashboard-${index}`;
   widget.title.label = `GPU ${index}`;
   widget.title.closable = true;
   return widget;
 }
 
-function DashboardBody(props: { model: IGpuModel; index: number }): JSX.Element {
+function DashboardBody(props: { model: IGpuModel; index: number; onOpenNotebook?: OpenNotebook }): JSX.Element {
   const { model, index } = props;
   useModel(model);
   const reply = model.status.kind === 'ready' ? model.status.reply : null;
@@ -57,6 +63,15 @@ function DashboardBody(props: { model: IGpuModel; index: number }): JSX.Element 
           PCIe throughput is not read by this server (c.GpuEnv.pcie_throughput; it costs ~20 ms per GPU per sample).
         </p>
       )}
+      <section className="jp-GpuEnv-dashboardProcesses" aria-label="Processes">
+        <h3>Processes</h3>
+        <ProcessList
+          processes={gpu?.processes ?? []}
+          model={model}
+          now={reply?.sampled_at ?? null}
+          onOpenNotebook={props.onOpenNotebook}
+        />
+      </section>
     </div>
   );
 }

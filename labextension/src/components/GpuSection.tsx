@@ -80,6 +80,7 @@ function Cards(props: {
           gpu={gpu}
           model={props.model}
           compact={props.compact}
+          now={props.reply.sampled_at}
           onDashboard={props.onDashboard}
           onOpenNotebook={props.onOpenNotebook}
         />

@@ -4,6 +4,7 @@ import { sentence } from '../format';
 import { autoParkText, kernelLabel, parkRows, parkView } from '../park';
 import type { IGpuModel, IParkRequest } from '../tokens';
 import type { IKernel, IParking } from '../wire';
+import { OpenNotebook, opensNotebook } from './ProcessList';
 import { Section } from './Section';
 import { StateMessage } from './StateMessage';
 
@@ -12,7 +13,11 @@ import { StateMessage } from './StateMessage';
  * move failed) Restart. Nothing at all from a server that cannot park, or where the GPU section already says
  * there is no GPU.
  */
-export function KernelSection(props: { model: IGpuModel; now?: number }): JSX.Element | null {
+export function KernelSection(props: {
+  model: IGpuModel;
+  now?: number;
+  onOpenNotebook?: OpenNotebook;
+}): JSX.Element | null {
   const { model } = props;
   const status = model.kernelsStatus;
   const gpus = model.status.kind;
@@ -69,6 +74,7 @@ export function KernelSection(props: { model: IGpuModel; now?: number }): JSX.El
               memory={memoryOf(k)}
               request={model.parkRequest(k.kernel_id)}
               now={now}
+              onOpenNotebook={props.onOpenNotebook}
             />
           ))}
         </ul>
@@ -86,6 +92,7 @@ export function KernelRow(props: {
   memory: number;
   request: IParkRequest;
   now: number;
+  onOpenNotebook?: OpenNotebook;
 }): JSX.Element {
   const { model, kernel } = props;
   const id = kernel.kernel_id;
@@ -97,6 +104,7 @@ export function KernelRow(props: {
   const why = button?.disabled && props.parking?.available ? button.title : null;
   const whyId = `jp-GpuEnv-parkWhy-${id}`;
   const mine = model.current?.kernelId === id;
+  const opens = opensNotebook(path, props.onOpenNotebook);
   const act = (): void => {
     if (button?.action === 'park') {
       void model.park(id);
@@ -108,14 +116,15 @@ export function KernelRow(props: {
   };
   return (
     <li
-      className={`jp-GpuEnv-kernel jp-mod-${view.state}`}
+      className={`jp-GpuEnv-kernel jp-mod-${view.state}${opens ? ' jp-mod-opens' : ''}`}
       data-kernel={id}
       aria-label={label}
       aria-current={mine ? 'true' : undefined}
       aria-busy={view.busy ? 'true' : undefined}
+      onClick={opens}
     >
       <div className="jp-GpuEnv-kernelHeader">
-        <span className="jp-GpuEnv-kernelName" title={path ?? id}>
+        <span className="jp-GpuEnv-kernelName" title={path ? `Open ${path}` : id}>
           {label}
         </span>
         <span className={`jp-GpuEnv-parkBadge jp-mod-${view.state}`} data-gpuenv-park-state={view.state}>

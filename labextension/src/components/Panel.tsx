@@ -81,9 +81,14 @@ function PanelBody(props: {
           onOpenNotebook={props.onOpenNotebook}
         />
       </Section>
-      <KernelSection model={model} />
+      <KernelSection model={model} onOpenNotebook={props.onOpenNotebook} />
       <Section id="envs" title="Environments">
-        <EnvironmentList model={model} onUse={props.onUse} onTerminal={props.onTerminal} />
+        <EnvironmentList
+          model={model}
+          onUse={props.onUse}
+          onTerminal={props.onTerminal}
+          onOpenNotebook={props.onOpenNotebook}
+        />
       </Section>
     </div>
   );
