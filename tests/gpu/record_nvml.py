@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ def plain(name: str, value: Any) -> Any:
     fields = getattr(value, "_fields_", None)
     if fields:
         return {f[0]: plain(name, getattr(value, f[0])) for f in fields}
+    if isinstance(value, types.SimpleNamespace):  # a replayed answer (FakePynvml), recorded again
+        return {k: plain(name, v) for k, v in vars(value).items()}
     return repr(value)
 
 

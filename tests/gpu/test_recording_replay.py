@@ -37,7 +37,16 @@ def replay(recording: dict) -> dict:
 
 
 # fields GET gpus gained after a recording was made, with the value a replay gives them
-ADDED_SINCE = {"process": {"user": None}}
+ADDED_SINCE = {  # fields a snapshot gained after the recording was made: a replay of it answers them empty
+    "process": {
+        "user": None,
+        "gpu_utilization": None,
+        "host_memory": None,
+        "started_at": None,
+        "command": None,
+        "owner": None,
+    },  # fmt: skip
+}
 
 
 def live(recording: dict) -> dict:
