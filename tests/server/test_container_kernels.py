@@ -579,7 +579,8 @@ def left_holders(docker_client):
             break
         except docker.errors.APIError:
             for name in (f"gpuenv-test-join-{tag}", made[1].id, made[0].id):
-                with contextlib.suppress(docker.errors.NotFound):
+                # gone, or being removed by that sweep right now (a 409): either way, try again with new ones
+                with contextlib.suppress(docker.errors.APIError):
                     docker_client.api.remove_container(name, force=True)
     yield made[0], made[1]
     for container in reversed(made):
