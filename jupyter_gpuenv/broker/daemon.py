@@ -1118,6 +1118,17 @@ class BrokerDaemon:
         finally:
             self.starting.discard(socket_dir)
 
+    def _book_start(
+        self, caller: Caller, kernel_id: str, env: Environment, socket_dir: str, server_env: dict[str, str]
+    ) -> KernelLease:
+        """The lease of a start under way, in the book before any container exists (a crash mid-start is then
+        cleaned up at recovery); tied to the calling process, so the kernel goes when that client does."""
+        lease = KernelLease(kernel_id, caller.uid, caller.name, env.name, socket_dir, server_pid=caller.pid,
+                            server_started=process_start(caller.pid))  # fmt: skip
+        lease.notebook = server_env.get("JPY_SESSION_NAME", "")[:1000]  # the caller's word: a label, nothing more
+        self.book.put(lease)
+        return lease
+
     async def _start(
         self,
         caller: Caller,
@@ -1137,10 +1148,7 @@ class BrokerDaemon:
         async with self.lock:
             mine = [k for k in self.book.of_user(caller.name) if k.kernel_id != kernel_id]
             check_start(rule, caller.name, env.name, self.gpus_wanted(env), sum(len(k.gpus) for k in mine), len(mine))
-            lease = KernelLease(kernel_id, caller.uid, caller.name, env.name, socket_dir, server_pid=caller.pid,
-                                server_started=process_start(caller.pid))  # fmt: skip
-            lease.notebook = server_env.get("JPY_SESSION_NAME", "")[:1000]  # the caller's word: a label, nothing more
-            self.book.put(lease)
+            lease = self._book_start(caller, kernel_id, env, socket_dir, server_env)
             held = self.book.holdings(excluding=(caller.name, kernel_id))
             held.names = self._names(caller)
             try:
@@ -1203,10 +1211,7 @@ class BrokerDaemon:
         """The start as a Swarm service on whichever host has room (``broker.cluster``), limits counted on every
         host; not under the host's lock, since a start may wait in line for a GPU."""
         assert self.cluster is not None
-        lease = KernelLease(kernel_id, caller.uid, caller.name, env.name, socket_dir, server_pid=caller.pid,
-                            server_started=process_start(caller.pid))  # fmt: skip
-        lease.notebook = server_env.get("JPY_SESSION_NAME", "")[:1000]
-        self.book.put(lease)
+        lease = self._book_start(caller, kernel_id, env, socket_dir, server_env)
         folders = {"root": root_dir, "home": caller.home}  # what the chosen host's broker checks there
         try:
             facts = containers.LaunchFacts(
