@@ -30,16 +30,19 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 
 ADDRESS_PREFIX = "198.18.0."  # the nodes' /24
 ADDRESS_POOL = "198.18.128.0/17"  # Swarm's overlay subnets (its ingress network) are cut from here
 TEMPLATE_CACHE = Path("/var/cache/jupyter_gpuenv")
-DEFAULT_IMAGES = ("gpuenv-test-kernel:latest",)
+KERNEL_IMAGE = "gpuenv-test-kernel:latest"  # the test image, loaded on every node
+DEFAULT_IMAGES = (KERNEL_IMAGE,)
 CPU_LABEL = "io.jupyter.gpuenv.cpu-kernels"  # the node label the harness puts on the hosts that take CPU kernels
 
 
@@ -366,3 +369,21 @@ def live_netns(inodes: set[int]) -> set[int]:
             if "net:[" in line:
                 live.add(int(line.split("net:[")[1].split("]")[0]))
     return live & inodes
+
+
+def kernel_request(command: tuple[str, ...], gpus: int = 1, user: str = "alice", uid: int = 1001) -> Any:
+    """A kernel start as the broker asks Swarm for one: ``gpus`` fake H200s (0: a CPU kernel), the test image."""
+    from jupyter_gpuenv.engines.swarm import service
+
+    return service.KernelRequest(
+        kernel_id=str(uuid.uuid4()),
+        user=user,
+        uid=uid,
+        gid=uid,
+        environment="pytorch" if gpus else "cpu",
+        image=KERNEL_IMAGE,
+        command=command,
+        notebook="train.ipynb",
+        gpu_kind="GPU-H200" if gpus else "",
+        gpu_count=gpus,
+    )

@@ -7,14 +7,13 @@ The default cluster: manager-1 (takes CPU kernels, no GPU), gpu-1 with two fake 
 import asyncio
 import contextlib
 import signal
-import uuid
 
 import pytest
 
 from jupyter_gpuenv.engines.swarm import service as s
 from jupyter_gpuenv.engines.swarm.engine import SwarmEngine
 from jupyter_gpuenv.errors import EngineRefused, NoFreeGpu
-from swarm.cluster import fake_uuid
+from swarm.cluster import fake_uuid, kernel_request
 
 IMAGE = "gpuenv-test-kernel:latest"
 # A stand-in kernel: ends with code 3 on SIGTERM, so a test can tell that the signal reached it
@@ -22,18 +21,7 @@ WAIT = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.e
 
 
 def kernel(gpus=1, user="alice", uid=1001, command=WAIT):
-    return s.KernelRequest(
-        kernel_id=str(uuid.uuid4()),
-        user=user,
-        uid=uid,
-        gid=uid,
-        environment="pytorch" if gpus else "cpu",
-        image=IMAGE,
-        command=("python3", "-c", command),
-        notebook="train.ipynb",
-        gpu_kind="GPU-H200" if gpus else "",
-        gpu_count=gpus,
-    )
+    return kernel_request(("python3", "-c", command), gpus, user, uid)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ The default cluster: manager-1 (takes CPU kernels, no GPU), gpu-1 with two fake 
 import contextlib
 import json
 import time
-import uuid
 
 import docker
 import pytest
@@ -14,7 +13,7 @@ from conftest import wait_until
 
 from jupyter_gpuenv.engines.swarm import placements as p
 from jupyter_gpuenv.engines.swarm import service as s
-from swarm.cluster import NodeSpec, fake_uuid
+from swarm.cluster import NodeSpec, fake_uuid, kernel_request
 
 IMAGE = "gpuenv-test-kernel:latest"
 # What the "kernel" reports about its world, then waits: its links, who it is, the GPUs Swarm gave it.
@@ -26,18 +25,7 @@ REPORT = (
 
 
 def kernel(gpus=1, user="alice", uid=1001):
-    return s.KernelRequest(
-        kernel_id=str(uuid.uuid4()),
-        user=user,
-        uid=uid,
-        gid=uid,
-        environment="pytorch" if gpus else "cpu",
-        image=IMAGE,
-        command=("python3", "-c", REPORT),
-        notebook="train.ipynb",
-        gpu_kind="GPU-H200" if gpus else "",
-        gpu_count=gpus,
-    )
+    return kernel_request(("python3", "-c", REPORT), gpus, user, uid)
 
 
 @pytest.fixture

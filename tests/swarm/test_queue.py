@@ -8,32 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import pytest
 
 from jupyter_gpuenv.broker.cluster import Cluster
 from jupyter_gpuenv.broker.policy import Rule
-from jupyter_gpuenv.engines.swarm import service as s
 from jupyter_gpuenv.engines.swarm.engine import SwarmEngine
 from jupyter_gpuenv.errors import NoFreeGpu, NotPermitted
+from swarm.cluster import kernel_request
 
 WAIT = ("python3", "-c", "import time; time.sleep(600)")
 FREE = Rule()
 
 
 def kernel(user="alice", uid=1001, gpus=1):
-    return s.KernelRequest(
-        kernel_id=str(uuid.uuid4()),
-        user=user,
-        uid=uid,
-        gid=uid,
-        environment="pytorch" if gpus else "cpu",
-        image="gpuenv-test-kernel:latest",
-        command=WAIT,
-        gpu_kind="GPU-H200" if gpus else "",
-        gpu_count=gpus,
-    )
+    return kernel_request(WAIT, gpus, user, uid)
 
 
 @pytest.fixture
